@@ -1,0 +1,64 @@
+"""Portcullis: a self-hosted gateway that lets AI agents act with each person's own credentials."""
+from __future__ import annotations
+
+import logging
+import os
+
+from flask import Flask
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from .config import load_config
+from .extensions import csrf, db, limiter, migrate
+
+log = logging.getLogger("portcullis")
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    instance = (test_config or {}).get("INSTANCE_PATH") or os.environ.get("PORTCULLIS_INSTANCE_PATH")
+    app = Flask(__name__, instance_path=os.path.abspath(instance) if instance else None,
+                instance_relative_config=True,
+                template_folder="../templates", static_folder="../static")
+    app.config.update(load_config(app.instance_path, test_config))
+    _logging(app)
+
+    from .crypto import keyring
+    keyring.configure(app.config["PORTCULLIS_ENCRYPTION_KEYS"])
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=os.path.join(os.path.dirname(app.root_path), "migrations"))
+    csrf.init_app(app)
+    limiter.init_app(app)
+
+    from . import models  # noqa: F401  (register every table with the metadata)
+    from .api import bp as api_bp
+    from .web import bp as web_bp
+
+    app.register_blueprint(web_bp)
+    app.register_blueprint(api_bp)
+    csrf.exempt(api_bp)  # bearer tokens, not cookies: no CSRF exposure
+
+    from .cli import register as register_cli
+    register_cli(app)
+
+    for name in app.config["PORTCULLIS_GENERATED_SECRETS"]:
+        log.warning("%s was not set: generated a strong one into %s (mode 0600); "
+                    "set it in the environment to manage it yourself", name,
+                    os.path.join(app.instance_path, "secrets.env"))
+    return app
+
+
+def _logging(app: Flask) -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_pragmas(dbapi_connection, _record):
+    """SQLite: enforce foreign keys (ON DELETE CASCADE) and let readers run beside a writer."""
+    if type(dbapi_connection).__module__.startswith("sqlite3"):
+        cur = dbapi_connection.cursor()
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=5000")
+        cur.close()

@@ -1,0 +1,107 @@
+"""The JSON admin API under /api/v1: bearer tokens, JSON errors, admin only unless stated."""
+from __future__ import annotations
+
+from functools import wraps
+
+from flask import Blueprint, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from ..auth import load_api_user
+from ..crypto import DecryptionError
+from ..ops.errors import BadRequest, OpError
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+PUBLIC = {"api.create_token", "api.openapi"}
+
+
+def error(status: int, code: str, message: str, fields: dict | None = None):
+    body = {"error": {"code": code, "message": message}}
+    if fields:
+        body["error"]["fields"] = fields
+    return jsonify(body), status
+
+
+@bp.before_request
+def authenticate():
+    g.user = None  # the API never rides on a dashboard cookie
+    if request.endpoint in PUBLIC:
+        return None
+    user = load_api_user()
+    if user is None:
+        resp, status = error(401, "unauthorized", "a valid API token is required (Authorization: Bearer <token>)")
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="portcullis"'
+        return resp, status
+    return None
+
+
+def admin_only(view):
+    @wraps(view)
+    def wrapped(*args, **kwargs):
+        if not g.user.is_admin:
+            return error(403, "forbidden", "this needs an admin")
+        return view(*args, **kwargs)
+    return wrapped
+
+
+def body() -> dict:
+    """The JSON body; malformed JSON or a non-object is a 400."""
+    data = request.get_json(force=True, silent=True)
+    if data is None:
+        if request.get_data():
+            raise BadRequest("the request body is not valid JSON")
+        raise BadRequest("a JSON object body is required")
+    if not isinstance(data, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return data
+
+
+def page_params(default: int = 50, maximum: int = 500) -> tuple[int, int]:
+    limit, offset = request.args.get("limit", str(default)), request.args.get("offset", "0")
+    fields = {}
+    if not limit.isdigit() or not 0 < int(limit) <= maximum:
+        fields["limit"] = f"must be an integer from 1 to {maximum}"
+    if not offset.isdigit():
+        fields["offset"] = "must be an integer >= 0"
+    if fields:
+        raise BadRequest("invalid pagination", fields)
+    return int(limit), int(offset)
+
+
+def listing(name: str, query, limit: int, offset: int, to_dict):
+    from ..extensions import db
+
+    total = db.session.scalar(db.select(db.func.count()).select_from(query.order_by(None).subquery()))
+    rows = db.session.scalars(query.limit(limit).offset(offset)).all()
+    return jsonify({name: [to_dict(r) for r in rows], "count": len(rows), "total_count": total,
+                    "limit": limit, "offset": offset})
+
+
+@bp.errorhandler(OpError)
+def op_error(e: OpError):
+    from ..extensions import db
+
+    db.session.rollback()
+    return jsonify(e.to_dict()), e.status
+
+
+@bp.errorhandler(DecryptionError)
+def decryption_error(e: DecryptionError):
+    from ..extensions import db
+
+    db.session.rollback()
+    return error(500, "decryption_failed", str(e))
+
+
+@bp.errorhandler(HTTPException)
+def http_error(e: HTTPException):
+    code = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+            405: "method_not_allowed", 413: "too_large", 429: "rate_limited"}.get(e.code, "error")
+    resp, status = error(e.code or 500, code, e.description or e.name)
+    if e.code == 429:
+        for k, v in (e.get_headers() or []):
+            if k.lower().startswith(("retry-after", "x-ratelimit", "ratelimit")):
+                resp.headers[k] = v
+    return resp, status
+
+
+from . import audit, keys, servers, services, tokens, users  # noqa: E402,F401

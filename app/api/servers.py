@@ -1,0 +1,46 @@
+from flask import jsonify, request
+
+from ..extensions import db
+from ..models import McpServer
+from ..ops import servers as ops
+from . import admin_only, body, bp, listing, page_params
+
+
+@bp.get("/mcp-servers")
+@admin_only
+def list_servers():
+    limit, offset = page_params()
+    q = db.select(McpServer).order_by(McpServer.name)
+    if request.args.get("q"):
+        q = q.where(McpServer.name.contains(request.args["q"].strip().lower(), autoescape=True))
+    return listing("mcp_servers", q, limit, offset, McpServer.to_dict)
+
+
+@bp.post("/mcp-servers")
+@admin_only
+def create_server():
+    server = ops.create_server(body())
+    db.session.commit()
+    return jsonify(server.to_dict()), 201
+
+
+@bp.get("/mcp-servers/<int:server_id>")
+@admin_only
+def get_server(server_id):
+    return jsonify(ops.get_server(server_id).to_dict())
+
+
+@bp.patch("/mcp-servers/<int:server_id>")
+@admin_only
+def update_server(server_id):
+    result = ops.update_server(ops.get_server(server_id), body())
+    db.session.commit()
+    return jsonify(result.server.to_dict())
+
+
+@bp.delete("/mcp-servers/<int:server_id>")
+@admin_only
+def delete_server(server_id):
+    ops.delete_server(ops.get_server(server_id))
+    db.session.commit()
+    return "", 204

@@ -1,0 +1,80 @@
+"""CLI commands: ``flask --app wsgi <command>``."""
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+from flask import Flask, g
+
+from .extensions import db
+
+
+def register(app: Flask) -> None:
+    @app.cli.command("create-admin")
+    @click.option("--email", required=True, help="the admin's e-mail (created, or promoted and reset)")
+    @click.option("--password", required=True, help="at least 10 characters")
+    def create_admin(email: str, password: str):
+        """Create an admin, or make an existing user an admin with this password."""
+        from .models import User
+        from .ops.errors import OpError
+        from .ops.users import create_user, update_user
+
+        g.actor_name = "cli"
+        try:
+            user = db.session.scalar(db.select(User).where(User.email == email.strip().lower()))
+            if user is None:
+                user = create_user({"email": email, "password": password, "role": "admin"})
+            else:
+                update_user(user, {"password": password, "role": "admin", "active": True})
+            db.session.commit()
+        except OpError as e:
+            db.session.rollback()
+            raise click.ClickException(f"{e.message} {e.fields or ''}".strip())
+        click.echo(f"admin {user.email} is ready")
+
+    @app.cli.command("ensure-admin")
+    def ensure_admin_cmd():
+        """Make sure an active admin exists and print how to log in the first time."""
+        from .ops.users import ensure_admin
+
+        g.actor_name = "cli"
+        email = os.environ.get("PORTCULLIS_ADMIN_EMAIL") or "admin@localhost"
+        password = os.environ.get("PORTCULLIS_ADMIN_PASSWORD") or None
+        if password is not None and len(password) < 10:
+            raise click.ClickException("PORTCULLIS_ADMIN_PASSWORD must be at least 10 characters")
+        user, generated = ensure_admin(email, password)
+        db.session.commit()
+        url = app.config["PORTCULLIS_BASE_URL"]
+        if generated:
+            click.echo("")
+            click.echo("  First run: log in at %s/login" % url)
+            click.echo(f"    e-mail:   {user.email}")
+            click.echo(f"    password: {generated}   (one-time: you choose a new one at first login)")
+            click.echo("")
+        elif user.email == email.lower() and password:
+            click.echo(f"  Log in at {url}/login as {user.email} with PORTCULLIS_ADMIN_PASSWORD.")
+        else:
+            click.echo(f"  Admin account exists ({user.email}); log in at {url}/login.")
+
+    @app.cli.command("rotate-encryption-key")
+    def rotate_encryption_key():
+        """Re-encrypt every stored secret with the first key of PORTCULLIS_ENCRYPTION_KEY."""
+        from .audit import record
+        from .crypto import rotate_all
+
+        g.actor_name = "cli"
+        reports = rotate_all(db.session, db.metadata)
+        failed = sum(r.failed for r in reports)
+        rotated = sum(r.rotated for r in reports)
+        for r in reports:
+            click.echo(f"{r.column}: {r.rows} rows, {r.rotated} re-encrypted, {r.current} already current,"
+                       f" {r.failed} unreadable")
+        if failed:
+            db.session.rollback()
+            click.echo(f"{failed} value(s) could not be decrypted with any configured key; nothing was changed. "
+                       "Add the key they were written with to PORTCULLIS_ENCRYPTION_KEY and run again.", err=True)
+            sys.exit(1)
+        record("encryption.rotate", detail=f"re-encrypted {rotated} value(s)")
+        db.session.commit()
+        click.echo(f"done: {rotated} value(s) re-encrypted with the first key")

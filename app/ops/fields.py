@@ -1,0 +1,152 @@
+"""A small, strict reader for input dicts (JSON bodies, or forms turned into dicts).
+
+Collects every field error before failing so a form can show them all at once. Unknown
+fields are refused: a typo must not silently do nothing.
+"""
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+from .errors import BadRequest, Invalid
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+# RFC 9110 token characters
+HEADER_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}$")
+_MISSING = object()
+
+
+class Fields:
+    def __init__(self, data, allowed: set[str], partial: bool = False):
+        if not isinstance(data, dict):
+            raise BadRequest("the request body must be a JSON object")
+        self.data = data
+        self.partial = partial
+        self.errors: dict[str, str] = {}
+        for key in data:
+            if key not in allowed:
+                self.errors[key] = "unknown field"
+
+    def has(self, name: str) -> bool:
+        return name in self.data
+
+    def fail(self, name: str, message: str) -> None:
+        self.errors.setdefault(name, message)
+
+    def done(self) -> None:
+        if self.errors:
+            first = next(iter(self.errors.items()))
+            raise Invalid(f"invalid {first[0]}: {first[1]}", self.errors)
+
+    def _get(self, name, required):
+        if name not in self.data:
+            if required and not self.partial:
+                self.fail(name, "is required")
+            return _MISSING
+        return self.data[name]
+
+    def string(self, name, *, required=False, max_len=255, min_len=0, nullable=False, strip=True):
+        v = self._get(name, required)
+        if v is _MISSING:
+            return _MISSING
+        if v is None and nullable:
+            return None
+        if not isinstance(v, str):
+            self.fail(name, "must be a string")
+            return _MISSING
+        if strip:
+            v = v.strip()
+        if len(v) < max(min_len, 1 if required else 0):
+            self.fail(name, "must not be empty")
+            return _MISSING
+        if len(v) > max_len:
+            self.fail(name, f"must be at most {max_len} characters")
+            return _MISSING
+        if any(c in v for c in "\r\n\x00"):
+            self.fail(name, "must not contain line breaks or NUL")
+            return _MISSING
+        return v
+
+    def name(self, name="name", *, required=True):
+        v = self.string(name, required=required, max_len=40)
+        if v is not _MISSING and not NAME_RE.match(v):
+            self.fail(name, "must match ^[a-z][a-z0-9-]{0,39}$ (lower-case letters, digits, dashes)")
+            return _MISSING
+        return v
+
+    def url(self, name, *, required=True):
+        v = self.string(name, required=required, max_len=2048)
+        if v is _MISSING:
+            return v
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            self.fail(name, "must be an http:// or https:// URL")
+            return _MISSING
+        if parts.username or parts.password:
+            self.fail(name, "must not carry credentials; use headers or the secret instead")
+            return _MISSING
+        return v
+
+    def boolean(self, name, *, required=False):
+        v = self._get(name, required)
+        if v is _MISSING:
+            return v
+        if not isinstance(v, bool):
+            self.fail(name, "must be true or false")
+            return _MISSING
+        return v
+
+    def integer(self, name, *, required=False, lo=None, hi=None, nullable=False):
+        v = self._get(name, required)
+        if v is _MISSING or (v is None and nullable):
+            return v
+        if isinstance(v, bool) or not isinstance(v, int):
+            self.fail(name, "must be an integer")
+            return _MISSING
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            self.fail(name, f"must be between {lo} and {hi}")
+            return _MISSING
+        return v
+
+    def choice(self, name, choices, *, required=False):
+        v = self._get(name, required)
+        if v is _MISSING:
+            return v
+        if v not in choices:
+            self.fail(name, "must be one of " + ", ".join(choices))
+            return _MISSING
+        return v
+
+    def future_datetime(self, name, now: datetime):
+        v = self._get(name, False)
+        if v is _MISSING or v is None:
+            return v
+        parsed = parse_datetime(v)
+        if parsed is None:
+            self.fail(name, "must be an ISO 8601 date-time such as 2030-01-31T12:00:00Z")
+            return _MISSING
+        if parsed <= now:
+            self.fail(name, "must be in the future")
+            return _MISSING
+        return parsed
+
+
+def parse_datetime(value) -> datetime | None:
+    """ISO 8601 -> naive UTC; a value without offset is taken as UTC."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if dt.tzinfo is not None:
+        dt = dt.astimezone(UTC).replace(tzinfo=None)
+    return dt
+
+
+def missing(value) -> bool:
+    return value is _MISSING

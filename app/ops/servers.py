@@ -1,0 +1,251 @@
+"""MCP servers: the validation rules for auth types and headers live here, once."""
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from ..audit import record
+from ..extensions import db
+from ..models import McpServer
+from ..models.servers import AUTH_TYPES, OAUTH_TYPES
+from .errors import Conflict, NotFound
+from .fields import HEADER_NAME_RE, Fields, missing
+
+FIELDS = {"name", "url", "auth_type", "headers", "per_user_header_keys", "oauth",
+          "allow_on_all_virtual_keys", "enabled"}
+OAUTH_FIELDS = {"client_id", "client_secret", "scopes", "authorization_server"}
+# Headers Portcullis itself controls on upstream requests; an admin may not override them.
+RESERVED_HEADERS = {"host", "content-length", "content-type", "accept", "connection", "transfer-encoding",
+                    "keep-alive", "upgrade", "te", "trailer", "proxy-authorization", "proxy-connection",
+                    "mcp-session-id", "mcp-protocol-version", "last-event-id"}
+MAX_HEADER_VALUE = 8192
+
+
+def get_server(server_id: int) -> McpServer:
+    server = db.session.get(McpServer, server_id)
+    if server is None:
+        raise NotFound("no such MCP server")
+    return server
+
+
+def canonical_keys(keys) -> list[str]:
+    return sorted({k.strip().lower() for k in keys})
+
+
+def _header_keys(f: Fields):
+    """per_user_header_keys: a list of header names, canonical (trimmed, lower-case), sorted."""
+    if not f.has("per_user_header_keys"):
+        return None
+    raw = f.data["per_user_header_keys"]
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not all(isinstance(k, str) for k in raw):
+        f.fail("per_user_header_keys", "must be a list of header names")
+        return None
+    seen = set()
+    for k in raw:
+        c = k.strip().lower()
+        if not c:
+            f.fail("per_user_header_keys", "must not contain an empty key")
+            return None
+        if not HEADER_NAME_RE.match(c):
+            f.fail("per_user_header_keys", f"{k.strip()[:64]!r} is not a valid header name")
+            return None
+        if c in RESERVED_HEADERS:
+            f.fail("per_user_header_keys", f"{c} is set by Portcullis and cannot be a per-user key")
+            return None
+        if c in seen:
+            f.fail("per_user_header_keys", f"{c} appears more than once (keys compare case-insensitively)")
+            return None
+        seen.add(c)
+    return sorted(seen)
+
+
+def _headers(f: Fields, partial: bool):
+    """headers: {name: value}. On update a null value removes that header (values are write-only,
+    so an edit names only what changes)."""
+    if not f.has("headers"):
+        return None
+    raw = f.data["headers"]
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        f.fail("headers", "must be an object of header name to value")
+        return None
+    out, seen = {}, set()
+    for name, value in raw.items():
+        clean = name.strip() if isinstance(name, str) else ""
+        if not HEADER_NAME_RE.match(clean):
+            f.fail("headers", f"{clean[:64]!r} is not a valid header name")
+            return None
+        if clean.lower() in RESERVED_HEADERS:
+            f.fail("headers", f"{clean} is set by Portcullis and cannot be configured")
+            return None
+        if clean.lower() in seen:
+            f.fail("headers", f"{clean} appears more than once")
+            return None
+        seen.add(clean.lower())
+        if value is None and partial:
+            out[clean] = None
+            continue
+        if not isinstance(value, str) or not value.strip():
+            f.fail("headers", f"the value of {clean} must be a non-empty string")
+            return None
+        if len(value) > MAX_HEADER_VALUE or any(c in value for c in "\r\n\x00"):
+            f.fail("headers", f"the value of {clean} must be one line of at most {MAX_HEADER_VALUE} characters")
+            return None
+        out[clean] = value
+    return out
+
+
+def _oauth(f: Fields):
+    if not f.has("oauth"):
+        return None
+    raw = f.data["oauth"]
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        f.fail("oauth", "must be an object")
+        return None
+    unknown = set(raw) - OAUTH_FIELDS
+    if unknown:
+        f.fail("oauth", "unknown settings: " + ", ".join(sorted(unknown)))
+        return None
+    sub = Fields(raw, OAUTH_FIELDS, partial=True)
+    out = {}
+    for name in ("client_id", "client_secret"):
+        v = sub.string(name, max_len=512)
+        if not missing(v) and v:
+            out[name] = v
+    v = sub.url("authorization_server", required=False)
+    if not missing(v):
+        out["authorization_server"] = v
+    if "scopes" in raw:
+        scopes = raw["scopes"]
+        if isinstance(scopes, str):
+            scopes = scopes.split()
+        if not isinstance(scopes, list) or not all(isinstance(s, str) and s and " " not in s for s in scopes):
+            sub.fail("scopes", "must be a list of scope names")
+        else:
+            out["scopes"] = scopes
+    if sub.errors:
+        f.fail("oauth", "; ".join(f"{k} {v}" for k, v in sub.errors.items()))
+        return None
+    return out
+
+
+def _check_combination(f: Fields, auth_type, headers: dict, keys: list, oauth) -> None:
+    """Rules that depend on several fields, checked on the final state (create or after a patch)."""
+    if auth_type == "per_user_headers":
+        if not keys:
+            f.fail("per_user_header_keys", "a per_user_headers server needs at least one header key")
+    elif keys:
+        f.fail("per_user_header_keys", "only per_user_headers servers take per-user header keys")
+    if auth_type == "headers" and not headers:
+        f.fail("headers", "a headers server needs at least one header")
+    if auth_type == "none" and headers:
+        f.fail("headers", "a server with auth_type none sends no headers; choose auth_type headers")
+    if oauth and auth_type not in OAUTH_TYPES:
+        f.fail("oauth", "OAuth settings apply only to oauth and per_user_oauth servers")
+    clash = {h.lower() for h in headers} & set(keys)
+    if clash:
+        f.fail("headers", "shared headers cannot also be per-user keys: " + ", ".join(sorted(clash)))
+
+
+def _name_taken(name: str, except_id: int | None = None) -> bool:
+    q = select(McpServer.id).where(McpServer.name == name)
+    if except_id is not None:
+        q = q.where(McpServer.id != except_id)
+    return db.session.scalar(q) is not None
+
+
+def create_server(data: dict) -> McpServer:
+    f = Fields(data, FIELDS)
+    name = f.name()
+    url = f.url("url")
+    auth_type = f.choice("auth_type", AUTH_TYPES)
+    auth_type = "none" if missing(auth_type) else auth_type
+    headers = _headers(f, partial=False) or {}
+    keys = _header_keys(f) or []
+    oauth = _oauth(f) or None
+    allow_all = f.boolean("allow_on_all_virtual_keys")
+    enabled = f.boolean("enabled")
+    if not f.errors:
+        _check_combination(f, auth_type, headers, keys, oauth)
+    f.done()
+    if _name_taken(name):
+        raise Conflict("an MCP server with this name exists", {"name": "is already taken"})
+    server = McpServer(name=name, url=url, auth_type=auth_type, shared_headers=headers,
+                       per_user_header_keys=keys, oauth_config=oauth,
+                       allow_on_all_virtual_keys=False if missing(allow_all) else allow_all,
+                       enabled=True if missing(enabled) else enabled, tools=[])
+    db.session.add(server)
+    db.session.flush()
+    record("mcp_server.create", server, f"auth_type={auth_type}, headers={','.join(sorted(headers))}")
+    return server
+
+
+class ServerUpdate:
+    """What an update changed, for the callers that react to it (credential status, audit)."""
+
+    def __init__(self, server: McpServer, changed: list[str], header_keys_changed: bool):
+        self.server, self.changed, self.header_keys_changed = server, changed, header_keys_changed
+
+
+def update_server(server: McpServer, data: dict) -> ServerUpdate:
+    f = Fields(data, FIELDS, partial=True)
+    name = f.name(required=False)
+    url = f.url("url", required=False)
+    auth_type = f.choice("auth_type", AUTH_TYPES)
+    header_patch = _headers(f, partial=True)
+    keys = _header_keys(f)
+    oauth = _oauth(f)
+    allow_all = f.boolean("allow_on_all_virtual_keys")
+    enabled = f.boolean("enabled")
+    f.done()
+
+    new_type = server.auth_type if missing(auth_type) else auth_type
+    headers = dict(server.shared_headers or {})
+    if header_patch is not None:
+        lower = {h.lower(): h for h in headers}
+        for h, v in header_patch.items():
+            headers.pop(lower.get(h.lower(), h), None)
+            if v is not None:
+                headers[h] = v
+    old_keys = list(server.per_user_header_keys or [])
+    if keys is None:  # not mentioned: kept, unless the auth type no longer uses them
+        keys = old_keys if new_type == "per_user_headers" else []
+    new_oauth = server.oauth_config if oauth is None else (oauth or None)
+    if oauth and server.oauth_config and "client_secret" not in oauth and server.oauth_config.get("client_secret"):
+        new_oauth = {**oauth, "client_secret": server.oauth_config["client_secret"]}
+    if new_type not in OAUTH_TYPES and oauth is None:
+        new_oauth = None
+    _check_combination(f, new_type, headers, keys, new_oauth)
+    f.done()
+
+    if not missing(name) and name != server.name and _name_taken(name, server.id):
+        raise Conflict("an MCP server with this name exists", {"name": "is already taken"})
+
+    changed = []
+    for attr, value in (("name", name), ("url", url), ("auth_type", auth_type),
+                        ("allow_on_all_virtual_keys", allow_all), ("enabled", enabled)):
+        if not missing(value) and getattr(server, attr) != value:
+            setattr(server, attr, value)
+            changed.append(attr)
+    if headers != (server.shared_headers or {}):
+        server.shared_headers = headers
+        changed.append("headers")
+    keys_changed = canonical_keys(keys) != canonical_keys(old_keys)
+    if keys_changed:
+        server.per_user_header_keys = keys
+        changed.append("per_user_header_keys")
+    if new_oauth != server.oauth_config:
+        server.oauth_config = new_oauth
+        changed.append("oauth")
+    if changed:
+        record("mcp_server.update", server, "changed " + ", ".join(changed))
+    return ServerUpdate(server, changed, keys_changed)
+
+
+def delete_server(server: McpServer) -> None:
+    record("mcp_server.delete", server)
+    db.session.delete(server)

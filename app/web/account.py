@@ -1,0 +1,93 @@
+"""Log in, log out, change password."""
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from flask import current_app, flash, g, redirect, render_template, request, url_for
+from sqlalchemy import select
+
+from ..audit import record
+from ..auth import end_session, login_required, start_session
+from ..extensions import db, limiter
+from ..models import User
+from ..ops.users import MIN_PASSWORD, end_sessions
+from . import bp
+
+
+def _safe_next(target: str | None) -> str:
+    """Only local paths: never redirect a fresh login to another site."""
+    if not target:
+        return url_for("web.index")
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+        return url_for("web.index")
+    return target
+
+
+@bp.get("/")
+@login_required
+def index():
+    if g.user.is_admin:
+        return redirect(url_for("web.servers"))
+    return redirect(url_for("web.keys"))
+
+
+@bp.route("/login", methods=["GET", "POST"])
+@limiter.limit(lambda: current_app.config["PORTCULLIS_LOGIN_RATE_LIMIT"], methods=["POST"])
+def login():
+    error = None
+    email = ""
+    if request.method == "POST":
+        email = (request.form.get("email") or "").strip().lower()[:254]
+        password = request.form.get("password") or ""
+        user = db.session.scalar(select(User).where(User.email == email)) if email else None
+        if user is None or not user.active or not user.check_password(password):
+            error = "Wrong e-mail or password."
+            record("login.failure", target_name=email)
+            db.session.commit()
+        else:
+            start_session(user)
+            record("login.success", user)
+            db.session.commit()
+            if user.must_change_password:
+                return redirect(url_for("web.change_password"))
+            return redirect(_safe_next(request.args.get("next")))
+    elif g.get("user") is not None:
+        return redirect(_safe_next(request.args.get("next")))
+    return render_template("web/login.html", error=error, email=email), (401 if error else 200)
+
+
+@bp.post("/logout")
+def logout():
+    if g.get("user") is not None:
+        record("logout", g.user)
+    end_session()
+    db.session.commit()
+    return redirect(url_for("web.login"))
+
+
+@bp.route("/account/password", methods=["GET", "POST"])
+@login_required
+def change_password():
+    errors = {}
+    if request.method == "POST":
+        current = request.form.get("current_password") or ""
+        new = request.form.get("new_password") or ""
+        confirm = request.form.get("confirm_password") or ""
+        if not g.user.check_password(current):
+            errors["current_password"] = "This is not your current password."
+        if len(new) < MIN_PASSWORD:
+            errors["new_password"] = f"Use at least {MIN_PASSWORD} characters."
+        elif new == current:
+            errors["new_password"] = "Choose a password different from the current one."
+        if new != confirm:
+            errors["confirm_password"] = "The two passwords differ."
+        if not errors:
+            g.user.set_password(new)
+            g.user.must_change_password = False
+            end_sessions(g.user, keep=g.dashboard_session)  # log out everywhere else
+            record("user.password_change", g.user)
+            db.session.commit()
+            flash("Password changed.", "success")
+            return redirect(url_for("web.index"))
+    return render_template("web/password.html", errors=errors), (422 if errors else 200)

@@ -1,0 +1,162 @@
+"""Shared fixtures: one app per test session on a real database (SQLite file by default,
+PostgreSQL when TEST_DATABASE_URL is set), schema built by the real migrations, every table
+emptied after each test."""
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy import text
+
+from app import create_app
+from app.extensions import db, limiter
+from app.models import ApiToken, User
+
+PASSWORD = "correct horse battery"
+
+
+def _database_url(tmp_path_factory) -> str:
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        return url
+    return "sqlite:///" + str(tmp_path_factory.mktemp("db") / "test.db")
+
+
+def reset_schema(app) -> None:
+    """Drop everything, then build the schema with the real migrations."""
+    from flask_migrate import upgrade
+
+    with app.app_context():
+        if db.engine.dialect.name == "postgresql":
+            with db.engine.begin() as conn:
+                conn.execute(text("DROP SCHEMA public CASCADE"))
+                conn.execute(text("CREATE SCHEMA public"))
+        else:
+            db.drop_all()
+            with db.engine.begin() as conn:
+                conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+        upgrade()
+
+
+@pytest.fixture(scope="session")
+def encryption_key() -> str:
+    return Fernet.generate_key().decode()
+
+
+@pytest.fixture(scope="session")
+def app(tmp_path_factory, encryption_key):
+    instance = tmp_path_factory.mktemp("instance")
+    app = create_app({
+        "INSTANCE_PATH": str(instance),
+        "TESTING": True,
+        "SECRET_KEY": "test-secret-key-not-for-production",
+        "PORTCULLIS_ENCRYPTION_KEY": encryption_key,
+        "DATABASE_URL": _database_url(tmp_path_factory),
+        "PORTCULLIS_LOGIN_RATE_LIMIT": "1000 per minute",
+    })
+    reset_schema(app)
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _clean_tables(app):
+    yield
+    with app.app_context():
+        db.session.remove()
+        with db.engine.begin() as conn:
+            for table in reversed(db.metadata.sorted_tables):
+                conn.execute(table.delete())
+    limiter.reset()
+
+
+@pytest.fixture
+def ctx(app):
+    with app.app_context():
+        yield
+        db.session.remove()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def make_user(app, email: str, role: str = "member", password: str = PASSWORD, active: bool = True) -> int:
+    with app.app_context():
+        user = User(email=email, role=role, active=active)
+        user.set_password(password)
+        db.session.add(user)
+        db.session.commit()
+        return user.id
+
+
+def token_for(app, user_id: int) -> str:
+    with app.app_context():
+        row, token = ApiToken.issue(db.session.get(User, user_id), 1)
+        db.session.add(row)
+        db.session.commit()
+        return token
+
+
+class Api:
+    """A test client that speaks to /api/v1 with a bearer token."""
+
+    def __init__(self, client, token: str | None):
+        self.client, self.token = client, token
+
+    def _headers(self):
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def get(self, path, **kw):
+        return self.client.get("/api/v1" + path, headers=self._headers(), **kw)
+
+    def delete(self, path, **kw):
+        return self.client.delete("/api/v1" + path, headers=self._headers(), **kw)
+
+    def post(self, path, json=None, **kw):
+        return self.client.post("/api/v1" + path, json=json, headers=self._headers(), **kw)
+
+    def patch(self, path, json=None, **kw):
+        return self.client.patch("/api/v1" + path, json=json, headers=self._headers(), **kw)
+
+
+@pytest.fixture
+def admin_id(app) -> int:
+    return make_user(app, "admin@example.com", "admin")
+
+
+@pytest.fixture
+def member_id(app) -> int:
+    return make_user(app, "member@example.com", "member")
+
+
+@pytest.fixture
+def admin_api(app, client, admin_id) -> Api:
+    return Api(client, token_for(app, admin_id))
+
+
+@pytest.fixture
+def member_api(app, client, member_id) -> Api:
+    return Api(client, token_for(app, member_id))
+
+
+@pytest.fixture
+def anon_api(client) -> Api:
+    return Api(client, None)
+
+
+@pytest.fixture(scope="session")
+def live_server(app):
+    """The app served over real HTTP on a free loopback port (for the browser tests)."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(timeout=5)
