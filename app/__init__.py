@@ -22,8 +22,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.config.update(load_config(app.instance_path, test_config))
     _logging(app)
 
-    from .crypto import keyring
-    keyring.configure(app.config["PORTCULLIS_ENCRYPTION_KEYS"])
+    from .crypto import Keyring
+    app.extensions["keyring"] = Keyring(app.config["PORTCULLIS_ENCRYPTION_KEYS"])
 
     db.init_app(app)
     migrate.init_app(app, db, directory=os.path.join(os.path.dirname(app.root_path), "migrations"))

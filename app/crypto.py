@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from flask import current_app
 from sqlalchemy import Text, select, type_coerce, update
 from sqlalchemy.types import TypeDecorator
 
@@ -28,13 +29,10 @@ class DecryptionError(RuntimeError):
         )
 
 
-class _Keyring:
-    """The process-wide keys; configured by create_app()."""
+class Keyring:
+    """One app's keys (``app.extensions["keyring"]``), built by create_app()."""
 
-    fernet: MultiFernet | None = None
-    primary: Fernet | None = None
-
-    def configure(self, keys: list[str]) -> None:
+    def __init__(self, keys: list[str]):
         if not keys:
             raise RuntimeError("PORTCULLIS_ENCRYPTION_KEY is empty")
         try:
@@ -47,17 +45,12 @@ class _Keyring:
             ) from None
         self.primary, self.fernet = fernets[0], MultiFernet(fernets)
 
-    def _get(self) -> MultiFernet:
-        if self.fernet is None:
-            raise RuntimeError("encryption keys are not configured")
-        return self.fernet
-
     def encrypt(self, plaintext: str) -> str:
-        return self._get().encrypt(plaintext.encode()).decode()
+        return self.fernet.encrypt(plaintext.encode()).decode()
 
     def decrypt(self, token: str, column: str) -> str:
         try:
-            return self._get().decrypt(token.encode()).decode()
+            return self.fernet.decrypt(token.encode()).decode()
         except InvalidToken:
             raise DecryptionError(column) from None
 
@@ -70,12 +63,13 @@ class _Keyring:
 
     def rotate(self, token: str, column: str) -> str:
         try:
-            return self._get().rotate(token.encode()).decode()
+            return self.fernet.rotate(token.encode()).decode()
         except InvalidToken:
             raise DecryptionError(column) from None
 
 
-keyring = _Keyring()
+def keyring() -> Keyring:
+    return current_app.extensions["keyring"]
 
 
 class EncryptedText(TypeDecorator):
@@ -91,12 +85,12 @@ class EncryptedText(TypeDecorator):
     def process_bind_param(self, value, dialect):
         if value is None:
             return None
-        return keyring.encrypt(self._dump(value))
+        return keyring().encrypt(self._dump(value))
 
     def process_result_value(self, value, dialect):
         if value is None:
             return None
-        return self._load(keyring.decrypt(value, self.label))
+        return self._load(keyring().decrypt(value, self.label))
 
     def _dump(self, value):
         if not isinstance(value, str):
@@ -142,6 +136,7 @@ def rotate_all(session, metadata) -> list[RotationReport]:
     never re-serialised. Values no configured key can read are counted as failed and left
     untouched; the caller commits once at the end.
     """
+    ring = keyring()
     reports = []
     for table, col in encrypted_columns(metadata):
         pk = list(table.primary_key.columns)[0]
@@ -149,11 +144,11 @@ def rotate_all(session, metadata) -> list[RotationReport]:
         rows = session.execute(select(pk, type_coerce(col, Text)).where(col.isnot(None))).all()
         for row_id, token in rows:
             report.rows += 1
-            if keyring.is_current(token):
+            if ring.is_current(token):
                 report.current += 1
                 continue
             try:
-                new = keyring.rotate(token, report.column)
+                new = ring.rotate(token, report.column)
             except DecryptionError:
                 report.failed += 1
                 continue
