@@ -1,0 +1,102 @@
+"""What `make run` does, for real: upgrade, ensure-admin, gunicorn with gunicorn.conf.py; then
+log in with the printed one-time password. Also: no secret reaches the process's logs."""
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).parent.parent
+BIN = Path(sys.executable).parent
+CANARY = "canary-0b8e6f-run"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(proc, url, timeout=20.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return httpx.get(url, timeout=0.5)
+        except httpx.TransportError:
+            pass
+        try:
+            proc.wait(timeout=0.05)
+        except subprocess.TimeoutExpired:
+            continue
+        raise RuntimeError(f"server exited with {proc.returncode}")
+    raise TimeoutError(url)
+
+
+def fresh_postgres_database(url: str, name: str) -> str:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture
+def served(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("SECRET_KEY", "PORTCULLIS_ENCRYPTION_KEY", "PORTCULLIS_ADMIN_EMAIL",
+                        "PORTCULLIS_ADMIN_PASSWORD", "PORTCULLIS_BASE_URL")}
+    env.update(PORTCULLIS_INSTANCE_PATH=str(tmp_path / "instance"), PORT=str(port))
+    env.pop("DATABASE_URL", None)
+    if os.environ.get("TEST_DATABASE_URL"):  # the PostgreSQL run: a database of this test's own
+        env["DATABASE_URL"] = fresh_postgres_database(os.environ["TEST_DATABASE_URL"], "portcullis_run_test")
+    flask = [str(BIN / "flask"), "--app", "wsgi"]
+    up = subprocess.run([*flask, "db", "upgrade"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert up.returncode == 0, up.stderr
+    assert "generated a strong one" in up.stderr  # first run: secrets created and announced
+    assert (tmp_path / "instance" / "secrets.env").exists()
+    admin = subprocess.run([*flask, "ensure-admin"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert admin.returncode == 0, admin.stderr
+    log = open(tmp_path / "gunicorn.log", "w+")
+    proc = subprocess.Popen([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(proc, f"http://127.0.0.1:{port}/login")
+        yield f"http://127.0.0.1:{port}", admin.stdout, tmp_path / "gunicorn.log"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_first_run_login_with_printed_password_and_no_secret_in_logs(served):
+    base, printed, log_path = served
+    email = re.search(r"e-mail:\s+(\S+)", printed).group(1)
+    password = re.search(r"password: (\S+)", printed).group(1)
+    with httpx.Client(base_url=base, timeout=5) as web:
+        page = web.get("/login")
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+        r = web.post("/login", data={"email": email, "password": password, "csrf_token": csrf})
+        assert r.status_code == 302 and r.headers["location"].endswith("/account/password")
+        cookie = r.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=lax" in cookie
+    with httpx.Client(base_url=base, timeout=5) as api:
+        token = api.post("/api/v1/tokens", json={"email": email, "password": password}).json()["token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        r = api.post("/api/v1/services", headers=auth,
+                     json={"name": "billing", "base_url": "http://127.0.0.1:9", "secret": CANARY})
+        assert r.status_code == 201
+        api.get(f"/api/v1/services?key={CANARY}", headers=auth)  # a secret in a query string
+    text = log_path.read_text()
+    assert '"POST /api/v1/services HTTP/1.1" 201' in text  # the access log is on...
+    assert CANARY not in text and token not in text and password not in text  # ...and holds no secret
