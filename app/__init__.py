@@ -21,6 +21,10 @@ def create_app(test_config: dict | None = None) -> Flask:
                 template_folder="../templates", static_folder="../static")
     app.config.update(load_config(app.instance_path, test_config))
     _logging(app)
+    if app.config["PORTCULLIS_TRUSTED_PROXIES"]:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+        hops = app.config["PORTCULLIS_TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
 
     from .crypto import Keyring
     app.extensions["keyring"] = Keyring(app.config["PORTCULLIS_ENCRYPTION_KEYS"])
