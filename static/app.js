@@ -9,3 +9,9 @@ document.addEventListener("click", (event) => {
     () => { source.select && source.select(); button.textContent = "Press Ctrl+C"; },
   );
 });
+
+// A secret shown once ([data-show-once]) must not come back with the back button: drop it
+// before the page goes into the back/forward cache, and again if a cached copy is shown.
+const dropShownOnce = () => document.querySelectorAll("[data-show-once]").forEach((el) => el.remove());
+window.addEventListener("pagehide", dropShownOnce);
+window.addEventListener("pageshow", (event) => { if (event.persisted) dropShownOnce(); });

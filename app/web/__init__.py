@@ -22,7 +22,24 @@ def inject():
 
 
 def is_htmx() -> bool:
-    return request.headers.get("HX-Request") == "true" and request.headers.get("HX-Boosted") != "true"
+    """An htmx request that wants a fragment (not a boosted link, not a history restore,
+    which swaps the whole body and so needs the full page)."""
+    h = request.headers
+    return (h.get("HX-Request") == "true" and h.get("HX-Boosted") != "true"
+            and h.get("HX-History-Restore-Request") != "true")
 
 
-from . import account  # noqa: E402,F401
+@bp.after_request
+def htmx_response(response):
+    # The same URL answers with a page or a fragment: caches must keep them apart.
+    response.vary.add("HX-Request")
+    # htmx would follow a redirect (say, to the login page of an expired session) and swap the
+    # whole page into a fragment's place: have the browser navigate instead.
+    if is_htmx() and response.status_code in (301, 302, 303, 307, 308) and "Location" in response.headers:
+        response.headers["HX-Redirect"] = response.headers.pop("Location")
+        response.status_code = 200
+        response.set_data(b"")
+    return response
+
+
+from . import account, errors  # noqa: E402,F401
