@@ -1,0 +1,138 @@
+"""MCP servers (admin): list with live search, create, edit, delete."""
+from __future__ import annotations
+
+from itertools import zip_longest
+
+from flask import flash, render_template, request, url_for
+from sqlalchemy import select
+
+from ..auth import admin_required
+from ..extensions import db
+from ..models import McpServer
+from ..models.servers import AUTH_TYPES
+from ..ops import servers as ops
+from ..ops.errors import Invalid, OpError
+from . import bp
+from .forms import checked, comma_list, done, form_error, text
+from .listing import matching, paginate, search_term, table_page
+
+
+@bp.get("/servers")
+@admin_required
+def servers():
+    term = search_term()
+    query = matching(select(McpServer).order_by(McpServer.name), term, McpServer.name, McpServer.url)
+    return table_page("web/servers.html", "_partials/servers_table.html", page=paginate(query, term))
+
+
+def _new_header_rows() -> tuple[dict, list[str]]:
+    """The name/value rows typed into the form as {name: value}; also the names, to re-show them."""
+    headers, names, dupes = {}, [], []
+    for name, value in zip_longest(request.form.getlist("header_name"), request.form.getlist("header_value"),
+                                   fillvalue=""):
+        name = name.strip()
+        if not name and not value.strip():
+            continue  # an empty row
+        names.append(name)
+        if name in headers:
+            dupes.append(name)
+        headers[name] = value
+    if dupes:
+        raise Invalid("duplicate header", {"headers": f"{dupes[0]} appears more than once"})
+    return headers, names
+
+
+def _values_from_form() -> dict:
+    """What to show again in a form that had errors (never a header value)."""
+    return {
+        "name": text("name"), "url": text("url"), "auth_type": text("auth_type"),
+        "per_user_header_keys": text("per_user_header_keys"),
+        "allow_on_all_virtual_keys": checked("allow_on_all_virtual_keys"), "enabled": checked("enabled"),
+        "new_headers": [n.strip() for n in request.form.getlist("header_name") if n.strip()],
+        "removed_headers": request.form.getlist("remove_header"),
+    }
+
+
+def _values_from_server(server: McpServer) -> dict:
+    return {
+        "name": server.name, "url": server.url, "auth_type": server.auth_type,
+        "per_user_header_keys": ", ".join(server.per_user_header_keys or []),
+        "allow_on_all_virtual_keys": server.allow_on_all_virtual_keys, "enabled": server.enabled,
+        "new_headers": [], "removed_headers": [],
+    }
+
+
+def _data(server: McpServer | None) -> dict:
+    """The form as the dict the JSON API takes."""
+    data = {
+        "name": text("name"), "url": text("url"), "auth_type": text("auth_type"),
+        "allow_on_all_virtual_keys": checked("allow_on_all_virtual_keys"), "enabled": checked("enabled"),
+    }
+    new_headers, _ = _new_header_rows()
+    if server is None:
+        if new_headers:
+            data["headers"] = new_headers
+    else:
+        # Values are write-only: an existing header keeps its value unless a new one is typed,
+        # or it is ticked for removal.
+        patch = {}
+        removed = set(request.form.getlist("remove_header"))
+        for name in server.header_names():
+            if name in removed:
+                patch[name] = None
+            elif text(f"header_value:{name}").strip():
+                patch[name] = text(f"header_value:{name}")
+        patch.update(new_headers)
+        if patch:
+            data["headers"] = patch
+    keys = text("per_user_header_keys")
+    if keys.strip():
+        data["per_user_header_keys"] = comma_list(keys)
+    elif server is not None and data["auth_type"] == "per_user_headers":
+        data["per_user_header_keys"] = []  # cleared on purpose: the ops layer says why that fails
+    return data
+
+
+@bp.route("/servers/new", methods=["GET", "POST"])
+@admin_required
+def server_new():
+    context = {"server": None, "auth_types": AUTH_TYPES}
+    if request.method == "GET":
+        values = {"auth_type": "none", "enabled": True, "new_headers": [], "removed_headers": []}
+        return render_template("web/server_form.html", values=values, errors={}, **context)
+    try:
+        server = ops.create_server(_data(None))
+        db.session.commit()
+    except OpError as e:
+        return form_error("web/server_form.html", e, values=_values_from_form(), **context)
+    flash(f"MCP server {server.name} created.", "success")
+    return done(url_for("web.servers"))
+
+
+@bp.route("/servers/<int:server_id>", methods=["GET", "POST"])
+@admin_required
+def server_edit(server_id: int):
+    server = ops.get_server(server_id)
+    context = {"server": server, "auth_types": AUTH_TYPES}
+    if request.method == "GET":
+        return render_template("web/server_form.html", values=_values_from_server(server), errors={}, **context)
+    try:
+        result = ops.update_server(server, _data(server))
+        db.session.commit()
+    except OpError as e:
+        server = ops.get_server(server_id)  # reloaded after the rollback
+        return form_error("web/server_form.html", e, values=_values_from_form(),
+                          server=server, auth_types=AUTH_TYPES)
+    flash(f"MCP server {result.server.name} saved." if result.changed else "Nothing changed.", "success")
+    return done(url_for("web.servers"))
+
+
+@bp.post("/servers/<int:server_id>/delete")
+@admin_required
+def server_delete(server_id: int):
+    server = ops.get_server(server_id)
+    name = server.name
+    ops.delete_server(server)
+    db.session.commit()
+    flash(f"MCP server {name} deleted.", "success")
+    return done(url_for("web.servers"))
