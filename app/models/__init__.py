@@ -1,11 +1,12 @@
 """Data model: one module per aggregate."""
 from .audit import AuditEvent
+from .mcp_sessions import McpSession
 from .keys import VirtualKey, VirtualKeyServerGrant, VirtualKeyServiceGrant
 from .servers import McpServer
 from .services import Service
 from .users import ApiToken, DashboardSession, User
 
 __all__ = [
-    "ApiToken", "AuditEvent", "DashboardSession", "McpServer", "Service", "User",
+    "ApiToken", "AuditEvent", "DashboardSession", "McpServer", "McpSession", "Service", "User",
     "VirtualKey", "VirtualKeyServerGrant", "VirtualKeyServiceGrant",
 ]

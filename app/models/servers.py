@@ -26,6 +26,9 @@ class McpServer(db.Model):
     enabled = db.Column(db.Boolean, nullable=False, default=True)
     tools = db.Column(db.JSON, nullable=False, default=list)  # as discovered at the upstream
     tools_refreshed_at = db.Column(db.DateTime)
+    # Seconds allowed to connect to the upstream, and to wait for (each part of) an answer.
+    connect_timeout = db.Column(db.Float, nullable=False, default=5.0, server_default="5")
+    read_timeout = db.Column(db.Float, nullable=False, default=30.0, server_default="30")
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
     updated_at = db.Column(db.DateTime, nullable=False, default=utcnow, onupdate=utcnow)
 
@@ -51,5 +54,7 @@ class McpServer(db.Model):
             "allow_on_all_virtual_keys": self.allow_on_all_virtual_keys,
             "enabled": self.enabled,
             "tools": list(self.tools or []),
+            "tools_refreshed_at": iso(self.tools_refreshed_at),
+            "connect_timeout": self.connect_timeout, "read_timeout": self.read_timeout,
             "created_at": iso(self.created_at), "updated_at": iso(self.updated_at),
         }

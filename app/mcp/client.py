@@ -1,0 +1,293 @@
+"""Talking to upstream MCP servers over Streamable HTTP, as a client.
+
+One process-wide pooled httpx client (keep-alive), one upstream session per (server URL,
+credential) that is initialised once and reused, one re-initialise when the upstream forgets
+a session (HTTP 404). Answers may be JSON or SSE. Every failure becomes an ``UpstreamError``
+whose message is safe to show an agent: it names the server and the failure, never a header.
+
+The handshake is built from the ``mcp`` SDK's types. A ``tools/call`` is forwarded with the
+caller's params untouched and its result handed back untouched (not re-validated through
+pydantic models), so every field the upstream sends reaches the agent, whatever protocol
+revision added it, and the hot path stays cheap.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import httpx
+from mcp import types
+from mcp.types.version import LATEST_HANDSHAKE_VERSION
+
+CLIENT_INFO = types.Implementation(name="portcullis", version="1.0")
+MAX_SESSIONS = 2048  # upstream sessions kept per process (least recently used dropped)
+MAX_BODY = 16 * 1024 * 1024
+
+
+class UpstreamError(Exception):
+    """A failure talking to one upstream; ``str()`` is safe to show to the agent."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how to reach one upstream server for one credential."""
+
+    server_id: int
+    name: str
+    url: str
+    headers: tuple[tuple[str, str], ...] = ()
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+
+    @property
+    def session_key(self) -> tuple:
+        # The credential is part of the key (hashed, so no secret sits in a dict key).
+        digest = hashlib.sha256(json.dumps(self.headers).encode()).hexdigest()
+        return self.server_id, self.url, digest
+
+    @property
+    def timeout(self) -> httpx.Timeout:
+        return httpx.Timeout(self.read_timeout, connect=self.connect_timeout, pool=self.connect_timeout)
+
+
+@dataclass
+class UpstreamSession:
+    session_id: str | None
+    protocol_version: str
+    server_info: dict = field(default_factory=dict)
+
+
+Notify = Callable[[dict], None]
+
+
+class UpstreamClient:
+    def __init__(self, max_connections: int = 200):
+        self.http = httpx.Client(
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=64,
+                                keepalive_expiry=60),
+            follow_redirects=False, trust_env=False,
+        )
+        self._ids = itertools.count(1)
+        self._sessions: OrderedDict[tuple, UpstreamSession] = OrderedDict()
+        self._locks: dict[tuple, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def close(self) -> None:
+        self.http.close()
+
+    # -- sessions ------------------------------------------------------------------------
+
+    def session(self, ep: Endpoint) -> UpstreamSession:
+        key = ep.session_key
+        with self._guard:
+            found = self._sessions.get(key)
+            if found is not None:
+                self._sessions.move_to_end(key)
+                return found
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:  # one initialize per key, however many threads ask at once
+            with self._guard:
+                found = self._sessions.get(key)
+            if found is not None:
+                return found
+            found = self._initialize(ep)
+            with self._guard:
+                self._sessions[key] = found
+                while len(self._sessions) > MAX_SESSIONS:
+                    old, _ = self._sessions.popitem(last=False)
+                    self._locks.pop(old, None)
+            return found
+
+    def _forget(self, ep: Endpoint, stale: UpstreamSession) -> None:
+        with self._guard:
+            if self._sessions.get(ep.session_key) is stale:
+                del self._sessions[ep.session_key]
+
+    def _initialize(self, ep: Endpoint) -> UpstreamSession:
+        params = types.InitializeRequestParams(
+            protocol_version=LATEST_HANDSHAKE_VERSION,
+            capabilities=types.ClientCapabilities(),
+            client_info=CLIENT_INFO,
+        )
+        body = {"jsonrpc": "2.0", "id": next(self._ids), "method": "initialize",
+                "params": params.model_dump(by_alias=True, exclude_none=True, mode="json")}
+        resp, session_id = self._post(ep, body, None, None)
+        if "error" in resp:
+            raise UpstreamError(f"{ep.name}: initialize failed: {_error_text(resp['error'])}")
+        try:
+            result = types.InitializeResult.model_validate(resp.get("result"))
+        except ValueError:
+            raise UpstreamError(f"{ep.name}: sent an invalid initialize answer") from None
+        session = UpstreamSession(session_id, result.protocol_version,
+                                  result.server_info.model_dump(mode="json", exclude_none=True))
+        self._notify(ep, session, "notifications/initialized")
+        return session
+
+    def _notify(self, ep: Endpoint, session: UpstreamSession, method: str) -> None:
+        headers = self._headers(ep, session)
+        try:
+            r = self.http.post(ep.url, content=json.dumps({"jsonrpc": "2.0", "method": method}),
+                               headers=headers, timeout=ep.timeout)
+            r.close()
+        except httpx.HTTPError as e:
+            raise UpstreamError(_transport_text(ep, e)) from None
+
+    # -- requests --------------------------------------------------------------------------
+
+    def request(self, ep: Endpoint, method: str, params: dict | None,
+                on_notification: Notify | None = None) -> dict:
+        """Send one request and return the upstream's JSON-RPC response message
+        (with ``result`` or ``error``). Exactly one POST unless the session had expired."""
+        session = self.session(ep)
+        body = {"jsonrpc": "2.0", "id": next(self._ids), "method": method}
+        if params is not None:
+            body["params"] = params
+        try:
+            msg, _ = self._post(ep, body, session, on_notification)
+            return msg
+        except _SessionExpired:
+            self._forget(ep, session)
+            msg, _ = self._post(ep, body, self.session(ep), on_notification)
+            return msg
+
+    def list_tools(self, ep: Endpoint) -> list[dict]:
+        """Every tool of the upstream (all pages), each checked against the SDK's Tool type."""
+        tools, cursor, pages = [], None, 0
+        while True:
+            msg = self.request(ep, "tools/list", {"cursor": cursor} if cursor else None)
+            if "error" in msg:
+                raise UpstreamError(f"{ep.name}: tools/list failed: {_error_text(msg['error'])}")
+            try:
+                page = types.ListToolsResult.model_validate(msg.get("result"))
+            except ValueError:
+                raise UpstreamError(f"{ep.name}: sent an invalid tools/list answer") from None
+            raw = msg["result"].get("tools", [])
+            tools.extend(raw)
+            pages += 1
+            cursor = page.next_cursor
+            if not cursor or pages >= 50:
+                return tools
+
+    def _headers(self, ep: Endpoint, session: UpstreamSession | None) -> dict:
+        headers = dict(ep.headers)
+        headers["Content-Type"] = "application/json"
+        headers["Accept"] = "application/json, text/event-stream"
+        if session is not None:
+            headers["MCP-Protocol-Version"] = session.protocol_version
+            if session.session_id:
+                headers["Mcp-Session-Id"] = session.session_id
+        return headers
+
+    def _post(self, ep: Endpoint, body: dict, session: UpstreamSession | None,
+              on_notification: Notify | None) -> tuple[dict, str | None]:
+        request = self.http.build_request("POST", ep.url, content=json.dumps(body),
+                                          headers=self._headers(ep, session), timeout=ep.timeout)
+        try:
+            resp = self.http.send(request, stream=True)
+        except httpx.HTTPError as e:
+            raise UpstreamError(_transport_text(ep, e)) from None
+        try:
+            if resp.status_code == 404 and session is not None and session.session_id:
+                raise _SessionExpired()
+            if resp.status_code in (401, 403):
+                raise UpstreamError(f"{ep.name}: the server refused the credentials (HTTP {resp.status_code})")
+            if not 200 <= resp.status_code < 300:
+                raise UpstreamError(f"{ep.name}: the server answered HTTP {resp.status_code}")
+            ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype == "text/event-stream":
+                msg = self._read_sse(ep, resp, body["id"], session, on_notification)
+            elif ctype == "application/json":
+                msg = _parse_response(ep, resp.read(), body["id"])
+            else:
+                raise UpstreamError(f"{ep.name}: sent an answer of type {ctype or 'unknown'!r}, not JSON or SSE")
+            return msg, resp.headers.get("mcp-session-id")
+        except httpx.HTTPError as e:
+            raise UpstreamError(_transport_text(ep, e)) from None
+        finally:
+            resp.close()
+
+    def _read_sse(self, ep: Endpoint, resp: httpx.Response, want_id, session, on_notification) -> dict:
+        for data in _sse_data(resp.iter_lines()):
+            try:
+                msg = json.loads(data)
+            except ValueError:
+                raise UpstreamError(f"{ep.name}: sent an invalid event") from None
+            if not isinstance(msg, dict):
+                continue
+            if "method" in msg and "id" not in msg:  # a notification, e.g. progress
+                if on_notification is not None:
+                    on_notification(msg)
+            elif "method" in msg:  # a request to us (sampling, elicitation): not offered
+                self._refuse(ep, session, msg["id"])
+            elif msg.get("id") == want_id:
+                if "result" not in msg and "error" not in msg:
+                    raise UpstreamError(f"{ep.name}: sent an invalid answer")
+                return msg
+        raise UpstreamError(f"{ep.name}: closed the stream without an answer")
+
+    def _refuse(self, ep: Endpoint, session, request_id) -> None:
+        """Answer a server-to-client request we did not offer, so the upstream does not wait."""
+        body = {"jsonrpc": "2.0", "id": request_id,
+                "error": {"code": types.METHOD_NOT_FOUND, "message": "not supported through Portcullis"}}
+        try:
+            self.http.post(ep.url, content=json.dumps(body), headers=self._headers(ep, session),
+                           timeout=ep.timeout).close()
+        except httpx.HTTPError:
+            pass
+
+
+class _SessionExpired(Exception):
+    pass
+
+
+def _sse_data(lines: Iterator[str]) -> Iterator[str]:
+    """The data of each SSE event (text/event-stream framing, data lines joined by newlines)."""
+    data: list[str] = []
+    for line in lines:
+        if line == "":
+            if data:
+                yield "\n".join(data)
+                data = []
+        elif line.startswith(":"):
+            continue
+        else:
+            name, _, value = line.partition(":")
+            if name == "data":
+                data.append(value[1:] if value.startswith(" ") else value)
+    if data:
+        yield "\n".join(data)
+
+
+def _parse_response(ep: Endpoint, raw: bytes, want_id) -> dict:
+    if len(raw) > MAX_BODY:
+        raise UpstreamError(f"{ep.name}: the answer is too large")
+    try:
+        msg = json.loads(raw)
+    except ValueError:
+        raise UpstreamError(f"{ep.name}: sent an answer that is not valid JSON") from None
+    if not isinstance(msg, dict) or msg.get("id") != want_id or ("result" not in msg and "error" not in msg):
+        raise UpstreamError(f"{ep.name}: sent an invalid JSON-RPC answer")
+    return msg
+
+
+def _transport_text(ep: Endpoint, e: httpx.HTTPError) -> str:
+    if isinstance(e, httpx.ConnectTimeout):
+        return f"{ep.name}: could not connect within {ep.connect_timeout:g}s"
+    if isinstance(e, httpx.TimeoutException):
+        return f"{ep.name}: no answer within {ep.read_timeout:g}s"
+    if isinstance(e, httpx.ConnectError):
+        return f"{ep.name}: the server is unreachable"
+    if isinstance(e, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
+        return f"{ep.name}: the connection dropped before the answer was complete"
+    return f"{ep.name}: transport error ({type(e).__name__})"
+
+
+def _error_text(error) -> str:
+    if isinstance(error, dict):
+        return f"{error.get('message', 'error')} ({error.get('code')})"
+    return "error"
