@@ -38,9 +38,24 @@ def create_app(test_config: dict | None = None) -> Flask:
     from .api import bp as api_bp
     from .web import bp as web_bp
 
+    from .mcp import bp as mcp_bp
+    from .mcp.client import UpstreamClient
+    from .mcp.sessions import SessionStore
+    from .snapshot import Holder
+
+    app.extensions["snapshot"] = Holder()
+    app.extensions["mcp_client"] = UpstreamClient()
+    app.extensions["mcp_sessions"] = SessionStore()
+
     app.register_blueprint(web_bp)
     app.register_blueprint(api_bp)
+    app.register_blueprint(mcp_bp)
     csrf.exempt(api_bp)  # bearer tokens, not cookies: no CSRF exposure
+    csrf.exempt(mcp_bp)
+    limiter.exempt(mcp_bp)
+    if not app.config["PORTCULLIS_ENFORCE_AUTH"]:
+        log.warning("PORTCULLIS_ENFORCE_AUTH=false: /mcp serves callers WITHOUT credentials as anonymous "
+                    "sessions with every allow-all server. Use this for local development only.")
 
     from .cli import register as register_cli
     register_cli(app)

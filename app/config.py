@@ -103,6 +103,9 @@ def load_config(instance_path: str, overrides: dict | None = None) -> dict:
         "PORTCULLIS_API_TOKEN_HOURS": _int(env, "PORTCULLIS_API_TOKEN_HOURS", 24),
         "PORTCULLIS_LOGIN_RATE_LIMIT": env.get("PORTCULLIS_LOGIN_RATE_LIMIT") or "10 per minute",
         "PORTCULLIS_GENERATED_SECRETS": generated,
+        "PORTCULLIS_CONFIG_CACHE_SECONDS": float(env.get("PORTCULLIS_CONFIG_CACHE_SECONDS") or 5),
+        "PORTCULLIS_ENFORCE_AUTH": _bool(env.get("PORTCULLIS_ENFORCE_AUTH"), True),
+        "PORTCULLIS_TOOLS_REFRESH_SECONDS": _int(env, "PORTCULLIS_TOOLS_REFRESH_SECONDS", 3600),
         # Reverse proxies in front whose X-Forwarded-* headers are trusted (0: none).
         "PORTCULLIS_TRUSTED_PROXIES": _int(env, "PORTCULLIS_TRUSTED_PROXIES", 0),
         # Cookies: HttpOnly + SameSite=Lax always, Secure when the public URL is HTTPS.

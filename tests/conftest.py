@@ -14,6 +14,8 @@ from app import create_app
 from app.extensions import db, limiter
 from app.models import ApiToken, User
 
+pytest_plugins = ["tests.mcp_fixtures"]
+
 PASSWORD = "correct horse battery"
 
 

@@ -18,6 +18,7 @@ import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable, Iterator
 
 import httpx
@@ -44,13 +45,13 @@ class Endpoint:
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
 
-    @property
+    @cached_property
     def session_key(self) -> tuple:
         # The credential is part of the key (hashed, so no secret sits in a dict key).
         digest = hashlib.sha256(json.dumps(self.headers).encode()).hexdigest()
         return self.server_id, self.url, digest
 
-    @property
+    @cached_property
     def timeout(self) -> httpx.Timeout:
         return httpx.Timeout(self.read_timeout, connect=self.connect_timeout, pool=self.connect_timeout)
 

@@ -1,5 +1,9 @@
-"""A deliberately broken upstream (plain http.server): initialize and tools/list work, then
-tools/call fails the way the path says: /500, /garbage, /drop, /slow, /html."""
+"""A deliberately broken (or closely watched) upstream on plain http.server.
+
+initialize and tools/list work; tools/call then fails the way the path says: /500, /garbage,
+/drop, /slow, /html. /ok answers normally. Every request is recorded in SEEN as
+(path, method, Mcp-Session-Id); sessions are issued on initialize and can be forgotten
+(clear LIVE_SESSIONS) to make the next request get HTTP 404."""
 import json
 import socket
 import threading
@@ -7,6 +11,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 TOOLS = [{"name": "x", "description": "fails", "inputSchema": {"type": "object"}}]
+SEEN: list[tuple[str, str, str | None]] = []
+LIVE_SESSIONS: set[str] = set()
+_counter = [0]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -15,9 +22,11 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-    def _json(self, status, payload):
+    def _json(self, status, payload, headers=None):
         body = json.dumps(payload).encode()
         self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -26,15 +35,22 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         msg = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         mode = self.path.strip("/").split("/")[0]
+        sid = self.headers.get("Mcp-Session-Id")
+        SEEN.append((mode, msg.get("method", "response"), sid))
+        if sid is not None and sid not in LIVE_SESSIONS:
+            return self._json(404, {"error": "unknown session"})
         if "id" not in msg:
             self.send_response(202)
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
         if msg["method"] == "initialize":
+            _counter[0] += 1
+            new_sid = f"s{_counter[0]}"
+            LIVE_SESSIONS.add(new_sid)
             return self._json(200, {"jsonrpc": "2.0", "id": msg["id"], "result": {
                 "protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
-                "serverInfo": {"name": "faulty", "version": "0"}}})
+                "serverInfo": {"name": "faulty", "version": "0"}}}, {"Mcp-Session-Id": new_sid})
         if msg["method"] == "tools/list":
             return self._json(200, {"jsonrpc": "2.0", "id": msg["id"], "result": {"tools": TOOLS}})
         if mode == "500":
@@ -68,7 +84,7 @@ class Handler(BaseHTTPRequestHandler):
         if mode == "slow":
             time.sleep(3)
         return self._json(200, {"jsonrpc": "2.0", "id": msg["id"], "result": {
-            "content": [{"type": "text", "text": "late"}]}})
+            "content": [{"type": "text", "text": "late" if mode == "slow" else "ok"}]}})
 
 
 def start() -> tuple[ThreadingHTTPServer, str]:

@@ -1,0 +1,292 @@
+"""The /mcp endpoint (MCP Streamable HTTP): one JSON-RPC message per POST.
+
+A request flows one way: origin check -> JSON-RPC envelope -> caller (virtual key) ->
+session -> method -> (tools/call) allowlist -> credentials -> upstream -> answer.
+"""
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from urllib.parse import urlsplit
+
+from flask import Response, current_app, request
+from mcp import types
+
+from ..extensions import db
+from ..identity import Caller, Unauthenticated, resolve_caller
+from ..credentials import CredentialUnavailable, endpoint_for
+from . import tools as toolnames
+from .client import UpstreamError
+from .sessions import SessionInfo
+
+SUPPORTED_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26")
+LATEST_VERSION = SUPPORTED_VERSIONS[0]
+SESSION_NOT_FOUND = -32001
+UNAUTHORIZED = -32000
+LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+RELAYED_NOTIFICATIONS = {"notifications/progress", "notifications/message"}
+
+
+# -- answers ------------------------------------------------------------------------------
+
+def _json(payload, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(json.dumps(payload, separators=(",", ":")), status=status,
+                    mimetype="application/json", headers=headers)
+
+
+def rpc_error(req_id, code: int, message: str, status: int = 200, headers: dict | None = None, data=None):
+    err = {"code": code, "message": message}
+    if data is not None:
+        err["data"] = data
+    return _json({"jsonrpc": "2.0", "id": req_id, "error": err}, status, headers)
+
+
+def _sse_event(message: dict) -> str:
+    return "event: message\ndata: " + json.dumps(message, separators=(",", ":")) + "\n\n"
+
+
+def _answer(message: dict, headers: dict | None = None) -> Response:
+    """JSON, unless the client accepts only SSE."""
+    accept = request.headers.get("Accept", "")
+    if "text/event-stream" in accept and "application/json" not in accept:
+        return Response(_sse_event(message), mimetype="text/event-stream", headers=headers)
+    return _json(message, headers=headers)
+
+
+def _result(req_id, result: dict, headers: dict | None = None) -> Response:
+    return _answer({"jsonrpc": "2.0", "id": req_id, "result": result}, headers)
+
+
+def tool_error(text: str) -> dict:
+    result = types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=True)
+    return result.model_dump(by_alias=True, exclude_none=True, mode="json", exclude={"result_type"})
+
+
+# -- checks -------------------------------------------------------------------------------
+
+def _origin_allowed(origin: str) -> bool:
+    """DNS-rebinding protection: the public base URL's origin, or a loopback origin."""
+    try:
+        parts = urlsplit(origin)
+        host = parts.hostname
+    except ValueError:
+        return False
+    if parts.scheme not in ("http", "https") or not host:
+        return False
+    if host in LOOPBACK:
+        return True
+    base = urlsplit(current_app.config["PORTCULLIS_BASE_URL"])
+    return (parts.scheme, parts.netloc.lower()) == (base.scheme, base.netloc.lower())
+
+
+def _valid_id(value) -> bool:
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+# -- the endpoint -------------------------------------------------------------------------
+
+def handle(server_name: str | None) -> Response:
+    origin = request.headers.get("Origin")
+    if origin is not None and not _origin_allowed(origin):
+        return rpc_error(None, types.INVALID_REQUEST, "origin not allowed", 403)
+    if request.method == "GET":
+        return rpc_error(None, types.INVALID_REQUEST, "this endpoint offers no GET stream; use POST",
+                         405, {"Allow": "POST, DELETE"})
+
+    message = None
+    if request.method == "POST":
+        try:
+            message = json.loads(request.get_data())
+        except ValueError:
+            return rpc_error(None, types.PARSE_ERROR, "parse error: the body is not valid JSON", 400)
+    req_id = message.get("id") if isinstance(message, dict) and _valid_id(message.get("id")) else None
+
+    try:
+        caller = resolve_caller()
+    except Unauthenticated as e:
+        return rpc_error(req_id, UNAUTHORIZED, f"unauthorized: {e}", 401,
+                         {"WWW-Authenticate": 'Bearer realm="portcullis"'})
+
+    scope = None
+    if server_name is not None:
+        scope = caller.snapshot.by_name.get(server_name)
+        if scope is None or scope.id not in caller.allowlist:
+            db.session.close()
+            return rpc_error(req_id, types.INVALID_REQUEST, "no such MCP server", 404)
+
+    store = current_app.extensions["mcp_sessions"]
+    if request.method == "DELETE":
+        session = _session(store, caller, scope)
+        if not isinstance(session, SessionInfo):
+            return session
+        store.end(session)
+        return Response(status=204)
+
+    # -- the JSON-RPC envelope --
+    if isinstance(message, list):
+        return rpc_error(None, types.INVALID_REQUEST, "JSON-RPC batches are not supported", 400)
+    if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
+        return rpc_error(req_id, types.INVALID_REQUEST, "invalid request: expected a JSON-RPC 2.0 object", 400)
+    method = message.get("method")
+    if method is None:
+        if "id" in message and ("result" in message or "error" in message):
+            return Response(status=202)  # a response to a request we never send; accepted, ignored
+        return rpc_error(req_id, types.INVALID_REQUEST, "invalid request: method is missing", 400)
+    if not isinstance(method, str):
+        return rpc_error(req_id, types.INVALID_REQUEST, "invalid request: method must be a string", 400)
+    params = message.get("params")
+    if params is not None and not isinstance(params, dict):
+        return rpc_error(req_id, types.INVALID_PARAMS, "invalid params: params must be an object", 200)
+
+    if "id" not in message:
+        if method.startswith("notifications/"):
+            session = _session(store, caller, scope, required=False)
+            return session if isinstance(session, Response) else Response(status=202)
+        return rpc_error(None, types.INVALID_REQUEST, f"invalid request: {method} needs an id", 400)
+    if not _valid_id(message["id"]):
+        return rpc_error(None, types.INVALID_REQUEST, "invalid request: id must be a string or an integer", 400)
+
+    if method not in METHODS:
+        return rpc_error(req_id, types.METHOD_NOT_FOUND, f"method not found: {method}")
+    if method == "initialize":
+        return _initialize(req_id, params or {}, caller, scope, store)
+
+    version = request.headers.get("MCP-Protocol-Version")
+    if version is not None and version not in SUPPORTED_VERSIONS:
+        return rpc_error(req_id, types.INVALID_REQUEST, f"unsupported MCP-Protocol-Version: {version[:40]}", 400)
+    session = _session(store, caller, scope, required=method != "ping")
+    if isinstance(session, Response):
+        return session
+    db.session.close()  # nothing below reads the database: free the connection during the call
+    return METHODS[method](req_id, params or {}, caller, scope)
+
+
+def _session(store, caller: Caller, scope, required: bool = True):
+    sid = request.headers.get("Mcp-Session-Id")
+    if sid is None:
+        if not required:
+            return None
+        return rpc_error(None, types.INVALID_REQUEST, "missing Mcp-Session-Id header; call initialize first", 400)
+    info = store.get(sid)
+    if info is None or info.key_id != caller.key_id or info.server_id != (scope.id if scope else None):
+        return rpc_error(None, SESSION_NOT_FOUND, "session not found; initialize a new one", 404)
+    return info
+
+
+# -- methods ------------------------------------------------------------------------------
+
+def _initialize(req_id, params: dict, caller: Caller, scope, store) -> Response:
+    try:
+        init = types.InitializeRequestParams.model_validate(params)
+    except ValueError as e:
+        return rpc_error(req_id, types.INVALID_PARAMS, "invalid params: " + _first_error(e))
+    version = init.protocol_version if init.protocol_version in SUPPORTED_VERSIONS else LATEST_VERSION
+    session = store.create(caller.key_id, scope.id if scope else None, version,
+                           init.client_info.model_dump(mode="json", exclude_none=True),
+                           init.capabilities.model_dump(mode="json", by_alias=True, exclude_none=True))
+    result = types.InitializeResult(
+        protocol_version=version,
+        capabilities=types.ServerCapabilities(tools=types.ToolsCapability(list_changed=False)),
+        server_info=types.Implementation(name=f"portcullis{'/' + scope.name if scope else ''}", version="1.0"),
+        instructions=None if scope else "Tools of every MCP server granted to this key, named <server>__<tool>.",
+    )
+    body = result.model_dump(by_alias=True, exclude_none=True, mode="json", exclude={"result_type"})
+    return _result(req_id, body, {"Mcp-Session-Id": session.id})
+
+
+def _ping(req_id, params, caller, scope) -> Response:
+    return _result(req_id, {})
+
+
+def _list_tools(req_id, params, caller, scope) -> Response:
+    from .discovery import refresh_stale
+
+    refresh_stale(caller, scope)
+    return _result(req_id, {"tools": toolnames.visible(caller, scope)})
+
+
+def _call_tool(req_id, params, caller, scope) -> Response:
+    name, arguments, meta = params.get("name"), params.get("arguments"), params.get("_meta")
+    if not isinstance(name, str) or not name:
+        return rpc_error(req_id, types.INVALID_PARAMS, "invalid params: name must be a non-empty string")
+    if arguments is not None and not isinstance(arguments, dict):
+        return rpc_error(req_id, types.INVALID_PARAMS, "invalid params: arguments must be an object")
+    if meta is not None and not isinstance(meta, dict):
+        return rpc_error(req_id, types.INVALID_PARAMS, "invalid params: _meta must be an object")
+    found = toolnames.resolve(caller, scope, name)
+    if found is None:  # unknown, not granted and filtered out look the same
+        return rpc_error(req_id, types.INVALID_PARAMS, f"Unknown tool: {name}")
+    server, tool = found
+    try:
+        endpoint = endpoint_for(server, caller)
+    except CredentialUnavailable as e:
+        return _result(req_id, tool_error(str(e)))
+    upstream_params = dict(params)
+    upstream_params["name"] = tool
+    client = current_app.extensions["mcp_client"]
+
+    wants_progress = meta is not None and "progressToken" in meta
+    if wants_progress and "text/event-stream" in request.headers.get("Accept", ""):
+        return _stream_call(req_id, client, endpoint, upstream_params)
+    try:
+        msg = client.request(endpoint, "tools/call", upstream_params)
+    except UpstreamError as e:
+        return _result(req_id, tool_error(str(e)))
+    msg["id"] = req_id
+    return _answer(msg)
+
+
+def _stream_call(req_id, client, endpoint, params) -> Response:
+    """Answer as SSE: relay the upstream's progress notifications as they arrive, then the result."""
+    events: queue.Queue = queue.Queue()
+    done = object()
+
+    def work():
+        try:
+            msg = client.request(endpoint, "tools/call", params,
+                                 on_notification=lambda n: events.put(n) if n.get("method") in RELAYED_NOTIFICATIONS
+                                 else None)
+            msg["id"] = req_id
+        except UpstreamError as e:
+            msg = {"jsonrpc": "2.0", "id": req_id, "result": tool_error(str(e))}
+        except Exception:  # never leave the stream hanging
+            current_app.logger.exception("tools/call relay failed")
+            msg = {"jsonrpc": "2.0", "id": req_id, "result": tool_error(f"{endpoint.name}: internal error")}
+        events.put(msg)
+        events.put(done)
+
+    app = current_app._get_current_object()
+
+    def run():
+        with app.app_context():
+            work()
+
+    threading.Thread(target=run, daemon=True, name="mcp-relay").start()
+
+    def stream():
+        while True:
+            item = events.get()
+            if item is done:
+                return
+            yield _sse_event(item)
+
+    return Response(stream(), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _first_error(e: ValueError) -> str:
+    errors = getattr(e, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        loc = ".".join(str(p) for p in first.get("loc", ()))
+        return f"{loc}: {first.get('msg')}" if loc else str(first.get("msg"))
+    return "invalid"
+
+
+METHODS = {
+    "initialize": None,  # handled before the session check
+    "ping": _ping,
+    "tools/list": _list_tools,
+    "tools/call": _call_tool,
+}

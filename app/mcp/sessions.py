@@ -1,0 +1,71 @@
+"""The Mcp-Session-Id sessions Portcullis issues: stored in the database (so any instance can
+serve them) and cached in memory on the hot path."""
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+from flask import current_app
+from sqlalchemy import update
+
+from ..extensions import db
+from ..models import McpSession
+from ..models.base import utcnow
+
+MAX_CACHED = 20_000
+
+
+@dataclass
+class SessionInfo:
+    id: str
+    key_id: int | None
+    server_id: int | None
+    protocol_version: str
+    capabilities: dict
+    ended: bool
+    checked_at: float
+
+
+class SessionStore:
+    def __init__(self):
+        self._cache: dict[str, SessionInfo] = {}
+        self._lock = threading.Lock()
+
+    def create(self, key_id, server_id, protocol_version, client_info, capabilities) -> SessionInfo:
+        sid = secrets.token_hex(32)
+        db.session.add(McpSession(id=sid, virtual_key_id=key_id, server_id=server_id,
+                                  protocol_version=protocol_version, client_info=client_info,
+                                  capabilities=capabilities))
+        db.session.commit()
+        info = SessionInfo(sid, key_id, server_id, protocol_version, capabilities, False, time.monotonic())
+        self._put(info)
+        return info
+
+    def get(self, sid: str) -> SessionInfo | None:
+        info = self._cache.get(sid)
+        ttl = current_app.config["PORTCULLIS_CONFIG_CACHE_SECONDS"]
+        if info is not None and (info.ended or time.monotonic() - info.checked_at < ttl):
+            return None if info.ended else info
+        if len(sid) != 64:
+            return None
+        row = db.session.get(McpSession, sid)
+        if row is None:
+            return None
+        info = SessionInfo(row.id, row.virtual_key_id, row.server_id, row.protocol_version,
+                           row.capabilities or {}, row.ended_at is not None, time.monotonic())
+        self._put(info)
+        return None if info.ended else info
+
+    def end(self, info: SessionInfo) -> None:
+        db.session.execute(update(McpSession).where(McpSession.id == info.id, McpSession.ended_at.is_(None))
+                           .values(ended_at=utcnow()))
+        db.session.commit()
+        info.ended = True
+
+    def _put(self, info: SessionInfo) -> None:
+        with self._lock:
+            if len(self._cache) >= MAX_CACHED:
+                self._cache.clear()
+            self._cache[info.id] = info

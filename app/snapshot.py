@@ -1,0 +1,193 @@
+"""What the hot path (/mcp, later the proxy) reads instead of the database.
+
+A ``Snapshot`` holds every MCP server's configuration (shared headers decrypted once) and the
+virtual keys seen so far, with their grants. It is replaced when a commit in this process
+touched keys, grants, servers or users (immediately), and at the latest every
+``PORTCULLIS_CONFIG_CACHE_SECONDS`` (default 5 s), which bounds how long an edit made by another
+instance takes to reach this one. Readers never lock: they take the current object.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cached_property
+
+from flask import current_app
+from sqlalchemy import event, select
+from sqlalchemy.orm import Session, selectinload
+
+from .extensions import db
+from .models import McpServer, User, VirtualKey, VirtualKeyServerGrant, VirtualKeyServiceGrant
+
+WATCHED = (McpServer, VirtualKey, VirtualKeyServerGrant, VirtualKeyServiceGrant, User)
+MAX_KEYS = 50_000  # cached key lookups (found or not) per snapshot
+
+Allowlist = dict[int, "frozenset[str] | None"]  # server id -> allowed tool names (None = all)
+
+
+@dataclass(frozen=True)
+class ServerView:
+    id: int
+    name: str
+    url: str
+    auth_type: str
+    enabled: bool
+    allow_all: bool
+    headers: tuple[tuple[str, str], ...]
+    per_user_header_keys: tuple[str, ...]
+    tools: tuple[dict, ...]
+    connect_timeout: float
+    read_timeout: float
+    tools_refreshed_at: datetime | None
+
+    @cached_property
+    def tool_names(self) -> frozenset[str]:
+        return frozenset(t.get("name") for t in self.tools)
+
+    def endpoint(self, headers: tuple[tuple[str, str], ...]):
+        from .mcp.client import Endpoint
+
+        return Endpoint(self.id, self.name, self.url, headers, self.connect_timeout, self.read_timeout)
+
+    @cached_property
+    def shared_endpoint(self):
+        """The endpoint with the server's own (shared) headers, built once per snapshot."""
+        return self.endpoint(self.headers)
+
+
+@dataclass(frozen=True)
+class KeyView:
+    id: int
+    name: str
+    owner_id: int | None
+    active: bool
+    expires_at: datetime | None
+    rate_limit_per_minute: int
+    source: str
+    agent_id: str | None
+    server_grants: dict[int, frozenset[str] | None]
+    service_grants: dict[int, str]
+
+    def usable(self, now: datetime) -> bool:
+        return self.active and (self.expires_at is None or self.expires_at > now)
+
+
+@dataclass
+class Snapshot:
+    generation: int
+    loaded_at: float
+    servers: dict[int, ServerView]
+    by_name: dict[str, ServerView]
+    _keys: dict[str, KeyView | None] = field(default_factory=dict)
+    _allowlists: dict[int, Allowlist] = field(default_factory=dict)
+
+    def key(self, key_hash: str) -> KeyView | None:
+        """The key with this secret hash (None: unknown). One query the first time."""
+        try:
+            return self._keys[key_hash]
+        except KeyError:
+            pass
+        row = db.session.scalar(
+            select(VirtualKey).where(VirtualKey.key_hash == key_hash)
+            .options(selectinload(VirtualKey.server_grants), selectinload(VirtualKey.service_grants)))
+        view = None
+        if row is not None:
+            owner_ok = row.owner is None or row.owner.active  # a deactivated owner's keys stop working
+            view = KeyView(
+                id=row.id, name=row.name, owner_id=row.owner_id, active=row.active and owner_ok,
+                expires_at=row.expires_at, rate_limit_per_minute=row.rate_limit_per_minute,
+                source=row.source, agent_id=row.agent_id,
+                server_grants={g.mcp_server_id: None if g.tools is None else frozenset(g.tools)
+                               for g in row.server_grants},
+                service_grants={g.service_id: g.scope for g in row.service_grants})
+        if len(self._keys) >= MAX_KEYS:
+            self._keys.clear()
+        self._keys[key_hash] = view
+        return view
+
+    def allowlist(self, key: KeyView | None) -> Allowlist:
+        """The effective allowlist: explicit grants ∪ allow-all servers, minus disabled servers.
+        ``None`` (an anonymous development caller) gets the allow-all servers."""
+        if key is not None:
+            cached = self._allowlists.get(key.id)
+            if cached is not None:
+                return cached
+        grants = key.server_grants if key is not None else {}
+        out: Allowlist = {}
+        for sid, tools in grants.items():
+            server = self.servers.get(sid)
+            if server is not None and server.enabled:
+                out[sid] = tools
+        for server in self.servers.values():
+            if server.allow_all and server.enabled and server.id not in grants:
+                out[server.id] = None
+        if key is not None:
+            self._allowlists[key.id] = out
+        return out
+
+
+class Holder:
+    """One app's current snapshot (``app.extensions["snapshot"]``)."""
+
+    def __init__(self):
+        self.current: Snapshot | None = None
+        self.lock = threading.Lock()
+
+
+_generation = [0]  # bumped by any commit that touched configuration, in this process
+
+
+def invalidate() -> None:
+    _generation[0] += 1
+
+
+def _fresh(snap: Snapshot | None, ttl: float) -> bool:
+    return snap is not None and snap.generation == _generation[0] and time.monotonic() - snap.loaded_at < ttl
+
+
+def current() -> Snapshot:
+    holder: Holder = current_app.extensions["snapshot"]
+    ttl = current_app.config["PORTCULLIS_CONFIG_CACHE_SECONDS"]
+    snap = holder.current
+    if _fresh(snap, ttl):
+        return snap
+    with holder.lock:
+        if not _fresh(holder.current, ttl):
+            holder.current = _load()
+        return holder.current
+
+
+def _load() -> Snapshot:
+    generation = _generation[0]
+    servers = {}
+    for s in db.session.scalars(select(McpServer)):
+        servers[s.id] = ServerView(
+            id=s.id, name=s.name, url=s.url, auth_type=s.auth_type, enabled=s.enabled,
+            allow_all=s.allow_on_all_virtual_keys,
+            headers=tuple(sorted((s.shared_headers or {}).items())),
+            per_user_header_keys=tuple(s.per_user_header_keys or ()),
+            tools=tuple(s.tools or ()), connect_timeout=s.connect_timeout, read_timeout=s.read_timeout,
+            tools_refreshed_at=s.tools_refreshed_at)
+    return Snapshot(generation=generation, loaded_at=time.monotonic(), servers=servers,
+                    by_name={s.name: s for s in servers.values()})
+
+
+@event.listens_for(Session, "after_flush")
+def _note_changes(session, _flush_context):
+    for obj in (*session.new, *session.dirty, *session.deleted):
+        if isinstance(obj, WATCHED):
+            session.info["portcullis_config_changed"] = True
+            return
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session):
+    if session.info.pop("portcullis_config_changed", False):
+        invalidate()
+
+
+@event.listens_for(Session, "after_rollback")
+def _after_rollback(session):
+    session.info.pop("portcullis_config_changed", None)

@@ -1,0 +1,101 @@
+"""Fixtures for the gateway tests: real upstream MCP servers (the official SDK) started once
+per test session on free loopback ports, a deliberately faulty upstream, and helpers to
+register servers and keys through the ops layer."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.extensions import db
+
+HERE = Path(__file__).parent
+UPSTREAM_KEY = "upstream-shared-key-4f2a"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.head(url, timeout=0.5)  # any status: listening (GET /mcp would stream forever)
+            return
+        except httpx.TransportError:
+            pass
+        try:
+            proc.wait(timeout=0.05)
+        except subprocess.TimeoutExpired:
+            continue
+        raise RuntimeError(f"upstream exited with {proc.returncode}")
+    proc.kill()
+    raise TimeoutError(url)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+def start_upstream(*args: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(HERE / "upstream" / "mcp_server.py"), "--port", str(port), *args])
+    url = f"http://127.0.0.1:{port}/mcp"
+    wait_ready(proc, url)
+    return proc, url
+
+
+@pytest.fixture(scope="session")
+def upstreams():
+    """alpha: stateless JSON, no auth. beta: stateful SSE, needs X-Api-Key."""
+    alpha, alpha_url = start_upstream("--name", "alpha")
+    beta, beta_url = start_upstream("--name", "beta", "--stateful", "--require-header", f"X-Api-Key={UPSTREAM_KEY}")
+    yield {"alpha": alpha_url, "beta": beta_url}
+    stop(alpha)
+    stop(beta)
+
+
+@pytest.fixture(scope="session")
+def faulty():
+    from tests.upstream import faulty as module
+
+    server, url = module.start()
+    yield url, module
+    server.shutdown()
+
+
+def add_server(app, name: str, url: str, **fields) -> int:
+    """Register (and discover) an MCP server through the ops layer, as the API would."""
+    from app.mcp.discovery import refresh
+    from app.ops.servers import create_server
+
+    with app.app_context():
+        server = create_server({"name": name, "url": url, **fields})
+        refresh(server)
+        db.session.commit()
+        return server.id
+
+
+def add_key(app, servers=None, **fields) -> tuple[int, str]:
+    """A virtual key with grants; servers is {server_id: tools or None}."""
+    from app.ops.keys import create_key
+
+    data = {"name": fields.pop("name", "agent"), **fields}
+    data["mcp_servers"] = [{"server_id": sid, "tools": tools} for sid, tools in (servers or {}).items()]
+    with app.app_context():
+        key, secret = create_key(data, source="api")
+        db.session.commit()
+        return key.id, secret
