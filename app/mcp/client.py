@@ -22,8 +22,8 @@ from functools import cached_property
 from typing import Callable, Iterator
 
 import httpx
-from mcp import types
-from mcp.types.version import LATEST_HANDSHAKE_VERSION
+import mcp_types as types
+from mcp_types.version import LATEST_HANDSHAKE_VERSION
 
 CLIENT_INFO = types.Implementation(name="portcullis", version="1.0")
 MAX_SESSIONS = 2048  # upstream sessions kept per process (least recently used dropped)

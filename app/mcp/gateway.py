@@ -11,7 +11,7 @@ import threading
 from urllib.parse import urlsplit
 
 from flask import Response, current_app, request
-from mcp import types
+import mcp_types as types
 
 from ..extensions import db
 from ..identity import Caller, Unauthenticated, resolve_caller

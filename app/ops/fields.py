@@ -109,6 +109,18 @@ class Fields:
             return _MISSING
         return v
 
+    def number(self, name, *, required=False, lo=None, hi=None):
+        v = self._get(name, required)
+        if v is _MISSING:
+            return v
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+            self.fail(name, "must be a number")
+            return _MISSING
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            self.fail(name, f"must be between {lo:g} and {hi:g}")
+            return _MISSING
+        return float(v)
+
     def choice(self, name, choices, *, required=False):
         v = self._get(name, required)
         if v is _MISSING:

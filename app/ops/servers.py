@@ -11,7 +11,8 @@ from .errors import Conflict, NotFound
 from .fields import HEADER_NAME_RE, Fields, missing
 
 FIELDS = {"name", "url", "auth_type", "headers", "per_user_header_keys", "oauth",
-          "allow_on_all_virtual_keys", "enabled"}
+          "allow_on_all_virtual_keys", "enabled", "connect_timeout", "read_timeout"}
+MAX_TIMEOUT = 600.0
 OAUTH_FIELDS = {"client_id", "client_secret", "scopes", "authorization_server"}
 # Headers Portcullis itself controls on upstream requests; an admin may not override them.
 RESERVED_HEADERS = {"host", "content-length", "content-type", "accept", "connection", "transfer-encoding",
@@ -169,6 +170,8 @@ def create_server(data: dict) -> McpServer:
     oauth = _oauth(f) or None
     allow_all = f.boolean("allow_on_all_virtual_keys")
     enabled = f.boolean("enabled")
+    connect_timeout = f.number("connect_timeout", lo=0.1, hi=MAX_TIMEOUT)
+    read_timeout = f.number("read_timeout", lo=0.1, hi=MAX_TIMEOUT)
     if not f.errors:
         _check_combination(f, auth_type, headers, keys, oauth)
     f.done()
@@ -177,7 +180,9 @@ def create_server(data: dict) -> McpServer:
     server = McpServer(name=name, url=url, auth_type=auth_type, shared_headers=headers,
                        per_user_header_keys=keys, oauth_config=oauth,
                        allow_on_all_virtual_keys=False if missing(allow_all) else allow_all,
-                       enabled=True if missing(enabled) else enabled, tools=[])
+                       enabled=True if missing(enabled) else enabled, tools=[],
+                       connect_timeout=5.0 if missing(connect_timeout) else connect_timeout,
+                       read_timeout=30.0 if missing(read_timeout) else read_timeout)
     db.session.add(server)
     db.session.flush()
     record("mcp_server.create", server, f"auth_type={auth_type}, headers={','.join(sorted(headers))}")
@@ -201,6 +206,8 @@ def update_server(server: McpServer, data: dict) -> ServerUpdate:
     oauth = _oauth(f)
     allow_all = f.boolean("allow_on_all_virtual_keys")
     enabled = f.boolean("enabled")
+    connect_timeout = f.number("connect_timeout", lo=0.1, hi=MAX_TIMEOUT)
+    read_timeout = f.number("read_timeout", lo=0.1, hi=MAX_TIMEOUT)
     f.done()
 
     new_type = server.auth_type if missing(auth_type) else auth_type
@@ -227,7 +234,8 @@ def update_server(server: McpServer, data: dict) -> ServerUpdate:
 
     changed = []
     for attr, value in (("name", name), ("url", url), ("auth_type", auth_type),
-                        ("allow_on_all_virtual_keys", allow_all), ("enabled", enabled)):
+                        ("allow_on_all_virtual_keys", allow_all), ("enabled", enabled),
+                        ("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
         if not missing(value) and getattr(server, attr) != value:
             setattr(server, attr, value)
             changed.append(attr)

@@ -1,0 +1,258 @@
+"""/mcp at the JSON-RPC level: envelope errors, sessions, versions, origins, auth, and upstream
+faults (down, slow, 500, garbage, dropped connection), through the Flask test client."""
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+
+from app.extensions import db
+from app.models import McpServer, VirtualKey
+from app.models.base import utcnow
+from tests.mcp_fixtures import add_key, add_server
+
+ACCEPT = "application/json, text/event-stream"
+
+
+class Rpc:
+    def __init__(self, client, key=None, path="/mcp"):
+        self.client, self.key, self.path, self.session = client, key, path, None
+        self._id = 0
+
+    def headers(self, extra=None):
+        h = {"Accept": ACCEPT, "Content-Type": "application/json"}
+        if self.key:
+            h["Authorization"] = f"Bearer {self.key}"
+        if self.session:
+            h["Mcp-Session-Id"] = self.session
+            h["MCP-Protocol-Version"] = "2025-11-25"
+        h.update(extra or {})
+        return h
+
+    def raw(self, body, extra=None, method="POST"):
+        data = body if isinstance(body, (str, bytes)) else json.dumps(body)
+        return self.client.open(self.path, method=method, data=data, headers=self.headers(extra))
+
+    def initialize(self, version="2025-11-25"):
+        r = self.raw({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+        assert r.status_code == 200, r.get_data(as_text=True)
+        self.session = r.headers["Mcp-Session-Id"]
+        assert self.raw({"jsonrpc": "2.0", "method": "notifications/initialized"}).status_code == 202
+        return r.json["result"]
+
+    def call(self, method, params=None, extra=None):
+        self._id += 1
+        msg = {"jsonrpc": "2.0", "id": self._id, "method": method}
+        if params is not None:
+            msg["params"] = params
+        return self.raw(msg, extra)
+
+
+@pytest.fixture
+def alpha(app, upstreams):
+    return add_server(app, "alpha", upstreams["alpha"])
+
+
+@pytest.fixture
+def rpc(app, client, alpha):
+    _, key = add_key(app, {alpha: None})
+    r = Rpc(client, key)
+    r.initialize()
+    return r
+
+
+def test_envelope_errors(rpc):
+    r = rpc.raw("{not json")
+    assert r.status_code == 400 and r.json["error"]["code"] == -32700 and r.json["id"] is None
+    r = rpc.raw([{"jsonrpc": "2.0", "id": 1, "method": "ping"}])
+    assert r.status_code == 400 and r.json["error"]["code"] == -32600
+    r = rpc.raw({"jsonrpc": "1.0", "id": 1, "method": "ping"})
+    assert r.status_code == 400 and r.json["error"]["code"] == -32600 and r.json["id"] == 1
+    r = rpc.raw({"jsonrpc": "2.0", "id": 1})
+    assert r.json["error"]["code"] == -32600
+    r = rpc.raw({"jsonrpc": "2.0", "id": 1, "method": 7})
+    assert r.json["error"]["code"] == -32600
+    r = rpc.raw({"jsonrpc": "2.0", "method": "tools/list"})  # a request without id
+    assert r.status_code == 400 and r.json["error"]["code"] == -32600
+    for bad_id in (None, 1.5, True, {"a": 1}):
+        r = rpc.raw({"jsonrpc": "2.0", "id": bad_id, "method": "ping"})
+        assert r.status_code == 400 and r.json["error"]["code"] == -32600, bad_id
+    r = rpc.call("tools/list", [1, 2])
+    assert r.json["error"]["code"] == -32602
+    for params in ({"name": 5}, {"name": "alpha__echo", "arguments": "x"}, {"name": "alpha__echo", "_meta": 1}, {}):
+        r = rpc.call("tools/call", params)
+        assert r.json["error"]["code"] == -32602, params
+    r = rpc.call("server/discover", {})
+    assert r.status_code == 200 and r.json["error"]["code"] == -32601
+    assert rpc.call("resources/list").json["error"]["code"] == -32601
+    assert rpc.call("ping").json == {"jsonrpc": "2.0", "id": rpc._id, "result": {}}
+    # A response (to a request we never sent) and unknown notifications are accepted silently.
+    assert rpc.raw({"jsonrpc": "2.0", "id": 9, "result": {}}).status_code == 202
+    assert rpc.raw({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {}}).status_code == 202
+
+
+def test_unknown_method_is_refused_before_any_session(app, client, alpha):
+    _, key = add_key(app, {alpha: None})
+    r = Rpc(client, key).raw({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {}},
+                             {"MCP-Protocol-Version": "2026-07-28"})
+    assert r.status_code == 200 and r.json["error"]["code"] == -32601
+
+
+def test_version_negotiation(app, client, alpha):
+    _, key = add_key(app, {alpha: None})
+    for asked, got in (("2025-11-25", "2025-11-25"), ("2025-06-18", "2025-06-18"), ("2025-03-26", "2025-03-26"),
+                       ("2024-11-05", "2025-11-25"), ("1999-01-01", "2025-11-25")):
+        result = Rpc(client, key).initialize(asked)
+        assert result["protocolVersion"] == got
+        assert result["capabilities"] == {"tools": {"listChanged": False}}
+        assert result["serverInfo"]["name"] == "portcullis"
+    bad = Rpc(client, key)
+    r = bad.raw({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": 5}})
+    assert r.json["error"]["code"] == -32602
+
+
+def test_sessions(rpc, client, app, alpha):
+    assert rpc.call("tools/list", extra={"MCP-Protocol-Version": "2030-01-01"}).status_code == 400
+    assert rpc.call("tools/list", extra={"MCP-Protocol-Version": "2025-06-18"}).status_code == 200
+    sid = rpc.session
+    rpc.session = None
+    r = rpc.call("tools/list")
+    assert r.status_code == 400 and "Mcp-Session-Id" in r.json["error"]["message"]
+    rpc.session = "0" * 64
+    assert rpc.call("tools/list").status_code == 404
+    # Another key cannot use this session.
+    _, other = add_key(app, {alpha: None}, name="other")
+    stranger = Rpc(client, other)
+    stranger.session = sid
+    assert stranger.call("tools/list").status_code == 404
+    # Nor can the same key on another path.
+    elsewhere = Rpc(client, rpc.key, "/mcp/alpha")
+    elsewhere.session = sid
+    assert elsewhere.call("tools/list").status_code == 404
+    rpc.session = sid
+    assert rpc.raw(None, method="DELETE").status_code == 204
+    r = rpc.call("tools/list")
+    assert r.status_code == 404 and r.json["error"]["code"] == -32001
+    assert rpc.raw(None, method="DELETE").status_code == 404
+
+
+def test_get_is_not_offered_and_origins_are_checked(rpc):
+    r = rpc.raw(None, method="GET")
+    assert r.status_code == 405 and "POST" in r.headers["Allow"]
+    for origin in ("http://evil.example.com", "null", "https://127.0.0.1.evil.com"):
+        assert rpc.call("ping", extra={"Origin": origin}).status_code == 403, origin
+    for origin in ("http://localhost:3000", "http://127.0.0.1", "http://[::1]:8080", "http://127.0.0.1:8080"):
+        assert rpc.call("ping", extra={"Origin": origin}).status_code == 200, origin
+
+
+def test_callers_without_a_usable_key_get_401(app, client, alpha):
+    key_id, key = add_key(app, {alpha: None})
+    for headers in ({}, {"Authorization": "Bearer vk_nope"}, {"Authorization": "Basic abc"},
+                    {"X-Virtual-Key": "vk_unknown"}, {"Authorization": "Bearer " + key[:-1] + "x"}):
+        r = client.post("/mcp", data=json.dumps({"jsonrpc": "2.0", "id": 3, "method": "ping"}),
+                        headers={"Accept": ACCEPT, **headers})
+        assert r.status_code == 401, headers
+        assert r.headers["WWW-Authenticate"].startswith("Bearer")
+        assert r.json["id"] == 3 and r.json["error"]["message"].startswith("unauthorized")
+    ok = Rpc(client, None)
+    ok.key = None
+    r = client.post("/mcp", data=json.dumps({"jsonrpc": "2.0", "id": 3, "method": "ping"}),
+                    headers={"Accept": ACCEPT, "X-Virtual-Key": key})
+    assert r.status_code == 200
+    with app.app_context():
+        db.session.get(VirtualKey, key_id).expires_at = utcnow() + timedelta(seconds=1)
+        db.session.commit()
+        db.session.get(VirtualKey, key_id).expires_at = utcnow() - timedelta(seconds=1)
+        db.session.commit()
+    assert Rpc(client, key).call("ping").status_code == 401  # expired
+    with app.app_context():
+        k = db.session.get(VirtualKey, key_id)
+        k.expires_at, k.active = None, False
+        db.session.commit()
+    assert Rpc(client, key).call("ping").status_code == 401  # revoked
+
+
+def test_anonymous_development_mode(app, client, alpha):
+    with app.app_context():
+        db.session.get(McpServer, alpha).allow_on_all_virtual_keys = True
+        db.session.commit()
+    app.config["PORTCULLIS_ENFORCE_AUTH"] = False
+    try:
+        anon = Rpc(client, None)
+        anon.initialize()
+        names = [t["name"] for t in anon.call("tools/list").json["result"]["tools"]]
+        assert "alpha__echo" in names
+        r = anon.call("tools/call", {"name": "alpha__echo", "arguments": {"text": "anon"}})
+        assert r.json["result"]["content"][0]["text"] == "anon"
+    finally:
+        app.config["PORTCULLIS_ENFORCE_AUTH"] = True
+    assert anon.call("ping").status_code == 401
+
+
+def test_single_server_path_unknown_or_ungranted_is_404(app, client, alpha):
+    _, key = add_key(app, {})
+    assert Rpc(client, key, "/mcp/alpha").call("ping").status_code == 404
+    assert Rpc(client, key, "/mcp/nosuch").call("ping").status_code == 404
+
+
+def faulty_server(app, faulty, mode, **fields):
+    url, _ = faulty
+    return add_server(app, f"f-{mode}", f"{url}/{mode}/mcp", **fields)
+
+
+@pytest.mark.parametrize("mode, text", [
+    ("500", "f-500: the server answered HTTP 500"),
+    ("garbage", "f-garbage: sent an answer that is not valid JSON"),
+    ("html", "f-html: sent an answer of type 'text/html', not JSON or SSE"),
+    ("drop", "f-drop: the connection dropped before the answer was complete"),
+    ("slow", "f-slow: no answer within 0.5s"),
+])
+def test_upstream_faults_are_tool_errors_for_that_call_only(app, client, faulty, alpha, mode, text):
+    sid = faulty_server(app, faulty, mode, read_timeout=0.5) if mode == "slow" else faulty_server(app, faulty, mode)
+    _, key = add_key(app, {sid: None, alpha: None})
+    rpc = Rpc(client, key)
+    rpc.initialize()
+    r = rpc.call("tools/call", {"name": f"f-{mode}__x", "arguments": {}})
+    assert r.status_code == 200
+    result = r.json["result"]
+    assert result["isError"] is True and result["content"][0]["text"] == text
+    # Everything else keeps working.
+    r = rpc.call("tools/call", {"name": "alpha__echo", "arguments": {"text": "still here"}})
+    assert r.json["result"]["content"][0]["text"] == "still here"
+
+
+def test_upstream_down(app, client):
+    from tests.mcp_fixtures import free_port
+
+    with app.app_context():
+        db.session.add(McpServer(name="gone", url=f"http://127.0.0.1:{free_port()}/mcp", auth_type="none",
+                                 tools=[{"name": "x", "inputSchema": {"type": "object"}}], shared_headers={}))
+        db.session.commit()
+        sid = db.session.scalar(db.select(McpServer.id).where(McpServer.name == "gone"))
+    _, key = add_key(app, {sid: None})
+    rpc = Rpc(client, key)
+    rpc.initialize()
+    r = rpc.call("tools/call", {"name": "gone__x", "arguments": {}})
+    assert r.json["result"] == {"content": [{"type": "text", "text": "gone: the server is unreachable"}],
+                                "isError": True}
+
+
+def test_one_upstream_request_per_call_and_one_reinitialize_after_a_forgotten_session(app, client, faulty):
+    url, module = faulty
+    sid = faulty_server(app, faulty, "ok")
+    _, key = add_key(app, {sid: None})
+    rpc = Rpc(client, key)
+    rpc.initialize()
+    module.SEEN.clear()
+    for _ in range(5):
+        assert rpc.call("tools/call", {"name": "f-ok__x", "arguments": {}}).json["result"]["content"][0]["text"] == "ok"
+    assert [m for p, m, s in module.SEEN if p == "ok"] == ["tools/call"] * 5
+    session_ids = {s for p, m, s in module.SEEN if p == "ok"}
+    assert len(session_ids) == 1 and None not in session_ids  # the upstream session is reused
+    module.LIVE_SESSIONS.clear()  # the upstream restarts and forgets its sessions
+    module.SEEN.clear()
+    assert rpc.call("tools/call", {"name": "f-ok__x", "arguments": {}}).json["result"]["content"][0]["text"] == "ok"
+    assert [m for p, m, s in module.SEEN if p == "ok"] == [
+        "tools/call", "initialize", "notifications/initialized", "tools/call"]
