@@ -57,6 +57,34 @@ def register(app: Flask) -> None:
         else:
             click.echo(f"  Admin account exists ({user.email}); log in at {url}/login.")
 
+    @app.cli.command("refresh-tools")
+    @click.option("--name", "names", multiple=True, help="only these servers (default: every enabled one)")
+    def refresh_tools_cmd(names):
+        """Re-discover the tools of MCP servers (initialize + tools/list); for cron or by hand."""
+        from .mcp.discovery import DISCOVERABLE
+        from .models import McpServer
+        from .ops.errors import OpError
+        from .ops.servers import refresh_tools
+
+        g.actor_name = "cli"
+        query = db.select(McpServer).order_by(McpServer.name)
+        query = query.where(McpServer.name.in_(names)) if names else query.where(McpServer.enabled.is_(True))
+        failed = 0
+        for server in db.session.scalars(query).all():
+            if server.auth_type not in DISCOVERABLE:
+                click.echo(f"{server.name}: skipped ({server.auth_type} tools come with members' credentials)")
+                continue
+            try:
+                refresh_tools(server)
+                db.session.commit()
+                click.echo(f"{server.name}: {len(server.tools)} tools")
+            except OpError as e:
+                db.session.rollback()
+                failed += 1
+                click.echo(f"{server.name}: {e.message}", err=True)
+        if failed:
+            sys.exit(1)
+
     @app.cli.command("rotate-encryption-key")
     def rotate_encryption_key():
         """Re-encrypt every stored secret with the first key of PORTCULLIS_ENCRYPTION_KEY."""

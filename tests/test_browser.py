@@ -13,6 +13,20 @@ from app.models import VirtualKey
 from app.ops import servers as server_ops
 from tests.conftest import PASSWORD, make_user
 
+
+_URL: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def _real_upstream(upstreams):
+    """Servers are discovered when created: point them at a real upstream MCP server."""
+    _URL["mcp"] = upstreams["alpha"]
+
+
+def mcp_url() -> str:
+    return _URL["mcp"]
+
+
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
@@ -47,7 +61,7 @@ def test_server_key_grant_and_secret_once(page, app):
     # an MCP server through the form
     page.click("text=New MCP server")
     page.fill("input[name=name]", "browser-srv")
-    page.fill("input[name=url]", "http://127.0.0.1:9/mcp")
+    page.fill("input[name=url]", mcp_url())
     page.select_option("select[name=auth_type]", "none")
     page.click("button:has-text('Create MCP server')")
     expect(page).to_have_url(re.compile(r"/servers$"))
@@ -75,7 +89,9 @@ def test_server_key_grant_and_secret_once(page, app):
     # a grant to the server, saved in place by htmx (the secret stays on screen meanwhile)
     grant = page.locator(".grant", has_text="browser-srv")
     grant.locator("input[name=server]").check()
-    grant.locator("input[name^=tools_text]").fill("echo, add")
+    # the server's tools were discovered at creation: the allowlist is a set of checkboxes
+    grant.locator("input[name^='tools:'][value=echo]").check()
+    grant.locator("input[name^='tools:'][value=add]").check()
     with page.expect_response(re.compile(r"/keys/\d+/grants$")) as resp:
         page.click("button:has-text('Save grants')")
     assert resp.value.status == 200
@@ -92,7 +108,9 @@ def test_server_key_grant_and_secret_once(page, app):
     expect(page.locator(".secret")).to_have_count(0)
     assert secret not in page.content()
     expect(page.locator(".grant", has_text="browser-srv").locator("input[name=server]")).to_be_checked()
-    expect(page.locator(".grant", has_text="browser-srv").locator("input[name^=tools_text]")).to_have_value("add, echo")
+    for tool in ("add", "echo"):
+        expect(page.locator(".grant", has_text="browser-srv").locator(f"input[name^='tools:'][value={tool}]")).to_be_checked()
+    expect(page.locator(".grant", has_text="browser-srv").locator("input[name^='tools:'][value=pixel]")).not_to_be_checked()
 
     # ... and after navigating away and back
     page.click("nav >> text=Virtual keys")
@@ -122,7 +140,7 @@ def test_secret_gone_when_going_back_right_away(page):
 def test_live_search_filters_servers(page, app):
     with app.app_context():
         for name in ("alpha-one", "alpha-two", "beta"):
-            server_ops.create_server({"name": name, "url": "http://127.0.0.1:9/mcp"})
+            server_ops.create_server({"name": name, "url": mcp_url()})
         db.session.commit()
     page.reload()
     rows = page.locator("#servers-table tbody tr")

@@ -7,6 +7,20 @@ from app.crypto import DecryptionError, Keyring
 from app.extensions import db
 from app.models import McpServer, Service
 
+
+_URL: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def _real_upstream(upstreams):
+    """Servers are discovered when created: point them at a real upstream MCP server."""
+    _URL["mcp"] = upstreams["alpha"]
+
+
+def mcp_url() -> str:
+    return _URL["mcp"]
+
+
 CANARY = "canary-7d1e0b5c-secret"
 
 
@@ -37,7 +51,7 @@ def test_secret_columns_are_ciphertext_in_the_database(app, admin_api):
     r = admin_api.post("/services", json={"name": "billing", "base_url": "http://127.0.0.1:9",
                                           "secret": CANARY})
     assert r.status_code == 201
-    r = admin_api.post("/mcp-servers", json={"name": "gh", "url": "http://127.0.0.1:9/mcp",
+    r = admin_api.post("/mcp-servers", json={"name": "gh", "url": mcp_url(),
                                              "auth_type": "headers", "headers": {"X-Api-Key": CANARY + "-h"}})
     assert r.status_code == 201
     dump = raw_dump(app)
@@ -50,7 +64,7 @@ def test_secret_columns_are_ciphertext_in_the_database(app, admin_api):
 
 def test_rotation_reencrypts_every_row_under_the_first_key(app, admin_api, encryption_key, swap_keys):
     admin_api.post("/services", json={"name": "billing", "base_url": "http://127.0.0.1:9", "secret": CANARY})
-    admin_api.post("/mcp-servers", json={"name": "gh", "url": "http://127.0.0.1:9/mcp", "auth_type": "headers",
+    admin_api.post("/mcp-servers", json={"name": "gh", "url": mcp_url(), "auth_type": "headers",
                                          "headers": {"X-Api-Key": "h1"}})
     new_key = Fernet.generate_key().decode()
     swap_keys(new_key, encryption_key)  # the new key first, the old one still readable

@@ -1,8 +1,23 @@
+import pytest
+
+
+_URL: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def _real_upstream(upstreams):
+    """Servers are discovered when created: point them at a real upstream MCP server."""
+    _URL["mcp"] = upstreams["alpha"]
+
+
+def mcp_url() -> str:
+    return _URL["mcp"]
+
 def test_token_and_create_server(admin_api, anon_api, client):
     r = client.post("/api/v1/tokens", json={"email": "admin@example.com", "password": "correct horse battery"})
     assert r.status_code == 201, r.json
     assert r.json["token"].startswith("pct_")
-    r = admin_api.post("/mcp-servers", json={"name": "gh", "url": "http://127.0.0.1:9/mcp", "auth_type": "headers",
+    r = admin_api.post("/mcp-servers", json={"name": "gh", "url": mcp_url(), "auth_type": "headers",
                                              "headers": {"X-Api-Key": "canary-123"}})
     assert r.status_code == 201, r.json
     assert r.json["headers"] == ["X-Api-Key"]

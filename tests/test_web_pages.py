@@ -14,6 +14,20 @@ from app.ops import servers as server_ops
 from app.ops import services as service_ops
 from tests.conftest import PASSWORD, Api, make_user, token_for
 
+
+_URL: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def _real_upstream(upstreams):
+    """Servers are discovered when created: point them at a real upstream MCP server."""
+    _URL["mcp"] = upstreams["alpha"]
+
+
+def mcp_url() -> str:
+    return _URL["mcp"]
+
+
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 SECRET_RE = re.compile(r'class="secret"[^>]*>(vk_[A-Za-z0-9_\-]+)<')
 HX = {"HX-Request": "true"}
@@ -69,7 +83,7 @@ def one(app, model, **by):
 
 def new_server(app, name="gh", tools=None, **fields):
     with app.app_context():
-        server = server_ops.create_server({"name": name, "url": "http://127.0.0.1:9/mcp", **fields})
+        server = server_ops.create_server({"name": name, "url": mcp_url(), **fields})
         if tools is not None:
             server.tools = tools
         db.session.commit()
@@ -107,7 +121,7 @@ def test_member_gets_403_on_admin_pages(app, member):
         r = member.get(path)
         assert r.status_code == 403, path
         assert "This page is for admins." in text(r)
-    assert member.post("/servers/new", {"name": "x", "url": "http://127.0.0.1:9/mcp"}).status_code == 403
+    assert member.post("/servers/new", {"name": "x", "url": mcp_url()}).status_code == 403
     assert member.post(f"/servers/{sid}/delete").status_code == 403
     assert one(app, McpServer, id=sid) is not None
     nav = text(member.get("/keys"))
@@ -142,7 +156,7 @@ def test_htmx_request_without_login_navigates_to_login(client):
 
 
 def test_post_without_csrf_token_is_refused(app, admin):
-    r = admin.client.post("/servers/new", data={"name": "gh", "url": "http://127.0.0.1:9/mcp"})
+    r = admin.client.post("/servers/new", data={"name": "gh", "url": mcp_url()})
     assert r.status_code == 400 and "Reload the page and try again" in text(r)
     assert one(app, McpServer, name="gh") is None
 
@@ -158,7 +172,7 @@ def test_unknown_ids_are_404_pages(admin):
 def test_server_create_edit_delete(app, admin):
     form = text(admin.get("/servers/new"))
     assert 'name="auth_type"' in form and 'name="header_name"' in form
-    r = admin.post("/servers/new", {"name": "github", "url": "https://mcp.example.com/mcp", "auth_type": "headers",
+    r = admin.post("/servers/new", {"name": "github", "url": mcp_url(), "auth_type": "headers",
                                     "header_name": ["X-Api-Key", ""], "header_value": ["canary-server-1", ""],
                                     "enabled": "on"})
     assert r.status_code == 303 and r.headers["Location"] == "/servers"
@@ -174,18 +188,18 @@ def test_server_create_edit_delete(app, admin):
 
     # blank value keeps the stored one; a new row adds a header; other fields change
     r = admin.post(f"/servers/{server.id}", {
-        "name": "github", "url": "https://mcp.example.com/v2/mcp", "auth_type": "headers",
+        "name": "github", "url": mcp_url() + "?v=2", "auth_type": "headers",
         "header_value:X-Api-Key": "", "header_name": ["X-Team"], "header_value": ["team-7"],
         "allow_on_all_virtual_keys": "on", "enabled": "on"})
     assert r.status_code == 303, text(r)
     with app.app_context():
         s = db.session.get(McpServer, server.id)
-        assert s.url == "https://mcp.example.com/v2/mcp" and s.allow_on_all_virtual_keys
+        assert s.url == mcp_url() + "?v=2" and s.allow_on_all_virtual_keys
         assert s.shared_headers == {"X-Api-Key": "canary-server-1", "X-Team": "team-7"}
 
     # a typed value replaces, "remove" drops; switching to per_user_headers with keys
     r = admin.post(f"/servers/{server.id}", {
-        "name": "github", "url": "https://mcp.example.com/v2/mcp", "auth_type": "per_user_headers",
+        "name": "github", "url": mcp_url() + "?v=2", "auth_type": "per_user_headers",
         "remove_header": ["X-Api-Key", "X-Team"], "per_user_header_keys": "X-User-Token, x-workspace",
         "enabled": "on"})
     assert r.status_code == 303, text(r)
@@ -196,7 +210,7 @@ def test_server_create_edit_delete(app, admin):
     assert 'value="x-user-token, x-workspace"' in text(admin.get(f"/servers/{server.id}"))
 
     # clearing the keys of a per_user_headers server is refused, inline
-    r = admin.post(f"/servers/{server.id}", {"name": "github", "url": "https://mcp.example.com/v2/mcp",
+    r = admin.post(f"/servers/{server.id}", {"name": "github", "url": mcp_url() + "?v=2",
                                              "auth_type": "per_user_headers", "per_user_header_keys": "",
                                              "enabled": "on"})
     assert r.status_code == 422
@@ -224,14 +238,14 @@ def test_server_form_errors_inline(app, admin):
         assert db.session.scalar(select(AuditEvent).where(AuditEvent.action == "mcp_server.create")) is None
 
     # rules that combine fields come from the ops layer too
-    r = admin.post("/servers/new", {"name": "gh", "url": "http://127.0.0.1:9/mcp", "auth_type": "headers"})
+    r = admin.post("/servers/new", {"name": "gh", "url": mcp_url(), "auth_type": "headers"})
     assert r.status_code == 422 and "needs at least one header" in text(r)
-    r = admin.post("/servers/new", {"name": "gh", "url": "http://127.0.0.1:9/mcp", "auth_type": "headers",
+    r = admin.post("/servers/new", {"name": "gh", "url": mcp_url(), "auth_type": "headers",
                                     "header_name": ["X-A", "X-A"], "header_value": ["1", "2"]})
     assert r.status_code == 422 and "appears more than once" in text(r)
 
     new_server(app, "taken")
-    r = admin.post("/servers/new", {"name": "taken", "url": "http://127.0.0.1:9/mcp", "auth_type": "none"})
+    r = admin.post("/servers/new", {"name": "taken", "url": mcp_url(), "auth_type": "none"})
     assert r.status_code == 409 and "is already taken" in text(r)
 
 
@@ -440,7 +454,7 @@ def test_key_settings_edit(app, admin, member_id):
 
 def test_grants_editor_saves_grants(app, client, admin, admin_id):
     with_tools = new_server(app, "tooled", tools=[{"name": "echo"}, {"name": "add"}, {"name": "search"}])
-    plain = new_server(app, "plain")
+    plain = new_server(app, "plain", tools=[])  # as if its tools were not discovered yet
     other = new_server(app, "other")
     svc = new_service(app)
     kid = new_key(app, "agent")

@@ -38,6 +38,14 @@ def update_server(server_id):
     return jsonify(result.server.to_dict())
 
 
+@bp.post("/mcp-servers/<int:server_id>/refresh-tools")
+@admin_only
+def refresh_server_tools(server_id):
+    server = ops.refresh_tools(ops.get_server(server_id))
+    db.session.commit()
+    return jsonify(server.to_dict())
+
+
 @bp.delete("/mcp-servers/<int:server_id>")
 @admin_only
 def delete_server(server_id):

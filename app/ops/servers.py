@@ -5,9 +5,11 @@ from sqlalchemy import select
 
 from ..audit import record
 from ..extensions import db
+from ..mcp.client import UpstreamError
+from ..mcp.discovery import DISCOVERABLE, refresh
 from ..models import McpServer
 from ..models.servers import AUTH_TYPES, OAUTH_TYPES
-from .errors import Conflict, NotFound
+from .errors import Conflict, Invalid, NotFound
 from .fields import HEADER_NAME_RE, Fields, missing
 
 FIELDS = {"name", "url", "auth_type", "headers", "per_user_header_keys", "oauth",
@@ -183,9 +185,33 @@ def create_server(data: dict) -> McpServer:
                        enabled=True if missing(enabled) else enabled, tools=[],
                        connect_timeout=5.0 if missing(connect_timeout) else connect_timeout,
                        read_timeout=30.0 if missing(read_timeout) else read_timeout)
+    if server.enabled and server.auth_type in DISCOVERABLE:
+        _discover(server)
     db.session.add(server)
     db.session.flush()
-    record("mcp_server.create", server, f"auth_type={auth_type}, headers={','.join(sorted(headers))}")
+    record("mcp_server.create", server, f"auth_type={auth_type}, headers={','.join(sorted(headers))}, "
+                                        f"tools={len(server.tools)}")
+    return server
+
+
+def _discover(server: McpServer) -> None:
+    """initialize + tools/list at the upstream; an unreachable server is refused (422)."""
+    try:
+        refresh(server)
+    except UpstreamError as e:
+        raise Invalid(f"cannot discover the server's tools: {e}", {"url": f"unreachable or not MCP: {e}"}) from None
+
+
+def refresh_tools(server: McpServer) -> McpServer:
+    """Re-read the upstream's tools on demand (page, API, CLI)."""
+    if server.auth_type not in DISCOVERABLE:
+        raise Conflict(f"a {server.auth_type} server's tools are discovered with a member's credentials, "
+                       "not on demand")
+    before = {t.get("name") for t in server.tools or []}
+    _discover(server)
+    after = {t.get("name") for t in server.tools}
+    record("mcp_server.refresh_tools", server,
+           f"tools={len(after)}, added={len(after - before)}, removed={len(before - after)}")
     return server
 
 
@@ -249,6 +275,9 @@ def update_server(server: McpServer, data: dict) -> ServerUpdate:
     if new_oauth != server.oauth_config:
         server.oauth_config = new_oauth
         changed.append("oauth")
+    reach = {"url", "auth_type", "headers", "enabled", "connect_timeout", "read_timeout"}
+    if server.enabled and server.auth_type in DISCOVERABLE and reach & set(changed):
+        _discover(server)  # what is served to agents must be what this configuration reaches
     if changed:
         record("mcp_server.update", server, "changed " + ", ".join(changed))
     return ServerUpdate(server, changed, keys_changed)

@@ -27,6 +27,14 @@ def int_or_raw(value: str):
         return value
 
 
+def number_or_raw(value: str):
+    """'2.5' -> 2.5; anything else is passed on as is so the ops layer names the error."""
+    try:
+        return float(value.strip())
+    except ValueError:
+        return value
+
+
 def comma_list(value: str) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
 

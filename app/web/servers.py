@@ -12,8 +12,8 @@ from ..models import McpServer
 from ..models.servers import AUTH_TYPES
 from ..ops import servers as ops
 from ..ops.errors import Invalid, OpError
-from . import bp
-from .forms import checked, comma_list, done, form_error, text
+from . import bp, is_htmx
+from .forms import checked, comma_list, done, form_error, number_or_raw, text
 from .listing import matching, paginate, search_term, table_page
 
 
@@ -48,6 +48,7 @@ def _values_from_form() -> dict:
         "name": text("name"), "url": text("url"), "auth_type": text("auth_type"),
         "per_user_header_keys": text("per_user_header_keys"),
         "allow_on_all_virtual_keys": checked("allow_on_all_virtual_keys"), "enabled": checked("enabled"),
+        "connect_timeout": text("connect_timeout"), "read_timeout": text("read_timeout"),
         "new_headers": [n.strip() for n in request.form.getlist("header_name") if n.strip()],
         "removed_headers": request.form.getlist("remove_header"),
     }
@@ -58,6 +59,7 @@ def _values_from_server(server: McpServer) -> dict:
         "name": server.name, "url": server.url, "auth_type": server.auth_type,
         "per_user_header_keys": ", ".join(server.per_user_header_keys or []),
         "allow_on_all_virtual_keys": server.allow_on_all_virtual_keys, "enabled": server.enabled,
+        "connect_timeout": f"{server.connect_timeout:g}", "read_timeout": f"{server.read_timeout:g}",
         "new_headers": [], "removed_headers": [],
     }
 
@@ -68,6 +70,9 @@ def _data(server: McpServer | None) -> dict:
         "name": text("name"), "url": text("url"), "auth_type": text("auth_type"),
         "allow_on_all_virtual_keys": checked("allow_on_all_virtual_keys"), "enabled": checked("enabled"),
     }
+    for name in ("connect_timeout", "read_timeout"):
+        if text(name).strip():
+            data[name] = number_or_raw(text(name))
     new_headers, _ = _new_header_rows()
     if server is None:
         if new_headers:
@@ -98,7 +103,8 @@ def _data(server: McpServer | None) -> dict:
 def server_new():
     context = {"server": None, "auth_types": AUTH_TYPES}
     if request.method == "GET":
-        values = {"auth_type": "none", "enabled": True, "new_headers": [], "removed_headers": []}
+        values = {"auth_type": "none", "enabled": True, "new_headers": [], "removed_headers": [],
+                  "connect_timeout": "5", "read_timeout": "30"}
         return render_template("web/server_form.html", values=values, errors={}, **context)
     try:
         server = ops.create_server(_data(None))
@@ -125,6 +131,23 @@ def server_edit(server_id: int):
                           server=server, auth_types=AUTH_TYPES)
     flash(f"MCP server {result.server.name} saved." if result.changed else "Nothing changed.", "success")
     return done(url_for("web.servers"))
+
+
+@bp.post("/servers/<int:server_id>/refresh-tools")
+@admin_required
+def server_refresh_tools(server_id: int):
+    server = ops.get_server(server_id)
+    error = None
+    try:
+        ops.refresh_tools(server)
+        db.session.commit()
+    except OpError as e:
+        db.session.rollback()
+        server, error = ops.get_server(server_id), e.message
+    if is_htmx():
+        return render_template("_partials/server_tools.html", server=server, tools_error=error), (422 if error else 200)
+    flash(error or f"{len(server.tools)} tools discovered.", "error" if error else "success")
+    return done(url_for("web.server_edit", server_id=server_id))
 
 
 @bp.post("/servers/<int:server_id>/delete")
