@@ -1,6 +1,8 @@
 """/mcp with the real `mcp` SDK client against real upstream servers (the SDK's MCPServer)."""
 from __future__ import annotations
 
+import time
+
 import pytest
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
@@ -76,16 +78,19 @@ async def test_results_pass_through_faithfully(app, live_server, two_servers):
 async def test_progress_is_relayed_from_an_sse_upstream(app, live_server, two_servers):
     _, beta = two_servers
     _, key = add_key(app, {beta: None})
-    seen = []
+    seen, times = [], []
 
     async def on_progress(progress, total, message):
         seen.append((progress, total, message))
+        times.append(time.monotonic())
 
     http, c = client(live_server + "/mcp", key)
     async with http, c:
-        r = await c.call_tool("beta__slow", {"steps": 3}, progress_callback=on_progress)
+        r = await c.call_tool("beta__slow", {"steps": 3, "delay": 0.25}, progress_callback=on_progress)
+        done = time.monotonic()
     assert r.content[0].text == "done"
     assert seen == [(1.0, 3.0, "step 1"), (2.0, 3.0, "step 2"), (3.0, 3.0, "step 3")]
+    assert done - times[0] > 0.4  # relayed as they happen, not buffered until the end
 
 
 async def test_grants_tool_allowlists_and_disabled_servers(app, live_server, two_servers):

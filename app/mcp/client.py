@@ -117,14 +117,15 @@ class UpstreamClient:
         )
         body = {"jsonrpc": "2.0", "id": next(self._ids), "method": "initialize",
                 "params": params.model_dump(by_alias=True, exclude_none=True, mode="json")}
-        resp, session_id = self._post(ep, body, None, None)
+        call = self._open(ep, body, None)
+        resp = call.result()
         if "error" in resp:
             raise UpstreamError(f"{ep.name}: initialize failed: {_error_text(resp['error'])}")
         try:
             result = types.InitializeResult.model_validate(resp.get("result"))
         except ValueError:
             raise UpstreamError(f"{ep.name}: sent an invalid initialize answer") from None
-        session = UpstreamSession(session_id, result.protocol_version,
+        session = UpstreamSession(call.session_id, result.protocol_version,
                                   result.server_info.model_dump(mode="json", exclude_none=True))
         self._notify(ep, session, "notifications/initialized")
         return session
@@ -140,21 +141,23 @@ class UpstreamClient:
 
     # -- requests --------------------------------------------------------------------------
 
-    def request(self, ep: Endpoint, method: str, params: dict | None,
-                on_notification: Notify | None = None) -> dict:
-        """Send one request and return the upstream's JSON-RPC response message
-        (with ``result`` or ``error``). Exactly one POST unless the session had expired."""
+    def open(self, ep: Endpoint, method: str, params: dict | None) -> UpstreamCall:
+        """Send one request; the answer is read from the returned call. Exactly one POST,
+        unless the upstream had forgotten our session (then one re-initialize and a retry)."""
         session = self.session(ep)
         body = {"jsonrpc": "2.0", "id": next(self._ids), "method": method}
         if params is not None:
             body["params"] = params
         try:
-            msg, _ = self._post(ep, body, session, on_notification)
-            return msg
+            return self._open(ep, body, session)
         except _SessionExpired:
             self._forget(ep, session)
-            msg, _ = self._post(ep, body, self.session(ep), on_notification)
-            return msg
+            return self._open(ep, body, self.session(ep))
+
+    def request(self, ep: Endpoint, method: str, params: dict | None,
+                on_notification: Notify | None = None) -> dict:
+        """The upstream's JSON-RPC response message (with ``result`` or ``error``)."""
+        return self.open(ep, method, params).result(on_notification)
 
     def list_tools(self, ep: Endpoint) -> list[dict]:
         """Every tool of the upstream (all pages), each checked against the SDK's Tool type."""
@@ -167,8 +170,7 @@ class UpstreamClient:
                 page = types.ListToolsResult.model_validate(msg.get("result"))
             except ValueError:
                 raise UpstreamError(f"{ep.name}: sent an invalid tools/list answer") from None
-            raw = msg["result"].get("tools", [])
-            tools.extend(raw)
+            tools.extend(msg["result"].get("tools", []))
             pages += 1
             cursor = page.next_cursor
             if not cursor or pages >= 50:
@@ -184,8 +186,7 @@ class UpstreamClient:
                 headers["Mcp-Session-Id"] = session.session_id
         return headers
 
-    def _post(self, ep: Endpoint, body: dict, session: UpstreamSession | None,
-              on_notification: Notify | None) -> tuple[dict, str | None]:
+    def _open(self, ep: Endpoint, body: dict, session: UpstreamSession | None) -> UpstreamCall:
         request = self.http.build_request("POST", ep.url, content=json.dumps(body),
                                           headers=self._headers(ep, session), timeout=ep.timeout)
         try:
@@ -200,36 +201,12 @@ class UpstreamClient:
             if not 200 <= resp.status_code < 300:
                 raise UpstreamError(f"{ep.name}: the server answered HTTP {resp.status_code}")
             ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
-            if ctype == "text/event-stream":
-                msg = self._read_sse(ep, resp, body["id"], session, on_notification)
-            elif ctype == "application/json":
-                msg = _parse_response(ep, resp.read(), body["id"])
-            else:
+            if ctype not in ("text/event-stream", "application/json"):
                 raise UpstreamError(f"{ep.name}: sent an answer of type {ctype or 'unknown'!r}, not JSON or SSE")
-            return msg, resp.headers.get("mcp-session-id")
-        except httpx.HTTPError as e:
-            raise UpstreamError(_transport_text(ep, e)) from None
-        finally:
+        except BaseException:
             resp.close()
-
-    def _read_sse(self, ep: Endpoint, resp: httpx.Response, want_id, session, on_notification) -> dict:
-        for data in _sse_data(resp.iter_lines()):
-            try:
-                msg = json.loads(data)
-            except ValueError:
-                raise UpstreamError(f"{ep.name}: sent an invalid event") from None
-            if not isinstance(msg, dict):
-                continue
-            if "method" in msg and "id" not in msg:  # a notification, e.g. progress
-                if on_notification is not None:
-                    on_notification(msg)
-            elif "method" in msg:  # a request to us (sampling, elicitation): not offered
-                self._refuse(ep, session, msg["id"])
-            elif msg.get("id") == want_id:
-                if "result" not in msg and "error" not in msg:
-                    raise UpstreamError(f"{ep.name}: sent an invalid answer")
-                return msg
-        raise UpstreamError(f"{ep.name}: closed the stream without an answer")
+            raise
+        return UpstreamCall(self, ep, session, resp, body["id"], ctype == "text/event-stream")
 
     def _refuse(self, ep: Endpoint, session, request_id) -> None:
         """Answer a server-to-client request we did not offer, so the upstream does not wait."""
@@ -240,6 +217,60 @@ class UpstreamClient:
                            timeout=ep.timeout).close()
         except httpx.HTTPError:
             pass
+
+
+class UpstreamCall:
+    """One upstream answer being received: JSON (the answer) or SSE (notifications, then the
+    answer). Read it once, with ``messages()`` or ``result()``; the connection goes back to
+    the pool when it is done (or closed)."""
+
+    def __init__(self, client: UpstreamClient, ep: Endpoint, session, resp: httpx.Response, want_id, streaming: bool):
+        self.client, self.ep, self.session, self.resp = client, ep, session, resp
+        self.want_id, self.streaming = want_id, streaming
+
+    @property
+    def session_id(self) -> str | None:
+        return self.resp.headers.get("mcp-session-id")
+
+    def messages(self) -> Iterator[dict]:
+        """Notifications (dicts with ``method``) as they arrive, then the answer."""
+        ep = self.ep
+        try:
+            if not self.streaming:
+                yield _parse_response(ep, self.resp.read(), self.want_id)
+                return
+            for data in _sse_data(self.resp.iter_lines()):
+                try:
+                    msg = json.loads(data)
+                except ValueError:
+                    raise UpstreamError(f"{ep.name}: sent an invalid event") from None
+                if not isinstance(msg, dict):
+                    continue
+                if "method" in msg and "id" not in msg:  # a notification, e.g. progress
+                    yield msg
+                elif "method" in msg:  # a request to us (sampling, elicitation): not offered
+                    self.client._refuse(ep, self.session, msg["id"])
+                elif msg.get("id") == self.want_id:
+                    if "result" not in msg and "error" not in msg:
+                        raise UpstreamError(f"{ep.name}: sent an invalid answer")
+                    yield msg
+                    return
+            raise UpstreamError(f"{ep.name}: closed the stream without an answer")
+        except httpx.HTTPError as e:
+            raise UpstreamError(_transport_text(ep, e)) from None
+        finally:
+            self.resp.close()
+
+    def result(self, on_notification: Notify | None = None) -> dict:
+        for msg in self.messages():
+            if "method" not in msg:
+                return msg
+            if on_notification is not None:
+                on_notification(msg)
+        raise UpstreamError(f"{self.ep.name}: no answer")  # not reached: messages() ends with one
+
+    def close(self) -> None:
+        self.resp.close()
 
 
 class _SessionExpired(Exception):

@@ -6,8 +6,6 @@ session -> method -> (tools/call) allowlist -> credentials -> upstream -> answer
 from __future__ import annotations
 
 import json
-import queue
-import threading
 from urllib.parse import urlsplit
 
 from flask import Response, current_app, request
@@ -226,53 +224,36 @@ def _call_tool(req_id, params, caller, scope) -> Response:
     upstream_params["name"] = tool
     client = current_app.extensions["mcp_client"]
 
-    wants_progress = meta is not None and "progressToken" in meta
-    if wants_progress and "text/event-stream" in request.headers.get("Accept", ""):
-        return _stream_call(req_id, client, endpoint, upstream_params)
     try:
-        msg = client.request(endpoint, "tools/call", upstream_params)
+        call = client.open(endpoint, "tools/call", upstream_params)
+    except UpstreamError as e:
+        return _result(req_id, tool_error(str(e)))
+    if call.streaming and "text/event-stream" in request.headers.get("Accept", ""):
+        return Response(_relay(call, req_id), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    try:
+        msg = call.result()
     except UpstreamError as e:
         return _result(req_id, tool_error(str(e)))
     msg["id"] = req_id
     return _answer(msg)
 
 
-def _stream_call(req_id, client, endpoint, params) -> Response:
-    """Answer as SSE: relay the upstream's progress notifications as they arrive, then the result."""
-    events: queue.Queue = queue.Queue()
-    done = object()
-
-    def work():
-        try:
-            msg = client.request(endpoint, "tools/call", params,
-                                 on_notification=lambda n: events.put(n) if n.get("method") in RELAYED_NOTIFICATIONS
-                                 else None)
+def _relay(call, req_id):
+    """The upstream's SSE answer, event by event: progress and log notifications as they
+    arrive, then the answer under the agent's own request id."""
+    try:
+        for msg in call.messages():
+            if "method" in msg:
+                if msg["method"] in RELAYED_NOTIFICATIONS:
+                    yield _sse_event(msg)
+                continue
             msg["id"] = req_id
-        except UpstreamError as e:
-            msg = {"jsonrpc": "2.0", "id": req_id, "result": tool_error(str(e))}
-        except Exception:  # never leave the stream hanging
-            current_app.logger.exception("tools/call relay failed")
-            msg = {"jsonrpc": "2.0", "id": req_id, "result": tool_error(f"{endpoint.name}: internal error")}
-        events.put(msg)
-        events.put(done)
-
-    app = current_app._get_current_object()
-
-    def run():
-        with app.app_context():
-            work()
-
-    threading.Thread(target=run, daemon=True, name="mcp-relay").start()
-
-    def stream():
-        while True:
-            item = events.get()
-            if item is done:
-                return
-            yield _sse_event(item)
-
-    return Response(stream(), mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            yield _sse_event(msg)
+    except UpstreamError as e:
+        yield _sse_event({"jsonrpc": "2.0", "id": req_id, "result": tool_error(str(e))})
+    finally:
+        call.close()
 
 
 def _first_error(e: ValueError) -> str:
