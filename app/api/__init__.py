@@ -104,4 +104,4 @@ def http_error(e: HTTPException):
     return resp, status
 
 
-from . import audit, keys, servers, services, tokens, users  # noqa: E402,F401
+from . import audit, keys, openapi, servers, services, tokens, users  # noqa: E402,F401

@@ -1,0 +1,421 @@
+"""The OpenAPI 3.1 description of the JSON admin API, served at /api/v1/openapi.json.
+
+Built once as a plain dict. Paths are relative to the server URL ``/api/v1`` and every
+operationId is the Flask endpoint name, so tests/test_openapi.py can check the document
+against ``app.url_map`` route by route and validate real answers against these schemas.
+"""
+from __future__ import annotations
+
+from flask import jsonify
+
+from ..models.keys import SCOPES, SOURCES
+from ..models.servers import AUTH_TYPES
+from ..models.users import ROLES
+from ..ops.fields import NAME_RE
+from ..ops.keys import MAX_RATE_LIMIT
+from ..ops.users import MIN_PASSWORD
+from . import bp
+
+MAX_LIMIT, DEFAULT_LIMIT = 500, 50
+
+
+# --- small schema builders -------------------------------------------------------------
+
+def ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def obj(properties: dict, required=(), *, closed: bool = True, **extra) -> dict:
+    """An object schema; ``closed`` objects refuse properties that are not listed."""
+    schema = {"type": "object", "properties": properties, **extra}
+    if required:
+        schema["required"] = list(required)
+    if closed:
+        schema["additionalProperties"] = False
+    return schema
+
+
+def nullable(schema: dict) -> dict:
+    t = schema["type"]
+    return {**schema, "type": [*(t if isinstance(t, list) else [t]), "null"]}
+
+
+STR = {"type": "string"}
+BOOL = {"type": "boolean"}
+ID = {"type": "integer", "minimum": 1}
+TIMESTAMP = {"type": "string", "format": "date-time", "examples": ["2030-01-31T12:00:00Z"]}
+NAME = {"type": "string", "pattern": NAME_RE.pattern, "maxLength": 40,
+        "description": "Lower-case letters, digits and dashes, starting with a letter."}
+HTTP_URL = {"type": "string", "format": "uri", "maxLength": 2048,
+            "description": "An http:// or https:// URL without user info."}
+HEADER_NAME = {"type": "string", "pattern": r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}$"}
+
+
+def listing(items_key: str, item: str) -> dict:
+    return obj({
+        items_key: {"type": "array", "items": ref(item)},
+        "count": {"type": "integer", "minimum": 0, "description": "Items in this page."},
+        "total_count": {"type": "integer", "minimum": 0, "description": "Items matching, all pages."},
+        "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+        "offset": {"type": "integer", "minimum": 0},
+    }, [items_key, "count", "total_count", "limit", "offset"])
+
+
+# --- component schemas ------------------------------------------------------------------
+
+USER_FIELDS = {
+    "email": {"type": "string", "format": "email", "maxLength": 254,
+              "description": "Unique, compared case-insensitively; stored lower-case."},
+    "password": {"type": "string", "minLength": MIN_PASSWORD, "maxLength": 200, "writeOnly": True},
+    "role": {"type": "string", "enum": list(ROLES), "default": "member"},
+    "active": {**BOOL, "default": True},
+}
+
+OAUTH_SETTINGS = {
+    "client_id": {"type": "string", "maxLength": 512},
+    "client_secret": {"type": "string", "maxLength": 512, "writeOnly": True},
+    "scopes": {"oneOf": [{"type": "array", "items": {"type": "string"}},
+                         {"type": "string", "description": "Space-separated scope names."}]},
+    "authorization_server": HTTP_URL,
+}
+
+SERVER_WRITE = {
+    "name": NAME,
+    "url": HTTP_URL,
+    "auth_type": {"type": "string", "enum": list(AUTH_TYPES), "default": "none"},
+    "per_user_header_keys": {
+        "type": ["array", "null"], "items": {"type": "string", "maxLength": 64},
+        "description": "Header names each member supplies (auth_type per_user_headers only, then "
+                       "at least one). Stored canonical: trimmed, lower-case, sorted; duplicates "
+                       "after canonicalisation are refused. A change of case, spacing or order "
+                       "alone is not a change."},
+    "oauth": nullable(obj(OAUTH_SETTINGS, description=(
+        "OAuth client settings, only for auth_type oauth and per_user_oauth. On update the "
+        "stored client_secret is kept unless a new one is given."))),
+    "allow_on_all_virtual_keys": {**BOOL, "default": False},
+    "enabled": {**BOOL, "default": True},
+}
+
+VK_WRITE = {
+    "name": {"type": "string", "minLength": 1, "maxLength": 100},
+    "owner_id": nullable({**ID, "description": "The user the key acts for (members see their own keys)."}),
+    "agent_id": nullable({"type": "string", "maxLength": 200}),
+    "rate_limit_per_minute": {"type": "integer", "minimum": 1, "maximum": MAX_RATE_LIMIT, "default": 60},
+    "expires_at": nullable({**TIMESTAMP, "description": "Must be in the future; without an offset UTC is meant."}),
+    "active": BOOL,
+    "mcp_servers": {"type": "array", "items": ref("ServerGrant"),
+                    "description": "The key's MCP server grants; on update the list replaces the old one."},
+    "services": {"type": "array", "items": ref("ServiceGrantInput"),
+                 "description": "The key's service grants; on update the list replaces the old one."},
+}
+
+VK_READ = {
+    "id": ID,
+    "name": STR,
+    "key_prefix": {"type": "string", "description": "The visible start of the secret, e.g. vk_AbCdEfGh."},
+    "owner_id": nullable(ID),
+    "source": {"type": "string", "enum": list(SOURCES)},
+    "agent_id": nullable(STR),
+    "mcp_servers": {"type": "array", "items": ref("ServerGrant")},
+    "services": {"type": "array", "items": ref("ServiceGrant")},
+    "rate_limit_per_minute": {"type": "integer", "minimum": 1},
+    "expires_at": nullable(TIMESTAMP),
+    "active": BOOL,
+    "status": {"type": "string", "enum": ["active", "expired", "revoked"]},
+    "created_at": TIMESTAMP,
+    "updated_at": TIMESTAMP,
+    "last_used_at": nullable(TIMESTAMP),
+}
+
+SERVICE_WRITE = {
+    "name": NAME,
+    "description": {"type": "string", "maxLength": 500},
+    "base_url": HTTP_URL,
+    "credential_header": {**HEADER_NAME, "default": "X-API-Key", "description": (
+        "The header the secret goes in: Authorization sends 'Bearer <secret>', any other "
+        "name carries the secret literally.")},
+    "secret": {"type": "string", "minLength": 1, "maxLength": 8192, "writeOnly": True,
+               "description": "The root credential. Write-only: never returned."},
+}
+
+SCHEMAS = {
+    "Error": obj({"error": obj({
+        "code": {"type": "string", "examples": ["validation_failed", "not_found", "conflict"]},
+        "message": STR,
+        "fields": {"type": "object", "additionalProperties": STR,
+                   "description": "Field name to what is wrong with it."},
+    }, ["code", "message"])}, ["error"]),
+
+    "TokenRequest": obj({"email": {"type": "string", "maxLength": 254},
+                         "password": {"type": "string", "maxLength": 200, "writeOnly": True}},
+                        ["email", "password"]),
+    "Token": obj({"token": {"type": "string", "pattern": "^pct_",
+                            "description": "Send as 'Authorization: Bearer <token>'. Shown once."},
+                  "expires_at": TIMESTAMP}, ["token", "expires_at"]),
+
+    "User": obj({"id": ID, "email": USER_FIELDS["email"], "role": {"type": "string", "enum": list(ROLES)},
+                 "active": BOOL, "created_at": TIMESTAMP, "updated_at": TIMESTAMP,
+                 "last_login_at": nullable(TIMESTAMP)},
+                ["id", "email", "role", "active", "created_at", "updated_at", "last_login_at"]),
+    "UserCreate": obj(USER_FIELDS, ["email", "password"]),
+    "UserUpdate": obj(USER_FIELDS, description=(
+        "Changed fields only. The last active admin cannot be demoted or deactivated.")),
+    "UserList": listing("users", "User"),
+
+    "McpServer": obj({
+        "id": ID, "name": NAME, "url": {"type": "string"},
+        "auth_type": {"type": "string", "enum": list(AUTH_TYPES)},
+        "headers": {"type": "array", "items": STR,
+                    "description": "Names of the shared headers; their values are write-only."},
+        "per_user_header_keys": {"type": "array", "items": STR},
+        "oauth": nullable(obj({"client_id": STR, "scopes": {"type": "array", "items": STR},
+                               "authorization_server": STR, "client_secret_set": BOOL})),
+        "allow_on_all_virtual_keys": BOOL, "enabled": BOOL,
+        "tools": {"type": "array", "items": {"type": "object"},
+                  "description": "The tools discovered at the upstream."},
+        "created_at": TIMESTAMP, "updated_at": TIMESTAMP,
+    }, ["id", "name", "url", "auth_type", "headers", "per_user_header_keys", "oauth",
+        "allow_on_all_virtual_keys", "enabled", "tools", "created_at", "updated_at"]),
+    "McpServerCreate": obj({
+        **SERVER_WRITE,
+        "headers": {"type": "object", "propertyNames": HEADER_NAME,
+                    "additionalProperties": {"type": "string", "minLength": 1, "maxLength": 8192},
+                    "writeOnly": True,
+                    "description": "Shared headers sent on every upstream call (auth_type headers). "
+                                   "A header may not also be a per-user key."},
+    }, ["name", "url"]),
+    "McpServerUpdate": obj({
+        **SERVER_WRITE,
+        "headers": {"type": ["object", "null"], "propertyNames": HEADER_NAME,
+                    "additionalProperties": {"type": ["string", "null"], "maxLength": 8192},
+                    "writeOnly": True,
+                    "description": "Merged into the stored headers: a string sets that header, "
+                                   "null removes it, headers not named are kept."},
+    }),
+    "McpServerList": listing("mcp_servers", "McpServer"),
+
+    "ServerGrant": obj({"server_id": ID,
+                        "tools": {"type": ["array", "null"], "items": {"type": "string", "minLength": 1},
+                                  "description": "Tool allowlist; null means every tool."}},
+                       ["server_id"]),
+    "ServiceGrantInput": obj({"service_id": ID,
+                              "scope": {"type": "string", "enum": list(SCOPES), "default": "read"}},
+                             ["service_id"]),
+    "ServiceGrant": obj({"service_id": ID, "scope": {"type": "string", "enum": list(SCOPES)}},
+                        ["service_id", "scope"]),
+    "VirtualKey": obj(VK_READ, list(VK_READ)),
+    "VirtualKeyCreated": obj({**VK_READ, "key": {
+        "type": "string", "pattern": "^vk_",
+        "description": "The secret. Returned by the create call only, never again."}},
+        [*VK_READ, "key"]),
+    "VirtualKeyCreate": obj(VK_WRITE, ["name"]),
+    "VirtualKeyUpdate": obj(VK_WRITE),
+    "VirtualKeyList": listing("virtual_keys", "VirtualKey"),
+
+    "Service": obj({"id": ID, "name": NAME, "description": STR, "base_url": STR,
+                    "credential_header": STR,
+                    "secret_set": {"type": "boolean", "description": "Always true; the secret is never shown."},
+                    "created_at": TIMESTAMP, "updated_at": TIMESTAMP},
+                   ["id", "name", "description", "base_url", "credential_header", "secret_set",
+                    "created_at", "updated_at"]),
+    "ServiceCreate": obj(SERVICE_WRITE, ["name", "base_url", "secret"]),
+    "ServiceUpdate": obj(SERVICE_WRITE),
+    "ServiceList": listing("services", "Service"),
+
+    "AuditEvent": obj({
+        "id": ID, "created_at": TIMESTAMP,
+        "actor": obj({"type": {"type": "string", "enum": ["user", "virtual_key", "system"]},
+                      "id": nullable({"type": "integer"}), "name": STR}, ["type", "id", "name"]),
+        "action": {"type": "string", "examples": ["mcp_server.create", "token.denied"]},
+        "target": obj({"type": nullable(STR), "id": nullable({"type": "integer"}), "name": STR},
+                      ["type", "id", "name"]),
+        "detail": {"type": "string", "description": "A short note; never a secret."},
+        "ip": nullable(STR),
+    }, ["id", "created_at", "actor", "action", "target", "detail", "ip"]),
+    "AuditEventList": listing("audit_events", "AuditEvent"),
+}
+
+
+# --- responses and parameters -----------------------------------------------------------
+
+def error_response(description: str, **extra) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": ref("Error")}}, **extra}
+
+
+RESPONSES = {
+    "BadRequest": error_response("Malformed JSON, a body that is not a JSON object, or bad query parameters."),
+    "Unauthorized": error_response(
+        "No valid API token (missing, unknown, expired or revoked, or the user is inactive).",
+        headers={"WWW-Authenticate": {"schema": STR, "description": 'Bearer realm="portcullis"'}}),
+    "Forbidden": error_response("The token's user is not an admin."),
+    "NotFound": error_response("No such object (or, for a member, not one of their own keys)."),
+    "Conflict": error_response("The change clashes with existing data (a taken name or e-mail, the last admin)."),
+    "ValidationFailed": error_response("A field is missing, unknown or invalid; error.fields says which."),
+    "RateLimited": error_response("Too many attempts; retry later.",
+                                  headers={"Retry-After": {"schema": {"type": "integer"}}}),
+}
+
+PARAMETERS = {
+    "limit": {"name": "limit", "in": "query", "description": "Page size.",
+              "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}},
+    "offset": {"name": "offset", "in": "query", "description": "Items to skip.",
+               "schema": {"type": "integer", "minimum": 0, "default": 0}},
+    "q": {"name": "q", "in": "query", "description": "Search text.", "schema": STR},
+}
+
+
+def path_id(name: str, what: str) -> dict:
+    return {"name": name, "in": "path", "required": True, "description": f"The {what}'s id.", "schema": ID}
+
+
+def problems(*names: str) -> dict:
+    return {str(code): {"$ref": f"#/components/responses/{name}"} for code, name in (
+        (400, "BadRequest"), (401, "Unauthorized"), (403, "Forbidden"), (404, "NotFound"),
+        (409, "Conflict"), (422, "ValidationFailed"), (429, "RateLimited")) if name in names}
+
+
+def ok(status: int, description: str, schema: str | None = None) -> dict:
+    if schema is None:
+        return {str(status): {"description": description}}
+    return {str(status): {"description": description,
+                          "content": {"application/json": {"schema": ref(schema)}}}}
+
+
+def json_body(schema: str) -> dict:
+    return {"required": True, "content": {"application/json": {"schema": ref(schema)}}}
+
+
+def op(endpoint: str, tag: str, summary: str, responses: dict, *, body: str | None = None,
+       params: list | None = None, security: list | None = None, description: str | None = None) -> dict:
+    operation = {"operationId": endpoint, "tags": [tag], "summary": summary}
+    if description:
+        operation["description"] = description
+    if params:
+        operation["parameters"] = params
+    if body:
+        operation["requestBody"] = json_body(body)
+    operation["responses"] = responses
+    if security is not None:
+        operation["security"] = security
+    return operation
+
+
+def resource(tag: str, noun: str, plural: str, prefix: str, *, id_name: str, schema: str,
+             list_params: tuple = ("q",), conflicts: bool = True, admin: bool = True,
+             notes: dict | None = None) -> dict:
+    """The five operations of one collection: list, create, get, update, delete."""
+    notes = notes or {}
+    admin_errors = ("Forbidden",) if admin else ()
+    write_errors = ("Conflict",) if conflicts else ()
+    params = [{"$ref": f"#/components/parameters/{p}"} for p in ("limit", "offset")]
+    params += [PARAMETERS[p] if isinstance(p, str) and p in PARAMETERS else p for p in list_params]
+    one = [path_id(id_name, noun)]
+    return {
+        f"/{prefix}": {
+            "get": op(f"list_{plural}", tag, f"List {plural.replace('_', ' ')}",
+                      {**ok(200, "One page.", f"{schema}List"), **problems("BadRequest", "Unauthorized", *admin_errors)},
+                      params=params, description=notes.get("list")),
+            "post": op(f"create_{noun}", tag, f"Create a {noun.replace('_', ' ')}",
+                       {**ok(201, "Created.", notes.get("created_schema", schema)),
+                        **problems("BadRequest", "Unauthorized", "Forbidden", "ValidationFailed", *write_errors)},
+                       body=f"{schema}Create", description=notes.get("create")),
+        },
+        f"/{prefix}/{{{id_name}}}": {
+            "parameters": one,
+            "get": op(f"get_{noun}", tag, f"Get a {noun.replace('_', ' ')}",
+                      {**ok(200, "The object.", schema), **problems("Unauthorized", *admin_errors, "NotFound")},
+                      description=notes.get("get")),
+            "patch": op(f"update_{noun}", tag, f"Change a {noun.replace('_', ' ')}",
+                        {**ok(200, "The object after the change.", schema),
+                         **problems("BadRequest", "Unauthorized", "Forbidden", "NotFound", "ValidationFailed",
+                                    *write_errors)},
+                        body=f"{schema}Update", description=notes.get("update")),
+            "delete": op(f"delete_{noun}", tag, f"Delete a {noun.replace('_', ' ')}",
+                         {**ok(204, "Deleted."), **problems("Unauthorized", *admin_errors, "NotFound",
+                                                            *(("Conflict",) if noun == "user" else ()))},
+                         description=notes.get("delete")),
+        },
+    }
+
+
+PATHS = {
+    "/openapi.json": {"get": op(
+        "openapi", "meta", "This document", {"200": {
+            "description": "The OpenAPI 3.1 description of this API.",
+            "content": {"application/json": {"schema": {"type": "object"}}}}}, security=[])},
+
+    "/tokens": {"post": op(
+        "create_token", "tokens", "Get an API token",
+        {**ok(201, "A new token; store it, it is not shown again.", "Token"),
+         **problems("BadRequest", "ValidationFailed", "RateLimited"),
+         "401": error_response("Wrong e-mail or password, or the user is inactive.")},
+        body="TokenRequest", security=[],
+        description="Exchanges the e-mail and password of any active user for a personal bearer token. "
+                    "Failed attempts are audited (token.denied) and rate-limited per client address.")},
+
+    **resource("users", "user", "users", "users", id_name="user_id", schema="User", notes={
+        "list": "q matches part of the e-mail address.",
+        "delete": "You cannot delete yourself, nor the last active admin.",
+    }),
+    **resource("mcp-servers", "server", "servers", "mcp-servers", id_name="server_id", schema="McpServer", notes={
+        "list": "q matches part of the name.",
+        "create": "Header values and the OAuth client secret are write-only: answers carry header "
+                  "names and client_secret_set only.",
+    }),
+    **resource("virtual-keys", "key", "keys", "virtual-keys", id_name="key_id", schema="VirtualKey",
+               conflicts=False, admin=False,
+               list_params=("q", {"name": "source", "in": "query", "description": "Only keys of this source.",
+                                  "schema": {"type": "string", "enum": list(SOURCES)}}),
+               notes={
+                   "created_schema": "VirtualKeyCreated",
+                   "list": "Admins see every key, members only their own. q matches the name or key prefix.",
+                   "create": "Keys created here have source api. The answer carries the secret (key) "
+                             "once; it is stored only as a hash.",
+                   "get": "Members can read only their own keys (others are not found).",
+                   "update": "Grant lists, when given, replace the key's grants.",
+                   "delete": "Members can delete only their own keys (others are not found).",
+               }),
+    **resource("services", "service", "services", "services", id_name="service_id", schema="Service", notes={
+        "list": "q matches part of the name.",
+        "create": "The secret is write-only and never returned.",
+    }),
+
+    "/audit-events": {"get": op(
+        "list_audit_events", "audit", "List audit events, newest first",
+        {**ok(200, "One page.", "AuditEventList"), **problems("BadRequest", "Unauthorized", "Forbidden")},
+        params=[{"$ref": "#/components/parameters/limit"}, {"$ref": "#/components/parameters/offset"},
+                {"name": "action", "in": "query", "description": "Only events with this action.",
+                 "schema": {"type": "string", "examples": ["virtual_key.create"]}}])},
+}
+
+DOCUMENT = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "Portcullis admin API",
+        "version": "1",
+        "summary": "Manage users, MCP servers, virtual keys, services and read the audit log.",
+        "description": "Every route except POST /tokens and this document needs "
+                       "'Authorization: Bearer <token>' and an admin, unless it says otherwise. "
+                       "Errors are JSON: {\"error\": {\"code\", \"message\", \"fields\"?}}. Secrets "
+                       "(header values, service secrets, OAuth client secrets) are write-only; a "
+                       "virtual key's secret is shown once, in the create answer.",
+    },
+    "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
+    "servers": [{"url": "/api/v1"}],
+    "security": [{"bearerAuth": []}],
+    "tags": [{"name": t} for t in ("tokens", "users", "mcp-servers", "virtual-keys", "services", "audit", "meta")],
+    "paths": PATHS,
+    "components": {
+        "securitySchemes": {"bearerAuth": {
+            "type": "http", "scheme": "bearer",
+            "description": "A personal API token from POST /tokens (pct_...)."}},
+        "schemas": SCHEMAS,
+        "responses": RESPONSES,
+        "parameters": {"limit": PARAMETERS["limit"], "offset": PARAMETERS["offset"]},
+    },
+}
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return jsonify(DOCUMENT)

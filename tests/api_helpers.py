@@ -1,0 +1,196 @@
+"""Helpers for the JSON API tests.
+
+The ``admin_api``, ``member_api`` and ``anon_api`` fixtures here wrap the ones from conftest:
+every answer they get is checked against /api/v1/openapi.json (the status code must be
+documented for that operation and the body must validate against the documented schema), so
+each API test also tests the OpenAPI document. Import them into a test module to use them:
+
+    from tests.api_helpers import admin_api, anon_api, member_api  # noqa: F401
+"""
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+
+import pytest
+from jsonschema import Draft202012Validator, FormatChecker
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+from sqlalchemy import func, select
+from werkzeug.exceptions import HTTPException
+
+from app.api.openapi import DOCUMENT
+from app.extensions import db
+from app.models import AuditEvent
+
+PREFIX = "/api/v1"
+DOC_URI = "urn:portcullis:openapi"
+_registry = Registry().with_resource(DOC_URI, Resource.from_contents(DOCUMENT, default_specification=DRAFT202012))
+_validators: dict[str, Draft202012Validator] = {}
+
+
+def openapi_path(rule: str) -> str:
+    """A werkzeug rule under /api/v1 in OpenAPI syntax: /api/v1/users/<int:user_id> -> /users/{user_id}."""
+    assert rule.startswith(PREFIX)
+    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule[len(PREFIX):])
+
+
+def validator_for(pointer: str) -> Draft202012Validator:
+    """A validator for the schema at a JSON pointer in the document, e.g. /components/schemas/User."""
+    if pointer not in _validators:
+        _validators[pointer] = Draft202012Validator({"$ref": f"{DOC_URI}#{pointer}"}, registry=_registry,
+                                                    format_checker=FormatChecker())
+    return _validators[pointer]
+
+
+def validate(instance, schema_name: str) -> None:
+    """Raise jsonschema.ValidationError unless ``instance`` fits components/schemas/<schema_name>."""
+    validator_for(f"/components/schemas/{schema_name}").validate(instance)
+
+
+def _deref(node: dict) -> dict:
+    while "$ref" in node:
+        node = _registry.resolver().lookup(DOC_URI + node["$ref"]).contents
+    return node
+
+
+def check_against_doc(app, method: str, path: str, resp) -> None:
+    """Assert that ``resp`` is an answer the OpenAPI document allows for ``method path``."""
+    route = path.split("?", 1)[0]
+    adapter = app.url_map.bind("localhost")
+    try:
+        rule, _args = adapter.match(route, method=method, return_rule=True)
+    except HTTPException as e:  # no such route / method: still a JSON error under /api/v1
+        assert resp.status_code == e.code, (resp.status_code, resp.get_data(as_text=True))
+        validate(resp.get_json(), "Error")
+        return
+    operation = DOCUMENT["paths"][openapi_path(rule.rule)][method.lower()]
+    status = str(resp.status_code)
+    assert status in operation["responses"], (
+        f"{method} {rule.rule} answered {status}, which the OpenAPI document does not list: "
+        f"{resp.get_data(as_text=True)[:300]}")
+    documented = _deref(operation["responses"][status])
+    for header in documented.get("headers", {}):
+        if header != "Retry-After":
+            assert header in resp.headers, f"{method} {rule.rule} {status} lacks the {header} header"
+    content = documented.get("content")
+    if content is None:
+        assert resp.get_data() == b"", f"{method} {rule.rule} {status} should have no body"
+        return
+    assert resp.mimetype == "application/json"
+    schema = content["application/json"]["schema"]
+    if "$ref" in schema:
+        validator_for(schema["$ref"][1:]).validate(resp.get_json())
+
+
+class CheckedApi:
+    """Wraps conftest's Api; every answer is checked against the OpenAPI document."""
+
+    def __init__(self, api):
+        self.api = api
+        self.client = api.client
+        self.app = api.client.application
+
+    @property
+    def token(self):
+        return self.api.token
+
+    def _call(self, method, path, **kw):
+        resp = getattr(self.api, method)(path, **kw)
+        check_against_doc(self.app, method.upper(), PREFIX + path, resp)
+        return resp
+
+    def get(self, path, **kw):
+        return self._call("get", path, **kw)
+
+    def delete(self, path, **kw):
+        return self._call("delete", path, **kw)
+
+    def post(self, path, json=None, **kw):
+        return self._call("post", path, json=json, **kw)
+
+    def patch(self, path, json=None, **kw):
+        return self._call("patch", path, json=json, **kw)
+
+
+@pytest.fixture
+def admin_api(admin_api):
+    return CheckedApi(admin_api)
+
+
+@pytest.fixture
+def member_api(member_api):
+    return CheckedApi(member_api)
+
+
+@pytest.fixture
+def anon_api(anon_api):
+    return CheckedApi(anon_api)
+
+
+# --- looking at the database ------------------------------------------------------------
+
+def count(app, model, *where) -> int:
+    with app.app_context():
+        q = select(func.count()).select_from(model)
+        for w in where:
+            q = q.where(w)
+        n = db.session.scalar(q)
+        db.session.remove()
+        return n
+
+
+def audit_actions(app) -> list[str]:
+    """Every audit action so far, oldest first."""
+    with app.app_context():
+        actions = list(db.session.scalars(select(AuditEvent.action).order_by(AuditEvent.id)))
+        db.session.remove()
+        return actions
+
+
+@contextmanager
+def unchanged(admin_api, *paths):
+    """Assert that the listed GET answers are byte-for-byte the same after the block."""
+    before = [admin_api.get(p).get_json() for p in paths]
+    n_audit = admin_api.get("/audit-events?limit=1").get_json()["total_count"]
+    yield
+    assert [admin_api.get(p).get_json() for p in paths] == before
+    assert admin_api.get("/audit-events?limit=1").get_json()["total_count"] == n_audit, "a failed call was audited"
+
+
+def assert_error(resp, status: int, code: str | None = None, fields: set | None = None) -> dict:
+    assert resp.status_code == status, (resp.status_code, resp.get_data(as_text=True))
+    err = resp.get_json()["error"]
+    if code:
+        assert err["code"] == code, err
+    if fields is not None:
+        assert set(err.get("fields", {})) == fields, err
+    return err
+
+
+# --- ready-made objects -----------------------------------------------------------------
+
+def new_server(api, name="srv", **fields) -> dict:
+    body = {"name": name, "url": f"https://{name}.example.com/mcp", **fields}
+    r = api.post("/mcp-servers", json=body)
+    assert r.status_code == 201, r.get_json()
+    return r.get_json()
+
+
+def new_service(api, name="svc", secret="service-secret-value", **fields) -> dict:
+    r = api.post("/services", json={"name": name, "base_url": f"https://{name}.example.com/", "secret": secret,
+                                    **fields})
+    assert r.status_code == 201, r.get_json()
+    return r.get_json()
+
+
+def new_key(api, name="agent key", **fields) -> dict:
+    r = api.post("/virtual-keys", json={"name": name, **fields})
+    assert r.status_code == 201, r.get_json()
+    return r.get_json()
+
+
+def new_user(api, email="someone@example.com", password="a-long-password", **fields) -> dict:
+    r = api.post("/users", json={"email": email, "password": password, **fields})
+    assert r.status_code == 201, r.get_json()
+    return r.get_json()
