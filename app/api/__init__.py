@@ -21,6 +21,21 @@ def error(status: int, code: str, message: str, fields: dict | None = None):
     return jsonify(body), status
 
 
+@bp.before_app_request
+def routing_error():
+    """Under /api/v1 an unknown path or method is a JSON error too (the blueprint's own
+    handlers never see it: no route matched, so the request belongs to no blueprint)."""
+    e = request.routing_exception
+    if e is None or not (request.path == bp.url_prefix or request.path.startswith(bp.url_prefix + "/")):
+        return None
+    if isinstance(e, HTTPException) and e.code in (404, 405):
+        resp, status = http_error(e)
+        if e.code == 405:
+            resp.headers["Allow"] = ", ".join(sorted(e.valid_methods or []))
+        return resp, status
+    return None
+
+
 @bp.before_request
 def authenticate():
     g.user = None  # the API never rides on a dashboard cookie
@@ -55,13 +70,21 @@ def body() -> dict:
     return data
 
 
+MAX_OFFSET = 2**31 - 1
+
+
+def _whole_number(text: str, lo: int, hi: int) -> bool:
+    # ASCII digits only: str.isdigit() also accepts '²', which int() refuses.
+    return text.isascii() and text.isdigit() and lo <= int(text) <= hi
+
+
 def page_params(default: int = 50, maximum: int = 500) -> tuple[int, int]:
     limit, offset = request.args.get("limit", str(default)), request.args.get("offset", "0")
     fields = {}
-    if not limit.isdigit() or not 0 < int(limit) <= maximum:
+    if not _whole_number(limit, 1, maximum):
         fields["limit"] = f"must be an integer from 1 to {maximum}"
-    if not offset.isdigit():
-        fields["offset"] = "must be an integer >= 0"
+    if not _whole_number(offset, 0, MAX_OFFSET):
+        fields["offset"] = f"must be an integer from 0 to {MAX_OFFSET}"
     if fields:
         raise BadRequest("invalid pagination", fields)
     return int(limit), int(offset)

@@ -15,6 +15,12 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 # RFC 9110 token characters
 HEADER_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}$")
 _MISSING = object()
+MAX_ID = 2**31 - 1  # ids are 32-bit integers on every database
+
+
+def valid_id(value) -> bool:
+    """An int that can be an id; larger ones would overflow the database driver (SQLite)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID
 
 
 class Fields:

@@ -9,7 +9,7 @@ from ..models import McpServer, Service, User, VirtualKey, VirtualKeyServerGrant
 from ..models.base import utcnow
 from ..models.keys import SCOPES
 from .errors import NotFound
-from .fields import Fields, missing
+from .fields import Fields, missing, valid_id
 
 FIELDS = {"name", "owner_id", "agent_id", "rate_limit_per_minute", "expires_at", "active",
           "mcp_servers", "services"}
@@ -18,7 +18,7 @@ MAX_RATE_LIMIT = 100_000
 
 def get_key(key_id: int, viewer: User | None = None) -> VirtualKey:
     """A key by id; a member viewer only finds their own keys (others are 'not found')."""
-    key = db.session.get(VirtualKey, key_id)
+    key = db.session.get(VirtualKey, key_id) if valid_id(key_id) else None
     if key is None or (viewer is not None and not viewer.is_admin and key.owner_id != viewer.id):
         raise NotFound("no such virtual key")
     return key
@@ -50,7 +50,7 @@ def _server_grants(f: Fields):
             tools = sorted({t.strip() for t in tools})
         out[sid] = tools
     if out:
-        known = set(db.session.scalars(select(McpServer.id).where(McpServer.id.in_(out))))
+        known = set(db.session.scalars(select(McpServer.id).where(McpServer.id.in_(filter(valid_id, out)))))
         unknown = sorted(set(out) - known)
         if unknown:
             f.fail("mcp_servers", "unknown server id(s): " + ", ".join(map(str, unknown)))
@@ -82,7 +82,7 @@ def _service_grants(f: Fields):
             return None
         out[sid] = scope
     if out:
-        known = set(db.session.scalars(select(Service.id).where(Service.id.in_(out))))
+        known = set(db.session.scalars(select(Service.id).where(Service.id.in_(filter(valid_id, out)))))
         unknown = sorted(set(out) - known)
         if unknown:
             f.fail("services", "unknown service id(s): " + ", ".join(map(str, unknown)))
@@ -100,7 +100,8 @@ def _read(f: Fields, creating: bool):
         "active": f.boolean("active"),
     }
     owner_id = values["owner_id"]
-    if not missing(owner_id) and owner_id is not None and db.session.get(User, owner_id) is None:
+    if not missing(owner_id) and owner_id is not None and (
+            not valid_id(owner_id) or db.session.get(User, owner_id) is None):
         f.fail("owner_id", "no such user")
     servers = _server_grants(f)
     services = _service_grants(f)

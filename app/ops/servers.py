@@ -10,7 +10,7 @@ from ..mcp.discovery import DISCOVERABLE, refresh
 from ..models import McpServer
 from ..models.servers import AUTH_TYPES, OAUTH_TYPES
 from .errors import Conflict, Invalid, NotFound
-from .fields import HEADER_NAME_RE, Fields, missing
+from .fields import HEADER_NAME_RE, Fields, missing, valid_id
 
 FIELDS = {"name", "url", "auth_type", "headers", "per_user_header_keys", "oauth",
           "allow_on_all_virtual_keys", "enabled", "connect_timeout", "read_timeout"}
@@ -24,7 +24,7 @@ MAX_HEADER_VALUE = 8192
 
 
 def get_server(server_id: int) -> McpServer:
-    server = db.session.get(McpServer, server_id)
+    server = db.session.get(McpServer, server_id) if valid_id(server_id) else None
     if server is None:
         raise NotFound("no such MCP server")
     return server

@@ -7,14 +7,14 @@ from ..audit import record
 from ..extensions import db
 from ..models import Service
 from .errors import Conflict, NotFound
-from .fields import HEADER_NAME_RE, Fields, missing
+from .fields import HEADER_NAME_RE, Fields, missing, valid_id
 from .servers import RESERVED_HEADERS
 
 FIELDS = {"name", "description", "base_url", "credential_header", "secret"}
 
 
 def get_service(service_id: int) -> Service:
-    service = db.session.get(Service, service_id)
+    service = db.session.get(Service, service_id) if valid_id(service_id) else None
     if service is None:
         raise NotFound("no such service")
     return service

@@ -11,14 +11,14 @@ from ..models import DashboardSession, User
 from ..models.base import utcnow
 from ..models.users import ROLES
 from .errors import Conflict, Invalid, NotFound
-from .fields import Fields, missing
+from .fields import Fields, missing, valid_id
 
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
 MIN_PASSWORD = 10
 
 
 def get_user(user_id: int) -> User:
-    user = db.session.get(User, user_id)
+    user = db.session.get(User, user_id) if valid_id(user_id) else None
     if user is None:
         raise NotFound("no such user")
     return user
