@@ -92,7 +92,7 @@ def _service_grants(f: Fields):
 
 def _read(f: Fields, creating: bool):
     values = {
-        "name": f.string("name", required=creating, max_len=100),
+        "name": f.string("name", required=creating, max_len=100, min_len=1),
         "owner_id": f.integer("owner_id", nullable=True),
         "agent_id": f.string("agent_id", max_len=200, nullable=True),
         "rate_limit_per_minute": f.integer("rate_limit_per_minute", lo=1, hi=MAX_RATE_LIMIT),
@@ -113,6 +113,8 @@ def _set_grants(key: VirtualKey, servers: dict | None, services: dict | None) ->
     changed = []
     if servers is not None:
         current = {g.mcp_server_id: g for g in key.server_grants}
+        if {s: g.tools for s, g in current.items()} != servers:  # compared before the grants change
+            changed.append("mcp_servers")
         for sid in set(current) - set(servers):
             key.server_grants.remove(current[sid])
         for sid, tools in servers.items():
@@ -120,10 +122,10 @@ def _set_grants(key: VirtualKey, servers: dict | None, services: dict | None) ->
                 key.server_grants.append(VirtualKeyServerGrant(mcp_server_id=sid, tools=tools))
             elif current[sid].tools != tools:
                 current[sid].tools = tools
-        if {s: g.tools for s, g in current.items()} != servers:
-            changed.append("mcp_servers")
     if services is not None:
         current = {g.service_id: g for g in key.service_grants}
+        if {s: g.scope for s, g in current.items()} != services:
+            changed.append("services")
         for sid in set(current) - set(services):
             key.service_grants.remove(current[sid])
         for sid, scope in services.items():
@@ -131,8 +133,6 @@ def _set_grants(key: VirtualKey, servers: dict | None, services: dict | None) ->
                 key.service_grants.append(VirtualKeyServiceGrant(service_id=sid, scope=scope))
             elif current[sid].scope != scope:
                 current[sid].scope = scope
-        if {s: g.scope for s, g in current.items()} != services:
-            changed.append("services")
     return changed
 
 
