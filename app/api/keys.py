@@ -16,8 +16,8 @@ def list_keys():
         q = q.where(VirtualKey.owner_id == g.user.id)
     if request.args.get("q"):
         term = request.args["q"].strip()
-        q = q.where(or_(VirtualKey.name.contains(term, autoescape=True),
-                        VirtualKey.key_prefix.contains(term, autoescape=True)))
+        q = q.where(or_(VirtualKey.name.icontains(term, autoescape=True),
+                        VirtualKey.key_prefix.icontains(term, autoescape=True)))
     if request.args.get("source"):
         q = q.where(VirtualKey.source == request.args["source"])
     return listing("virtual_keys", q, limit, offset, VirtualKey.to_dict)
