@@ -10,7 +10,7 @@ from sqlalchemy import select
 from app.extensions import db
 from app.models import AuditEvent, VirtualKey, VirtualKeyServerGrant, VirtualKeyServiceGrant
 from app.models.base import digest, utcnow
-from tests.api_helpers import admin_api, anon_api, member_api  # noqa: F401
+from tests.api_helpers import admin_api, member_api  # noqa: F401 (answers checked against the OpenAPI document)
 from tests.api_helpers import assert_error, audit_actions, count, new_key, new_server, new_service, unchanged
 from tests.conftest import make_user
 

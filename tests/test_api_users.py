@@ -9,7 +9,7 @@ from sqlalchemy import select
 from app.extensions import db
 from app.models import ApiToken, AuditEvent, DashboardSession, User, VirtualKey
 from app.models.base import digest, utcnow
-from tests.api_helpers import admin_api, anon_api, member_api  # noqa: F401
+from tests.api_helpers import admin_api, member_api  # noqa: F401 (answers checked against the OpenAPI document)
 from tests.api_helpers import assert_error, audit_actions, count, new_key, new_user, unchanged
 from tests.conftest import PASSWORD, make_user
 
