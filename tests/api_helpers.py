@@ -83,10 +83,13 @@ def check_against_doc(app, method: str, path: str, resp) -> None:
 
 
 class CheckedApi:
-    """Wraps conftest's Api; every answer is checked against the OpenAPI document."""
+    """Wraps conftest's Api; every answer is checked against the OpenAPI document.
 
-    def __init__(self, api):
-        self.api = api
+    ``mcp_url`` is a real upstream MCP server: enabled none/headers servers are contacted
+    when created or changed, and refused when unreachable."""
+
+    def __init__(self, api, mcp_url: str | None = None):
+        self.api, self.mcp_url = api, mcp_url
         self.client = api.client
         self.app = api.client.application
 
@@ -113,18 +116,18 @@ class CheckedApi:
 
 
 @pytest.fixture
-def admin_api(admin_api):
-    return CheckedApi(admin_api)
+def admin_api(admin_api, upstreams):
+    return CheckedApi(admin_api, upstreams["alpha"])
 
 
 @pytest.fixture
-def member_api(member_api):
-    return CheckedApi(member_api)
+def member_api(member_api, upstreams):
+    return CheckedApi(member_api, upstreams["alpha"])
 
 
 @pytest.fixture
-def anon_api(anon_api):
-    return CheckedApi(anon_api)
+def anon_api(anon_api, upstreams):
+    return CheckedApi(anon_api, upstreams["alpha"])
 
 
 # --- looking at the database ------------------------------------------------------------
@@ -170,7 +173,7 @@ def assert_error(resp, status: int, code: str | None = None, fields: set | None 
 # --- ready-made objects -----------------------------------------------------------------
 
 def new_server(api, name="srv", **fields) -> dict:
-    body = {"name": name, "url": f"https://{name}.example.com/mcp", **fields}
+    body = {"name": name, "url": api.mcp_url, **fields}
     r = api.post("/mcp-servers", json=body)
     assert r.status_code == 201, r.get_json()
     return r.get_json()

@@ -10,7 +10,7 @@ from app.models import AuditEvent, McpServer
 from tests.api_helpers import admin_api  # noqa: F401 (answers checked against the OpenAPI document)
 from tests.api_helpers import assert_error, audit_actions, count, new_key, new_server, unchanged
 
-URL = "https://mcp.example.com/mcp"
+UNREACHABLE = "http://127.0.0.1:9/mcp"  # the discard port: nothing listens
 
 
 def stored(app, server_id) -> McpServer:
@@ -29,7 +29,8 @@ def last_event(app) -> AuditEvent:
 
 
 def create(admin_api, **fields):
-    return admin_api.post("/mcp-servers", json={"name": "srv", "url": URL, **fields})
+    """POST a server; by default at the real upstream, since enabled none/headers servers are contacted."""
+    return admin_api.post("/mcp-servers", json={"name": "srv", "url": admin_api.mcp_url, **fields})
 
 
 # --- create -----------------------------------------------------------------------------
@@ -39,12 +40,14 @@ def test_create_with_defaults(app, admin_api):
     assert r.status_code == 201
     server = r.get_json()
     assert {k: server[k] for k in ("name", "url", "auth_type", "headers", "per_user_header_keys", "oauth",
-                                    "allow_on_all_virtual_keys", "enabled", "tools")} == {
-        "name": "srv", "url": URL, "auth_type": "none", "headers": [], "per_user_header_keys": [], "oauth": None,
-        "allow_on_all_virtual_keys": False, "enabled": True, "tools": []}
+                                    "allow_on_all_virtual_keys", "enabled", "connect_timeout", "read_timeout")} == {
+        "name": "srv", "url": admin_api.mcp_url, "auth_type": "none", "headers": [], "per_user_header_keys": [],
+        "oauth": None, "allow_on_all_virtual_keys": False, "enabled": True, "connect_timeout": 5.0,
+        "read_timeout": 30.0}
+    assert server["tools"] and server["tools_refreshed_at"]  # discovered at the upstream
     assert admin_api.get(f"/mcp-servers/{server['id']}").get_json() == server
     assert audit_actions(app) == ["mcp_server.create"]
-    assert last_event(app).detail == "auth_type=none, headers="
+    assert last_event(app).detail == f"auth_type=none, headers=, tools={len(server['tools'])}"
 
 
 def test_create_with_every_field(admin_api):
@@ -80,7 +83,7 @@ def test_duplicate_name(app, admin_api):
 
 @pytest.mark.parametrize("url", ["http://localhost:8080/mcp", "https://mcp.example.com", "HTTPS://Example.com/x?y=1"])
 def test_valid_urls(admin_api, url):
-    assert create(admin_api, url=url).status_code == 201
+    assert create(admin_api, url=url, enabled=False).status_code == 201  # disabled: not contacted
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/mcp", "file:///etc/passwd", "javascript:alert(1)",
@@ -88,7 +91,7 @@ def test_valid_urls(admin_api, url):
                                  "https://user:pw@example.com/mcp", "https://token@example.com/",
                                  "https://example.com/\nX-Injected: 1", "", 42, None, "https://" + "a" * 2050])
 def test_invalid_urls(app, admin_api, url):
-    assert_error(create(admin_api, url=url), 422, "validation_failed", {"url"})
+    assert_error(create(admin_api, url=url, enabled=False), 422, "validation_failed", {"url"})
     assert count(app, McpServer) == 0
 
 
@@ -226,6 +229,67 @@ def test_oauth_settings(app, admin_api, auth_type):
 def test_invalid_oauth_settings(app, admin_api, oauth):
     assert_error(create(admin_api, auth_type="oauth", oauth=oauth), 422, "validation_failed", {"oauth"})
     assert count(app, McpServer) == 0
+
+
+# --- discovery at the upstream -------------------------------------------------------------
+
+def test_unreachable_server_is_refused(app, admin_api):
+    with unchanged(admin_api, "/mcp-servers"):
+        err = assert_error(create(admin_api, url=UNREACHABLE), 422, "validation_failed", {"url"})
+    assert "unreachable" in err["fields"]["url"]
+    assert count(app, McpServer) == 0
+    # disabled servers and per-user types are stored without being contacted
+    assert create(admin_api, url=UNREACHABLE, enabled=False).get_json()["tools"] == []
+    assert create(admin_api, name="pu", url=UNREACHABLE, auth_type="per_user_headers",
+                  per_user_header_keys=["x-k"]).status_code == 201
+
+
+def test_update_to_unreachable_changes_nothing(app, admin_api):
+    server = new_server(admin_api, "moving")
+    path = f"/mcp-servers/{server['id']}"
+    with unchanged(admin_api, path):
+        assert_error(admin_api.patch(path, json={"url": UNREACHABLE}), 422, "validation_failed", {"url"})
+    off = new_server(admin_api, "off", url=UNREACHABLE, enabled=False)
+    with unchanged(admin_api, f"/mcp-servers/{off['id']}"):
+        assert_error(admin_api.patch(f"/mcp-servers/{off['id']}", json={"enabled": True}), 422,
+                     "validation_failed", {"url"})
+    # a change that does not affect how it is reached needs no contact
+    assert admin_api.patch(f"/mcp-servers/{off['id']}", json={"name": "still-off"}).status_code == 200
+
+
+def test_timeouts(admin_api):
+    server = create(admin_api, connect_timeout=2, read_timeout=10.5).get_json()
+    assert (server["connect_timeout"], server["read_timeout"]) == (2.0, 10.5)
+    body = admin_api.patch(f"/mcp-servers/{server['id']}", json={"read_timeout": 600}).get_json()
+    assert body["read_timeout"] == 600.0
+
+
+@pytest.mark.parametrize("value", [0, 0.05, 601, -1, "5", True, None, [5]])
+def test_invalid_timeouts(app, admin_api, value):
+    for field in ("connect_timeout", "read_timeout"):
+        assert_error(create(admin_api, **{field: value}), 422, "validation_failed", {field})
+    assert count(app, McpServer) == 0
+
+
+def test_refresh_tools(app, admin_api):
+    server = new_server(admin_api, "fresh")
+    r = admin_api.post(f"/mcp-servers/{server['id']}/refresh-tools")
+    assert r.status_code == 200
+    body = r.get_json()
+    assert [t["name"] for t in body["tools"]] == [t["name"] for t in server["tools"]]
+    assert body["tools_refreshed_at"] >= server["tools_refreshed_at"]
+    event = last_event(app)
+    assert (event.action, event.detail) == ("mcp_server.refresh_tools", f"tools={len(body['tools'])}, added=0, removed=0")
+
+
+def test_refresh_tools_refusals(app, admin_api):
+    per_user = new_server(admin_api, "pu", auth_type="per_user_headers", per_user_header_keys=["x-k"])
+    with unchanged(admin_api, "/mcp-servers"):
+        assert_error(admin_api.post(f"/mcp-servers/{per_user['id']}/refresh-tools"), 409, "conflict")
+        assert_error(admin_api.post("/mcp-servers/999999/refresh-tools"), 404, "not_found")
+    off = new_server(admin_api, "off", url=UNREACHABLE, enabled=False)
+    with unchanged(admin_api, "/mcp-servers"):
+        assert_error(admin_api.post(f"/mcp-servers/{off['id']}/refresh-tools"), 422, "validation_failed", {"url"})
 
 
 # --- list and get ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from ..models.servers import AUTH_TYPES
 from ..models.users import ROLES
 from ..ops.fields import NAME_RE
 from ..ops.keys import MAX_RATE_LIMIT
+from ..ops.servers import MAX_TIMEOUT
 from ..ops.users import MIN_PASSWORD
 from . import bp
 
@@ -94,6 +95,10 @@ SERVER_WRITE = {
         "stored client_secret is kept unless a new one is given."))),
     "allow_on_all_virtual_keys": {**BOOL, "default": False},
     "enabled": {**BOOL, "default": True},
+    "connect_timeout": {"type": "number", "minimum": 0.1, "maximum": MAX_TIMEOUT, "default": 5,
+                        "description": "Seconds allowed to connect to the upstream."},
+    "read_timeout": {"type": "number", "minimum": 0.1, "maximum": MAX_TIMEOUT, "default": 30,
+                     "description": "Seconds to wait for (each part of) an upstream answer."},
 }
 
 VK_WRITE = {
@@ -173,9 +178,12 @@ SCHEMAS = {
         "allow_on_all_virtual_keys": BOOL, "enabled": BOOL,
         "tools": {"type": "array", "items": {"type": "object"},
                   "description": "The tools discovered at the upstream."},
+        "tools_refreshed_at": nullable(TIMESTAMP),
+        "connect_timeout": {"type": "number"}, "read_timeout": {"type": "number"},
         "created_at": TIMESTAMP, "updated_at": TIMESTAMP,
     }, ["id", "name", "url", "auth_type", "headers", "per_user_header_keys", "oauth",
-        "allow_on_all_virtual_keys", "enabled", "tools", "created_at", "updated_at"]),
+        "allow_on_all_virtual_keys", "enabled", "tools", "tools_refreshed_at", "connect_timeout", "read_timeout",
+        "created_at", "updated_at"]),
     "McpServerCreate": obj({
         **SERVER_WRITE,
         "headers": {"type": "object", "propertyNames": HEADER_NAME,
@@ -360,8 +368,20 @@ PATHS = {
     **resource("mcp-servers", "server", "servers", "mcp-servers", id_name="server_id", schema="McpServer", notes={
         "list": "q matches part of the name.",
         "create": "Header values and the OAuth client secret are write-only: answers carry header "
-                  "names and client_secret_set only.",
+                  "names and client_secret_set only. An enabled none or headers server is contacted "
+                  "(initialize + tools/list) and refused with 422 (error.fields.url) when unreachable.",
+        "update": "A change that affects how an enabled none or headers server is reached (url, "
+                  "auth_type, headers, enabled, timeouts) rediscovers its tools; unreachable is a 422.",
     }),
+    "/mcp-servers/{server_id}/refresh-tools": {
+        "parameters": [path_id("server_id", "server")],
+        "post": op("refresh_server_tools", "mcp-servers", "Rediscover a server's tools",
+                   {**ok(200, "The server with its fresh tool list.", "McpServer"),
+                    **problems("Unauthorized", "Forbidden", "NotFound"),
+                    "409": error_response("Per-user and OAuth servers are discovered with a member's credentials, "
+                                          "not on demand."),
+                    "422": error_response("The upstream is unreachable or not an MCP server.")}),
+    },
     **resource("virtual-keys", "key", "keys", "virtual-keys", id_name="key_id", schema="VirtualKey",
                conflicts=False, admin=False,
                list_params=("q", {"name": "source", "in": "query", "description": "Only keys of this source.",
