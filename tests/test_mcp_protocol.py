@@ -106,7 +106,7 @@ def test_version_negotiation(app, client, alpha):
                        ("2024-11-05", "2025-11-25"), ("1999-01-01", "2025-11-25")):
         result = Rpc(client, key).initialize(asked)
         assert result["protocolVersion"] == got
-        assert result["capabilities"] == {"tools": {"listChanged": False}}
+        assert result["capabilities"] == {"tools": {"listChanged": False}, "logging": {}}
         assert result["serverInfo"]["name"] == "portcullis"
     bad = Rpc(client, key)
     r = bad.raw({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": 5}})
@@ -256,3 +256,33 @@ def test_one_upstream_request_per_call_and_one_reinitialize_after_a_forgotten_se
     assert rpc.call("tools/call", {"name": "f-ok__x", "arguments": {}}).json["result"]["content"][0]["text"] == "ok"
     assert [m for p, m, s in module.SEEN if p == "ok"] == [
         "tools/call", "initialize", "notifications/initialized", "tools/call"]
+
+
+def sse_messages(r) -> list[dict]:
+    assert r.mimetype == "text/event-stream"
+    return [json.loads(line[6:]) for line in r.get_data(as_text=True).splitlines() if line.startswith("data: ")]
+
+
+def test_log_messages_are_relayed_at_or_above_the_session_level(app, client, upstreams):
+    import warnings
+
+    from tests.mcp_fixtures import UPSTREAM_KEY
+
+    beta = add_server(app, "beta", upstreams["beta"], auth_type="headers", headers={"X-Api-Key": UPSTREAM_KEY})
+    _, key = add_key(app, {beta: None})
+    rpc = Rpc(client, key)
+    result = rpc.initialize()
+    assert "logging" in result["capabilities"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        msgs = sse_messages(rpc.call("tools/call", {"name": "beta__chatty", "arguments": {}}))
+        assert [m["params"]["data"] for m in msgs if m.get("method") == "notifications/message"] == [
+            "an info line", "a warning line"]
+        assert msgs[-1]["id"] == rpc._id and msgs[-1]["result"]["content"][0]["text"] == "said"
+        assert rpc.call("logging/setLevel", {"level": "loud"}).json["error"]["code"] == -32602
+        assert rpc.call("logging/setLevel", {"level": "warning"}).json == {"jsonrpc": "2.0", "id": rpc._id, "result": {}}
+        msgs = sse_messages(rpc.call("tools/call", {"name": "beta__chatty", "arguments": {}}))
+    assert [m["params"]["data"] for m in msgs if m.get("method") == "notifications/message"] == ["a warning line"]
+    # A client that takes only JSON gets the answer alone.
+    r = rpc.call("tools/call", {"name": "beta__chatty", "arguments": {}}, extra={"Accept": "application/json"})
+    assert r.mimetype == "application/json" and r.json["result"]["content"][0]["text"] == "said"

@@ -23,7 +23,7 @@ LATEST_VERSION = SUPPORTED_VERSIONS[0]
 SESSION_NOT_FOUND = -32001
 UNAUTHORIZED = -32000
 LOOPBACK = {"localhost", "127.0.0.1", "::1"}
-RELAYED_NOTIFICATIONS = {"notifications/progress", "notifications/message"}
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 
 
 # -- answers ------------------------------------------------------------------------------
@@ -156,8 +156,10 @@ def handle(server_name: str | None) -> Response:
     session = _session(store, caller, scope, required=method != "ping")
     if isinstance(session, Response):
         return session
+    if method == "logging/setLevel":
+        return _set_log_level(req_id, params or {}, session, store)
     db.session.close()  # nothing below reads the database: free the connection during the call
-    return METHODS[method](req_id, params or {}, caller, scope)
+    return METHODS[method](req_id, params or {}, caller, scope, session)
 
 
 def _session(store, caller: Caller, scope, required: bool = True):
@@ -185,7 +187,8 @@ def _initialize(req_id, params: dict, caller: Caller, scope, store) -> Response:
                            init.capabilities.model_dump(mode="json", by_alias=True, exclude_none=True))
     result = types.InitializeResult(
         protocol_version=version,
-        capabilities=types.ServerCapabilities(tools=types.ToolsCapability(list_changed=False)),
+        capabilities=types.ServerCapabilities(tools=types.ToolsCapability(list_changed=False),
+                                          logging=types.LoggingCapability()),
         server_info=types.Implementation(name=f"portcullis{'/' + scope.name if scope else ''}", version="1.0"),
         instructions=None if scope else "Tools of every MCP server granted to this key, named <server>__<tool>.",
     )
@@ -193,18 +196,27 @@ def _initialize(req_id, params: dict, caller: Caller, scope, store) -> Response:
     return _result(req_id, body, {"Mcp-Session-Id": session.id})
 
 
-def _ping(req_id, params, caller, scope) -> Response:
+def _set_log_level(req_id, params: dict, session: SessionInfo | None, store) -> Response:
+    level = params.get("level")
+    if level not in LOG_LEVELS:
+        return rpc_error(req_id, types.INVALID_PARAMS, "invalid params: level must be one of " + ", ".join(LOG_LEVELS))
+    if session is not None:
+        store.set_log_level(session, level)
     return _result(req_id, {})
 
 
-def _list_tools(req_id, params, caller, scope) -> Response:
+def _ping(req_id, params, caller, scope, session) -> Response:
+    return _result(req_id, {})
+
+
+def _list_tools(req_id, params, caller, scope, session) -> Response:
     from .discovery import refresh_stale
 
     refresh_stale(caller, scope)
     return _result(req_id, {"tools": toolnames.visible(caller, scope)})
 
 
-def _call_tool(req_id, params, caller, scope) -> Response:
+def _call_tool(req_id, params, caller, scope, session) -> Response:
     name, arguments, meta = params.get("name"), params.get("arguments"), params.get("_meta")
     if not isinstance(name, str) or not name:
         return rpc_error(req_id, types.INVALID_PARAMS, "invalid params: name must be a non-empty string")
@@ -229,7 +241,8 @@ def _call_tool(req_id, params, caller, scope) -> Response:
     except UpstreamError as e:
         return _result(req_id, tool_error(str(e)))
     if call.streaming and "text/event-stream" in request.headers.get("Accept", ""):
-        return Response(_relay(call, req_id), mimetype="text/event-stream",
+        floor = LOG_LEVELS.index(session.log_level) if session is not None and session.log_level else 0
+        return Response(_relay(call, req_id, floor), mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     try:
         msg = call.result()
@@ -239,14 +252,22 @@ def _call_tool(req_id, params, caller, scope) -> Response:
     return _answer(msg)
 
 
-def _relay(call, req_id):
-    """The upstream's SSE answer, event by event: progress and log notifications as they
-    arrive, then the answer under the agent's own request id."""
+def _relay(call, req_id, log_floor: int):
+    """The upstream's SSE answer, event by event: progress notifications and log messages (at
+    or above the session's logging/setLevel) as they arrive, then the answer under the agent's
+    own request id."""
     try:
         for msg in call.messages():
-            if "method" in msg:
-                if msg["method"] in RELAYED_NOTIFICATIONS:
+            method = msg.get("method")
+            if method == "notifications/progress":
+                yield _sse_event(msg)
+                continue
+            if method == "notifications/message":
+                level = (msg.get("params") or {}).get("level")
+                if level in LOG_LEVELS and LOG_LEVELS.index(level) >= log_floor:
                     yield _sse_event(msg)
+                continue
+            if method is not None:
                 continue
             msg["id"] = req_id
             yield _sse_event(msg)
@@ -270,4 +291,5 @@ METHODS = {
     "ping": _ping,
     "tools/list": _list_tools,
     "tools/call": _call_tool,
+    "logging/setLevel": None,  # needs the session store; handled in handle()
 }

@@ -26,6 +26,7 @@ class SessionInfo:
     capabilities: dict
     ended: bool
     checked_at: float
+    log_level: str | None = None
 
 
 class SessionStore:
@@ -54,7 +55,7 @@ class SessionStore:
         if row is None:
             return None
         info = SessionInfo(row.id, row.virtual_key_id, row.server_id, row.protocol_version,
-                           row.capabilities or {}, row.ended_at is not None, time.monotonic())
+                           row.capabilities or {}, row.ended_at is not None, time.monotonic(), row.log_level)
         self._put(info)
         return None if info.ended else info
 
@@ -63,6 +64,11 @@ class SessionStore:
                            .values(ended_at=utcnow()))
         db.session.commit()
         info.ended = True
+
+    def set_log_level(self, info: SessionInfo, level: str) -> None:
+        db.session.execute(update(McpSession).where(McpSession.id == info.id).values(log_level=level))
+        db.session.commit()
+        info.log_level = level
 
     def _put(self, info: SessionInfo) -> None:
         with self._lock:

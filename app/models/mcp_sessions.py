@@ -15,6 +15,7 @@ class McpSession(db.Model):
     protocol_version = db.Column(db.String(16), nullable=False)
     client_info = db.Column(db.JSON, nullable=False, default=dict)
     capabilities = db.Column(db.JSON, nullable=False, default=dict)
+    log_level = db.Column(db.String(16))  # set by logging/setLevel: relayed log messages at or above it
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
     ended_at = db.Column(db.DateTime)
 

@@ -24,6 +24,7 @@ def upgrade():
     sa.Column('protocol_version', sa.String(length=16), nullable=False),
     sa.Column('client_info', sa.JSON(), nullable=False),
     sa.Column('capabilities', sa.JSON(), nullable=False),
+    sa.Column('log_level', sa.String(length=16), nullable=True),
     sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.Column('ended_at', sa.DateTime(), nullable=True),
     sa.ForeignKeyConstraint(['server_id'], ['mcp_servers.id'], name=op.f('fk_mcp_sessions_server_id_mcp_servers'), ondelete='CASCADE'),

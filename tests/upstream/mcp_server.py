@@ -77,6 +77,13 @@ def build(name: str) -> MCPServer:
         return "done"
 
     @mcp.tool()
+    async def chatty(ctx: Context) -> str:
+        """Logs at info and at warning while it runs."""
+        await ctx.info("an info line")
+        await ctx.warning("a warning line")
+        return "said"
+
+    @mcp.tool()
     def needs_auth() -> str:
         """Answers -32042."""
         raise UrlElicitationRequiredError([ElicitRequestURLParams(message="Log in", url="http://127.0.0.1/auth",
