@@ -6,6 +6,7 @@ log notifications exist to be relayed.
 usage: python fixture_server.py --port N
 """
 import argparse
+import logging
 
 import anyio
 import uvicorn
@@ -100,6 +101,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
     a = p.parse_args()
+    logging.getLogger("mcp").setLevel(logging.WARNING)  # no per-session chatter
     uvicorn.run(mcp.streamable_http_app(), host="127.0.0.1", port=a.port, log_level="warning")
 
 

@@ -4,6 +4,7 @@ usage: python mcp_server.py --port N [--stateful] [--require-header K=V] [--name
 Stateless JSON by default; --stateful gives sessions and SSE answers (progress notifications).
 """
 import argparse
+import logging
 import base64
 
 import anyio
@@ -122,6 +123,7 @@ def main():
            else mcp.streamable_http_app(stateless_http=True, json_response=True))
     if a.require_header:
         app = RequireHeader(app, *a.require_header.split("=", 1))
+    logging.getLogger("mcp").setLevel(logging.WARNING)  # no per-session chatter
     uvicorn.run(app, host="127.0.0.1", port=a.port, log_level="warning")
 
 

@@ -1,0 +1,237 @@
+"""What Portcullis adds to a tool call, measured side by side in ONE interleaved run.
+
+Starts a local upstream (the mcp SDK's MCPServer, one `echo` tool, JSON answers), a bare
+pass-through forwarder (bench/forwarder.py: plain WSGI, kept-alive httpx, no parsing) and
+Portcullis (fresh SQLite instance, the upstream registered, one virtual key), both under
+gunicorn with the project's gunicorn.conf.py. Then, in blocks that rotate the order, it makes
+`tools/call`s directly, through the forwarder and through /mcp: sequentially, and with
+--clients concurrent clients. Prints p50/p99 latency, calls/s, CPU ms per call of each
+server's process tree (gunicorn master + workers), the upstream requests per call, and the
+ratios the targets are stated in.
+
+usage: .venv/bin/python bench/mcp_overhead.py [--calls 2000] [--blocks 10] [--clients 8]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.mcp_fixtures import free_port, stop, wait_ready  # noqa: E402
+
+BIN = Path(sys.executable).parent
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """user+system CPU of a process and all its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        ppid = int(fields[1])
+        children.setdefault(ppid, []).append(int(entry))
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / TICK
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += cpu.get(p, 0.0)
+        todo.extend(children.get(p, []))
+    return total
+
+
+class Target:
+    def __init__(self, name: str, url: str, tool: str, headers: dict, proc: subprocess.Popen | None):
+        self.name, self.url, self.tool, self.headers, self.proc = name, url, tool, headers, proc
+        self.seq: list[float] = []
+        self.conc_calls = 0
+        self.conc_seconds = 0.0
+        self.cpu = 0.0
+        self.cpu_calls = 0
+
+    def session(self) -> tuple[httpx.Client, dict]:
+        """A client that has initialized an MCP session, and the headers to use after."""
+        http = httpx.Client(timeout=30, trust_env=False)
+        base = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream", **self.headers}
+        r = http.post(self.url, headers=base, json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}})
+        r.raise_for_status()
+        headers = {**base, "MCP-Protocol-Version": "2025-11-25"}
+        if "mcp-session-id" in r.headers:
+            headers["Mcp-Session-Id"] = r.headers["mcp-session-id"]
+        http.post(self.url, headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+        return http, headers
+
+    def call(self, http: httpx.Client, headers: dict, i: int) -> None:
+        r = http.post(self.url, headers=headers, json={"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                                                       "params": {"name": self.tool, "arguments": {"text": "hi"}}})
+        if r.status_code != 200 or r.json()["result"]["content"][0]["text"] != "hi":
+            raise RuntimeError(f"{self.name}: unexpected answer {r.status_code} {r.text[:200]}")
+
+
+def run_sequential(t: Target, n: int) -> None:
+    http, headers = t.session()
+    try:
+        t.call(http, headers, 0)  # warm the connection
+        before = tree_cpu_seconds(t.proc.pid) if t.proc else 0.0
+        for i in range(n):
+            start = time.perf_counter()
+            t.call(http, headers, i + 1)
+            t.seq.append(time.perf_counter() - start)
+        if t.proc:
+            t.cpu += tree_cpu_seconds(t.proc.pid) - before
+            t.cpu_calls += n
+    finally:
+        http.close()
+
+
+def run_concurrent(t: Target, clients: int, per_client: int) -> None:
+    sessions = [t.session() for _ in range(clients)]
+    barrier = threading.Barrier(clients + 1)
+
+    def worker(http, headers):
+        barrier.wait()
+        for i in range(per_client):
+            t.call(http, headers, i + 1)
+
+    threads = [threading.Thread(target=worker, args=s) for s in sessions]
+    for th in threads:
+        th.start()
+    before = tree_cpu_seconds(t.proc.pid) if t.proc else 0.0
+    barrier.wait()
+    start = time.perf_counter()
+    for th in threads:
+        th.join()
+    t.conc_seconds += time.perf_counter() - start
+    t.conc_calls += clients * per_client
+    if t.proc:
+        t.cpu += tree_cpu_seconds(t.proc.pid) - before
+        t.cpu_calls += clients * per_client
+    for http, _ in sessions:
+        http.close()
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--calls", type=int, default=2000, help="sequential calls per target")
+    ap.add_argument("--blocks", type=int, default=10)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--concurrent-calls", type=int, default=2400, help="calls per target with --clients clients")
+    args = ap.parse_args()
+
+    procs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            up_port, fw_port, gw_port = free_port(), free_port(), free_port()
+            upstream = subprocess.Popen([sys.executable, str(ROOT / "bench" / "upstream.py"), "--port", str(up_port)])
+            procs.append(upstream)
+            up_url = f"http://127.0.0.1:{up_port}/mcp"
+            wait_ready(upstream, up_url)
+
+            quiet = ["--access-logfile", "/dev/null", "--error-logfile", f"{tmp}/gunicorn.log"]
+            forwarder = subprocess.Popen([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", *quiet, "bench.forwarder:app"],
+                                         cwd=ROOT, env={**os.environ, "FORWARD_TO": up_url, "PORT": str(fw_port)})
+            procs.append(forwarder)
+
+            env = {**os.environ, "PORTCULLIS_INSTANCE_PATH": f"{tmp}/instance", "PORT": str(gw_port)}
+            env.pop("DATABASE_URL", None)
+            subprocess.run([str(BIN / "flask"), "--app", "wsgi", "db", "upgrade"], cwd=ROOT, env=env, check=True,
+                           capture_output=True, timeout=120)
+            setup = (
+                "from app import create_app\nfrom app.extensions import db\n"
+                "from app.ops.servers import create_server\nfrom app.ops.keys import create_key\n"
+                "app = create_app()\nwith app.app_context():\n"
+                f"    s = create_server({{'name': 'bench', 'url': '{up_url}'}})\n"
+                "    db.session.flush()\n"
+                "    k, secret = create_key({'name': 'bench', 'mcp_servers': [{'server_id': s.id, 'tools': None}]},"
+                " source='api')\n"
+                "    db.session.commit()\n    print(secret)\n")
+            key = subprocess.run([sys.executable, "-c", setup], cwd=ROOT, env=env, check=True, capture_output=True,
+                                 text=True, timeout=120).stdout.strip().splitlines()[-1]
+            gateway = subprocess.Popen([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", *quiet, "wsgi:app"],
+                                       cwd=ROOT, env=env)
+            procs.append(gateway)
+            wait_ready(forwarder, f"http://127.0.0.1:{fw_port}/")
+            wait_ready(gateway, f"http://127.0.0.1:{gw_port}/login")
+
+            targets = [
+                Target("direct", up_url, "echo", {}, None),
+                Target("forwarder", f"http://127.0.0.1:{fw_port}/mcp", "echo", {}, forwarder),
+                Target("portcullis", f"http://127.0.0.1:{gw_port}/mcp", "bench__echo",
+                       {"Authorization": f"Bearer {key}"}, gateway),
+            ]
+            for t in targets:  # warm-up (imports, pools, caches), not measured
+                http, headers = t.session()
+                for i in range(50):
+                    t.call(http, headers, i)
+                http.close()
+
+            count = lambda: int(httpx.get(f"http://127.0.0.1:{up_port}/count", timeout=5).text)  # noqa: E731
+            per_block = max(1, args.calls // args.blocks)
+            conc_per_client = max(1, args.concurrent_calls // args.blocks // args.clients)
+            upstream_requests = {t.name: 0 for t in targets}
+            calls_made = {t.name: 0 for t in targets}
+            for block in range(args.blocks):
+                order = targets[block % 3:] + targets[:block % 3]  # rotate who goes first
+                for t in order:
+                    before = count()
+                    run_sequential(t, per_block)
+                    run_concurrent(t, args.clients, conc_per_client)
+                    # Each run opens 1 + clients sessions (initialize + notifications/initialized):
+                    # direct and the forwarder pass those to the upstream; Portcullis answers them itself.
+                    handshakes = 2 * (1 + args.clients)
+                    upstream_requests[t.name] += count() - before - (handshakes if t.name != "portcullis" else 0)
+                    calls_made[t.name] += per_block + 1 + args.clients * conc_per_client  # + 1 warm call
+        finally:
+            for p in reversed(procs):
+                stop(p)
+
+    direct, fwd, pc = targets
+    print(f"\n{args.blocks} interleaved blocks; {len(direct.seq)} sequential calls and "
+          f"{direct.conc_calls} calls with {args.clients} concurrent clients per target\n")
+    print(f"{'target':<12}{'p50 ms':>9}{'p99 ms':>9}{'seq calls/s':>13}{f'{args.clients}-client calls/s':>20}"
+          f"{'CPU ms/call':>13}{'upstream req/call':>19}")
+    for t in targets:
+        cpu = f"{t.cpu / t.cpu_calls * 1000:.3f}" if t.cpu_calls else "-"
+        print(f"{t.name:<12}{pct(t.seq, .5):>9.3f}{pct(t.seq, .99):>9.3f}{len(t.seq) / sum(t.seq):>13.0f}"
+              f"{t.conc_calls / t.conc_seconds:>20.0f}{cpu:>13}"
+              f"{upstream_requests[t.name] / calls_made[t.name]:>19.3f}")
+    added_fwd = pct(fwd.seq, .5) - pct(direct.seq, .5)
+    added_pc = pct(pc.seq, .5) - pct(direct.seq, .5)
+    lat_ratio = added_pc / added_fwd if added_fwd > 0 else float("inf")
+    cpu_ratio = (pc.cpu / pc.cpu_calls) / (fwd.cpu / fwd.cpu_calls)
+    tput_ratio = (pc.conc_calls / pc.conc_seconds) / (fwd.conc_calls / fwd.conc_seconds)
+    per_call = upstream_requests["portcullis"] / calls_made["portcullis"]
+    print()
+    print(f"latency added at p50: forwarder {added_fwd:.3f} ms, portcullis {added_pc:.3f} ms "
+          f"-> ratio {lat_ratio:.2f} (target <= 1.5)")
+    print(f"gateway CPU per call vs forwarder: {cpu_ratio:.2f} (target <= 1.5)")
+    print(f"throughput with {args.clients} clients vs forwarder: {tput_ratio:.2f} (target >= 0.85)")
+    print(f"upstream requests per portcullis tools/call: {per_call:.3f} (target exactly 1)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
