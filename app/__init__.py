@@ -21,13 +21,12 @@ def create_app(test_config: dict | None = None) -> Flask:
                 template_folder="../templates", static_folder="../static")
     app.config.update(load_config(app.instance_path, test_config))
     _logging(app)
-    if app.config["PORTCULLIS_TRUSTED_PROXIES"]:
-        from werkzeug.middleware.proxy_fix import ProxyFix
-        hops = app.config["PORTCULLIS_TRUSTED_PROXIES"]
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
 
     from .crypto import Keyring
     app.extensions["keyring"] = Keyring(app.config["PORTCULLIS_ENCRYPTION_KEYS"])
+
+    from .auth import DashboardCookieSessions
+    app.session_interface = DashboardCookieSessions()
 
     db.init_app(app)
     migrate.init_app(app, db, directory=os.path.join(os.path.dirname(app.root_path), "migrations"))
@@ -38,7 +37,6 @@ def create_app(test_config: dict | None = None) -> Flask:
     from .api import bp as api_bp
     from .web import bp as web_bp
 
-    from .mcp import bp as mcp_bp
     from .mcp.client import UpstreamClient
     from .mcp.sessions import SessionStore
     from .snapshot import Holder
@@ -49,10 +47,15 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     app.register_blueprint(web_bp)
     app.register_blueprint(api_bp)
-    app.register_blueprint(mcp_bp)
     csrf.exempt(api_bp)  # bearer tokens, not cookies: no CSRF exposure
-    csrf.exempt(mcp_bp)
-    limiter.exempt(mcp_bp)
+    _scope_limiter(app, ("web", "api"))
+
+    from .mcp.wsgi import mount
+    mount(app)  # /mcp is answered in front of Flask's dispatch (see app/mcp/wsgi.py)
+    if app.config["PORTCULLIS_TRUSTED_PROXIES"]:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+        hops = app.config["PORTCULLIS_TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     if not app.config["PORTCULLIS_ENFORCE_AUTH"]:
         log.warning("PORTCULLIS_ENFORCE_AUTH=false: /mcp serves callers WITHOUT credentials as anonymous "
                     "sessions with every allow-all server. Use this for local development only.")
@@ -65,6 +68,22 @@ def create_app(test_config: dict | None = None) -> Flask:
                     "set it in the environment to manage it yourself", name,
                     os.path.join(app.instance_path, "secrets.env"))
     return app
+
+
+def _scope_limiter(app: Flask, blueprints: tuple[str, ...]) -> None:
+    """Flask-Limiter hooks every request of the app. Only these blueprints have limits, so its
+    hooks move to them and the agents' hot path (/mcp) does none of that work."""
+    from functools import partial
+
+    def ours(fn) -> bool:
+        return getattr(fn, "__self__", None) is limiter or (isinstance(fn, partial) and limiter in fn.args)
+
+    for registry in (app.before_request_funcs, app.after_request_funcs, app.teardown_request_funcs):
+        hooks = registry.get(None, [])
+        moved = [fn for fn in hooks if ours(fn)]
+        registry[None] = [fn for fn in hooks if not ours(fn)]
+        for name in blueprints:
+            registry.setdefault(name, []).extend(moved)
 
 
 def _logging(app: Flask) -> None:

@@ -8,6 +8,7 @@ from datetime import timedelta
 from functools import wraps
 
 from flask import abort, current_app, g, redirect, request, session, url_for
+from flask.sessions import SecureCookieSessionInterface
 
 from .extensions import db
 from .models import ApiToken, DashboardSession, User
@@ -86,3 +87,16 @@ def admin_required(view):
             abort(403)
         return view(*args, **kwargs)
     return wrapped
+
+
+class DashboardCookieSessions(SecureCookieSessionInterface):
+    """The signed session cookie exists for the dashboard only. The API and /mcp authenticate
+    every request with a bearer credential, so they get a null session: no cookie is read or
+    set there, and the agents' hot path skips the signing work."""
+
+    COOKIELESS = ("/mcp", "/api/", "/proxy/")
+
+    def open_session(self, app, request):
+        if request.path.startswith(self.COOKIELESS):
+            return self.make_null_session(app)
+        return super().open_session(app, request)

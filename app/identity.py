@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flask import current_app, request
+from flask import current_app
 
 from . import snapshot
 from .models.base import digest, utcnow
@@ -27,21 +27,21 @@ class Caller:
         return None if self.key is None else self.key.id
 
 
-def presented_key() -> str | None:
+def presented_key(headers) -> str | None:
     """The virtual key from ``Authorization: Bearer vk_...`` or ``X-Virtual-Key``."""
-    header = request.headers.get("Authorization")
+    header = headers.get("Authorization")
     if header:
         scheme, _, token = header.partition(" ")
         token = token.strip()
         if scheme.lower() == "bearer" and token:
             return token
         raise Unauthenticated("unsupported Authorization scheme")
-    token = request.headers.get("X-Virtual-Key", "").strip()
+    token = headers.get("X-Virtual-Key", "").strip()
     return token or None
 
 
-def resolve_caller() -> Caller:
-    token = presented_key()
+def resolve_caller(headers) -> Caller:
+    token = presented_key(headers)
     snap = snapshot.current()
     if token is None:
         if current_app.config["PORTCULLIS_ENFORCE_AUTH"]:

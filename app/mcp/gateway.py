@@ -2,18 +2,22 @@
 
 A request flows one way: origin check -> JSON-RPC envelope -> caller (virtual key) ->
 session -> method -> (tools/call) allowlist -> credentials -> upstream -> answer.
+
+It is served by ``app.mcp.wsgi`` in an app context, with the plain werkzeug request passed in
+(see there why it skips Flask's request machinery).
 """
 from __future__ import annotations
 
 import json
 from urllib.parse import urlsplit
 
-from flask import Response, current_app, request
 import mcp_types as types
+from flask import current_app
+from werkzeug.wrappers import Request, Response
 
+from ..credentials import CredentialUnavailable, endpoint_for
 from ..extensions import db
 from ..identity import Caller, Unauthenticated, resolve_caller
-from ..credentials import CredentialUnavailable, endpoint_for
 from . import tools as toolnames
 from .client import UpstreamError
 from .sessions import SessionInfo
@@ -24,41 +28,52 @@ SESSION_NOT_FOUND = -32001
 UNAUTHORIZED = -32000
 LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 # -- answers ------------------------------------------------------------------------------
 
+def _dumps(payload) -> str:
+    return json.dumps(payload, separators=(",", ":"))
+
+
 def _json(payload, status: int = 200, headers: dict | None = None) -> Response:
-    return Response(json.dumps(payload, separators=(",", ":")), status=status,
-                    mimetype="application/json", headers=headers)
+    return Response(_dumps(payload), status=status, mimetype="application/json", headers=headers)
 
 
-def rpc_error(req_id, code: int, message: str, status: int = 200, headers: dict | None = None, data=None):
-    err = {"code": code, "message": message}
-    if data is not None:
-        err["data"] = data
-    return _json({"jsonrpc": "2.0", "id": req_id, "error": err}, status, headers)
+def rpc_error(req_id, code: int, message: str, status: int = 200, headers: dict | None = None) -> Response:
+    return _json({"jsonrpc": "2.0", "id": req_id, "error": {"code": code, "message": message}}, status, headers)
 
 
 def _sse_event(message: dict) -> str:
-    return "event: message\ndata: " + json.dumps(message, separators=(",", ":")) + "\n\n"
-
-
-def _answer(message: dict, headers: dict | None = None) -> Response:
-    """JSON, unless the client accepts only SSE."""
-    accept = request.headers.get("Accept", "")
-    if "text/event-stream" in accept and "application/json" not in accept:
-        return Response(_sse_event(message), mimetype="text/event-stream", headers=headers)
-    return _json(message, headers=headers)
-
-
-def _result(req_id, result: dict, headers: dict | None = None) -> Response:
-    return _answer({"jsonrpc": "2.0", "id": req_id, "result": result}, headers)
+    return "event: message\ndata: " + _dumps(message) + "\n\n"
 
 
 def tool_error(text: str) -> dict:
     result = types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=True)
     return result.model_dump(by_alias=True, exclude_none=True, mode="json", exclude={"result_type"})
+
+
+class Exchange:
+    """One request and what its answer must look like."""
+
+    def __init__(self, req: Request, req_id, caller: Caller, scope, session: SessionInfo | None):
+        self.req, self.id, self.caller, self.scope, self.session = req, req_id, caller, scope, session
+        accept = req.headers.get("Accept", "")
+        self.takes_sse = "text/event-stream" in accept
+        self.sse_only = self.takes_sse and "application/json" not in accept
+
+    def answer(self, message: dict, headers: dict | None = None) -> Response:
+        """JSON, unless the client accepts only SSE."""
+        if self.sse_only:
+            return Response(_sse_event(message), mimetype="text/event-stream", headers=headers)
+        return _json(message, headers=headers)
+
+    def result(self, result: dict, headers: dict | None = None) -> Response:
+        return self.answer({"jsonrpc": "2.0", "id": self.id, "result": result}, headers)
+
+    def error(self, code: int, message: str) -> Response:
+        return self.answer({"jsonrpc": "2.0", "id": self.id, "error": {"code": code, "message": message}})
 
 
 # -- checks -------------------------------------------------------------------------------
@@ -82,26 +97,32 @@ def _valid_id(value) -> bool:
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
 
 
+def _release_db() -> None:
+    """Give back the database connection, if this request took one (most calls never do)."""
+    if db.session.registry.has():
+        db.session.close()
+
+
 # -- the endpoint -------------------------------------------------------------------------
 
-def handle(server_name: str | None) -> Response:
-    origin = request.headers.get("Origin")
+def handle(req: Request, server_name: str | None) -> Response:
+    origin = req.headers.get("Origin")
     if origin is not None and not _origin_allowed(origin):
         return rpc_error(None, types.INVALID_REQUEST, "origin not allowed", 403)
-    if request.method == "GET":
+    if req.method not in ("POST", "DELETE"):
         return rpc_error(None, types.INVALID_REQUEST, "this endpoint offers no GET stream; use POST",
                          405, {"Allow": "POST, DELETE"})
 
     message = None
-    if request.method == "POST":
+    if req.method == "POST":
         try:
-            message = json.loads(request.get_data())
+            message = json.loads(req.get_data())
         except ValueError:
             return rpc_error(None, types.PARSE_ERROR, "parse error: the body is not valid JSON", 400)
     req_id = message.get("id") if isinstance(message, dict) and _valid_id(message.get("id")) else None
 
     try:
-        caller = resolve_caller()
+        caller = resolve_caller(req.headers)
     except Unauthenticated as e:
         return rpc_error(req_id, UNAUTHORIZED, f"unauthorized: {e}", 401,
                          {"WWW-Authenticate": 'Bearer realm="portcullis"'})
@@ -110,12 +131,11 @@ def handle(server_name: str | None) -> Response:
     if server_name is not None:
         scope = caller.snapshot.by_name.get(server_name)
         if scope is None or scope.id not in caller.allowlist:
-            db.session.close()
             return rpc_error(req_id, types.INVALID_REQUEST, "no such MCP server", 404)
 
     store = current_app.extensions["mcp_sessions"]
-    if request.method == "DELETE":
-        session = _session(store, caller, scope)
+    if req.method == "DELETE":
+        session = _session(req, store, caller, scope)
         if not isinstance(session, SessionInfo):
             return session
         store.end(session)
@@ -135,35 +155,35 @@ def handle(server_name: str | None) -> Response:
         return rpc_error(req_id, types.INVALID_REQUEST, "invalid request: method must be a string", 400)
     params = message.get("params")
     if params is not None and not isinstance(params, dict):
-        return rpc_error(req_id, types.INVALID_PARAMS, "invalid params: params must be an object", 200)
+        return rpc_error(req_id, types.INVALID_PARAMS, "invalid params: params must be an object")
 
     if "id" not in message:
         if method.startswith("notifications/"):
-            session = _session(store, caller, scope, required=False)
+            session = _session(req, store, caller, scope, required=False)
             return session if isinstance(session, Response) else Response(status=202)
         return rpc_error(None, types.INVALID_REQUEST, f"invalid request: {method} needs an id", 400)
     if not _valid_id(message["id"]):
         return rpc_error(None, types.INVALID_REQUEST, "invalid request: id must be a string or an integer", 400)
-
     if method not in METHODS:
         return rpc_error(req_id, types.METHOD_NOT_FOUND, f"method not found: {method}")
     if method == "initialize":
-        return _initialize(req_id, params or {}, caller, scope, store)
+        return _initialize(Exchange(req, req_id, caller, scope, None), params or {}, store)
 
-    version = request.headers.get("MCP-Protocol-Version")
+    version = req.headers.get("MCP-Protocol-Version")
     if version is not None and version not in SUPPORTED_VERSIONS:
         return rpc_error(req_id, types.INVALID_REQUEST, f"unsupported MCP-Protocol-Version: {version[:40]}", 400)
-    session = _session(store, caller, scope, required=method != "ping")
+    session = _session(req, store, caller, scope, required=method != "ping")
     if isinstance(session, Response):
         return session
+    ex = Exchange(req, req_id, caller, scope, session)
     if method == "logging/setLevel":
-        return _set_log_level(req_id, params or {}, session, store)
-    db.session.close()  # nothing below reads the database: free the connection during the call
-    return METHODS[method](req_id, params or {}, caller, scope, session)
+        return _set_log_level(ex, params or {}, store)
+    _release_db()  # nothing below reads the database: free the connection during the upstream call
+    return METHODS[method](ex, params or {})
 
 
-def _session(store, caller: Caller, scope, required: bool = True):
-    sid = request.headers.get("Mcp-Session-Id")
+def _session(req: Request, store, caller: Caller, scope, required: bool = True):
+    sid = req.headers.get("Mcp-Session-Id")
     if sid is None:
         if not required:
             return None
@@ -176,80 +196,80 @@ def _session(store, caller: Caller, scope, required: bool = True):
 
 # -- methods ------------------------------------------------------------------------------
 
-def _initialize(req_id, params: dict, caller: Caller, scope, store) -> Response:
+def _initialize(ex: Exchange, params: dict, store) -> Response:
     try:
         init = types.InitializeRequestParams.model_validate(params)
     except ValueError as e:
-        return rpc_error(req_id, types.INVALID_PARAMS, "invalid params: " + _first_error(e))
+        return ex.error(types.INVALID_PARAMS, "invalid params: " + _first_error(e))
     version = init.protocol_version if init.protocol_version in SUPPORTED_VERSIONS else LATEST_VERSION
-    session = store.create(caller.key_id, scope.id if scope else None, version,
+    scope = ex.scope
+    session = store.create(ex.caller.key_id, scope.id if scope else None, version,
                            init.client_info.model_dump(mode="json", exclude_none=True),
                            init.capabilities.model_dump(mode="json", by_alias=True, exclude_none=True))
     result = types.InitializeResult(
         protocol_version=version,
         capabilities=types.ServerCapabilities(tools=types.ToolsCapability(list_changed=False),
-                                          logging=types.LoggingCapability()),
+                                              logging=types.LoggingCapability()),
         server_info=types.Implementation(name=f"portcullis{'/' + scope.name if scope else ''}", version="1.0"),
         instructions=None if scope else "Tools of every MCP server granted to this key, named <server>__<tool>.",
     )
     body = result.model_dump(by_alias=True, exclude_none=True, mode="json", exclude={"result_type"})
-    return _result(req_id, body, {"Mcp-Session-Id": session.id})
+    return ex.result(body, {"Mcp-Session-Id": session.id})
 
 
-def _set_log_level(req_id, params: dict, session: SessionInfo | None, store) -> Response:
+def _set_log_level(ex: Exchange, params: dict, store) -> Response:
     level = params.get("level")
     if level not in LOG_LEVELS:
-        return rpc_error(req_id, types.INVALID_PARAMS, "invalid params: level must be one of " + ", ".join(LOG_LEVELS))
-    if session is not None:
-        store.set_log_level(session, level)
-    return _result(req_id, {})
+        return ex.error(types.INVALID_PARAMS, "invalid params: level must be one of " + ", ".join(LOG_LEVELS))
+    if ex.session is not None:
+        store.set_log_level(ex.session, level)
+    return ex.result({})
 
 
-def _ping(req_id, params, caller, scope, session) -> Response:
-    return _result(req_id, {})
+def _ping(ex: Exchange, params: dict) -> Response:
+    return ex.result({})
 
 
-def _list_tools(req_id, params, caller, scope, session) -> Response:
+def _list_tools(ex: Exchange, params: dict) -> Response:
     from .discovery import refresh_stale
 
-    refresh_stale(caller, scope)
-    return _result(req_id, {"tools": toolnames.visible(caller, scope)})
+    refresh_stale(ex.caller, ex.scope)
+    return ex.result({"tools": toolnames.visible(ex.caller, ex.scope)})
 
 
-def _call_tool(req_id, params, caller, scope, session) -> Response:
+def _call_tool(ex: Exchange, params: dict) -> Response:
     name, arguments, meta = params.get("name"), params.get("arguments"), params.get("_meta")
     if not isinstance(name, str) or not name:
-        return rpc_error(req_id, types.INVALID_PARAMS, "invalid params: name must be a non-empty string")
+        return ex.error(types.INVALID_PARAMS, "invalid params: name must be a non-empty string")
     if arguments is not None and not isinstance(arguments, dict):
-        return rpc_error(req_id, types.INVALID_PARAMS, "invalid params: arguments must be an object")
+        return ex.error(types.INVALID_PARAMS, "invalid params: arguments must be an object")
     if meta is not None and not isinstance(meta, dict):
-        return rpc_error(req_id, types.INVALID_PARAMS, "invalid params: _meta must be an object")
-    found = toolnames.resolve(caller, scope, name)
+        return ex.error(types.INVALID_PARAMS, "invalid params: _meta must be an object")
+    found = toolnames.resolve(ex.caller, ex.scope, name)
     if found is None:  # unknown, not granted and filtered out look the same
-        return rpc_error(req_id, types.INVALID_PARAMS, f"Unknown tool: {name}")
+        return ex.error(types.INVALID_PARAMS, f"Unknown tool: {name}")
     server, tool = found
     try:
-        endpoint = endpoint_for(server, caller)
+        endpoint = endpoint_for(server, ex.caller)
     except CredentialUnavailable as e:
-        return _result(req_id, tool_error(str(e)))
+        return ex.result(tool_error(str(e)))
     upstream_params = dict(params)
     upstream_params["name"] = tool
-    client = current_app.extensions["mcp_client"]
 
     try:
-        call = client.open(endpoint, "tools/call", upstream_params)
+        call = current_app.extensions["mcp_client"].open(endpoint, "tools/call", upstream_params)
     except UpstreamError as e:
-        return _result(req_id, tool_error(str(e)))
-    if call.streaming and "text/event-stream" in request.headers.get("Accept", ""):
+        return ex.result(tool_error(str(e)))
+    if call.streaming and ex.takes_sse:
+        session = ex.session
         floor = LOG_LEVELS.index(session.log_level) if session is not None and session.log_level else 0
-        return Response(_relay(call, req_id, floor), mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return Response(_relay(call, ex.id, floor), mimetype="text/event-stream", headers=SSE_HEADERS)
     try:
         msg = call.result()
     except UpstreamError as e:
-        return _result(req_id, tool_error(str(e)))
-    msg["id"] = req_id
-    return _answer(msg)
+        return ex.result(tool_error(str(e)))
+    msg["id"] = ex.id
+    return ex.answer(msg)
 
 
 def _relay(call, req_id, log_floor: int):
@@ -287,9 +307,9 @@ def _first_error(e: ValueError) -> str:
 
 
 METHODS = {
-    "initialize": None,  # handled before the session check
+    "initialize": _initialize,  # handled before the session check
+    "logging/setLevel": _set_log_level,  # needs the session store
     "ping": _ping,
     "tools/list": _list_tools,
     "tools/call": _call_tool,
-    "logging/setLevel": None,  # needs the session store; handled in handle()
 }

@@ -8,12 +8,12 @@ from ..auth import load_dashboard_user
 bp = Blueprint("web", __name__)
 
 
-@bp.before_app_request
+@bp.before_request
 def identify():
+    # Only the dashboard reads the session cookie; the API and /mcp have credentials of their own.
     g.user = None
     g.dashboard_session = None
-    if request.blueprint == "web":
-        load_dashboard_user()
+    load_dashboard_user()
 
 
 @bp.app_context_processor
