@@ -286,3 +286,42 @@ def test_log_messages_are_relayed_at_or_above_the_session_level(app, client, ups
     # A client that takes only JSON gets the answer alone.
     r = rpc.call("tools/call", {"name": "beta__chatty", "arguments": {}}, extra={"Accept": "application/json"})
     assert r.mimetype == "application/json" and r.json["result"]["content"][0]["text"] == "said"
+
+
+def test_tools_list_is_served_from_the_stored_list_and_refreshed_in_the_background(app, client, faulty):
+    import time
+
+    url, module = faulty
+    sid = faulty_server(app, faulty, "ok")
+    _, key = add_key(app, {sid: None})
+    rpc = Rpc(client, key)
+    rpc.initialize()
+    module.SEEN.clear()
+    for _ in range(3):
+        assert [t["name"] for t in rpc.call("tools/list").json["result"]["tools"]] == ["f-ok__x"]
+    assert [m for p, m, s in module.SEEN if p == "ok"] == []  # no fan-out on the hot path
+    # Once the stored list is older than PORTCULLIS_TOOLS_REFRESH_SECONDS, listing refreshes it
+    # in the background (the answer does not wait for it).
+    with app.app_context():
+        server = db.session.get(McpServer, sid)
+        server.tools_refreshed_at = utcnow() - timedelta(hours=2)
+        db.session.commit()
+    module.TOOLS.append({"name": "y", "description": "new", "inputSchema": {"type": "object"}})
+    try:
+        assert [t["name"] for t in rpc.call("tools/list").json["result"]["tools"]] == ["f-ok__x"]
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            names = [t["name"] for t in rpc.call("tools/list").json["result"]["tools"]]
+            if names == ["f-ok__x", "f-ok__y"]:
+                break
+            time.sleep(0.05)
+        assert names == ["f-ok__x", "f-ok__y"]
+        assert [m for p, m, s in module.SEEN if p == "ok"].count("tools/list") == 1
+    finally:
+        module.TOOLS.pop()
+
+
+def test_oversized_body_is_refused(rpc):
+    big = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"pad": "x" * (2 * 1024 * 1024)}})
+    r = rpc.raw(big)
+    assert r.status_code == 413 and r.json["error"]["code"] == -32600
