@@ -1,5 +1,6 @@
 """Data model: one module per aggregate."""
 from .audit import AuditEvent
+from .credentials import Credential, Flow
 from .mcp_sessions import McpSession
 from .keys import VirtualKey, VirtualKeyServerGrant, VirtualKeyServiceGrant
 from .servers import McpServer
@@ -7,6 +8,6 @@ from .services import Service
 from .users import ApiToken, DashboardSession, User
 
 __all__ = [
-    "ApiToken", "AuditEvent", "DashboardSession", "McpServer", "McpSession", "Service", "User",
+    "ApiToken", "AuditEvent", "Credential", "DashboardSession", "Flow", "McpServer", "McpSession", "Service", "User",
     "VirtualKey", "VirtualKeyServerGrant", "VirtualKeyServiceGrant",
 ]

@@ -1,6 +1,6 @@
 """A real upstream MCP server (the official `mcp` SDK) for the tests and benchmarks.
 
-usage: python mcp_server.py --port N [--stateful] [--require-header K=V] [--name NAME]
+usage: python mcp_server.py --port N [--stateful] [--require-header K=V ...] [--name NAME]
 Stateless JSON by default; --stateful gives sessions and SSE answers (progress notifications).
 """
 import argparse
@@ -99,13 +99,18 @@ def build(name: str) -> MCPServer:
 
 
 class RequireHeader:
-    """ASGI wrapper: 401 unless the header matches."""
+    """ASGI wrapper: 401 unless every required header has one of its accepted values
+    (``--require-header K=V`` may repeat: several headers, or several accepted values of one)."""
 
-    def __init__(self, app, name, value):
-        self.app, self.name, self.value = app, name.lower().encode(), value.encode()
+    def __init__(self, app, specs):
+        self.app, self.required = app, {}
+        for spec in specs:
+            name, value = spec.split("=", 1)
+            self.required.setdefault(name.lower().encode(), set()).add(value.encode())
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and dict(scope["headers"]).get(self.name) != self.value:
+        if scope["type"] == "http" and not all(dict(scope["headers"]).get(name) in values
+                                               for name, values in self.required.items()):
             await send({"type": "http.response.start", "status": 401, "headers": []})
             return await send({"type": "http.response.body", "body": b"unauthorized"})
         await self.app(scope, receive, send)
@@ -116,13 +121,13 @@ def main():
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--name", default="upstream-test")
     p.add_argument("--stateful", action="store_true")
-    p.add_argument("--require-header")
+    p.add_argument("--require-header", action="append")
     a = p.parse_args()
     mcp = build(a.name)
     app = (mcp.streamable_http_app() if a.stateful
            else mcp.streamable_http_app(stateless_http=True, json_response=True))
     if a.require_header:
-        app = RequireHeader(app, *a.require_header.split("=", 1))
+        app = RequireHeader(app, a.require_header)
     logging.getLogger("mcp").setLevel(logging.WARNING)  # no per-session chatter
     uvicorn.run(app, host="127.0.0.1", port=a.port, log_level="warning")
 
