@@ -48,6 +48,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(web_bp)
     app.register_blueprint(api_bp)
     csrf.exempt(api_bp)  # bearer tokens, not cookies: no CSRF exposure
+    from .proxy import register as register_proxy
+    register_proxy(app)  # /proxy/<service>/...: its per-key limits are counted in app/proxy/limits.py
     _scope_limiter(app, ("web", "api"))
 
     from .mcp.wsgi import mount

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -18,6 +19,7 @@ log = logging.getLogger(__name__)
 
 SECRETS_FILE = "secrets.env"
 GENERATED = ("SECRET_KEY", "PORTCULLIS_ENCRYPTION_KEY")
+HEADER_PREFIX_RE = re.compile(r"^[A-Za-z0-9]+(-[A-Za-z0-9]+)*$")
 
 
 def _bool(value: str | None, default: bool) -> bool:
@@ -26,14 +28,38 @@ def _bool(value: str | None, default: bool) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _int(env: dict, name: str, default: int) -> int:
+def _int(env: dict, name: str, default: int, lo: int | None = None) -> int:
     raw = env.get(name)
     if raw is None or str(raw).strip() == "":
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise RuntimeError(f"{name} must be an integer, got {raw!r}") from None
+    if lo is not None and value < lo:
+        raise RuntimeError(f"{name} must be at least {lo}, got {raw!r}")
+    return value
+
+
+def _float(env: dict, name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or str(raw).strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise RuntimeError(f"{name} must be a number, got {raw!r}") from None
+    if not value > 0:
+        raise RuntimeError(f"{name} must be positive, got {raw!r}")
+    return value
+
+
+def _header_prefix(env: dict) -> str:
+    prefix = (env.get("PORTCULLIS_IDENTITY_HEADER_PREFIX") or "X-Portcullis").strip()
+    if not HEADER_PREFIX_RE.match(prefix):
+        raise RuntimeError("PORTCULLIS_IDENTITY_HEADER_PREFIX must be a header name prefix such as X-Portcullis "
+                           f"(letters, digits, inner dashes), got {prefix!r}")
+    return prefix
 
 
 def ensure_instance_secrets(instance_path: str) -> tuple[dict[str, str], list[str]]:
@@ -115,6 +141,14 @@ def load_config(instance_path: str, overrides: dict | None = None) -> dict:
         "SESSION_COOKIE_SECURE": https,
         "PREFERRED_URL_SCHEME": "https" if https else "http",
         "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the (expiring) dashboard session
+        # The proxy route (app/proxy): identity headers set on every forwarded request
+        # (<prefix>-Key-ID, <prefix>-Agent-ID), upstream timeouts, request body limit (0: none).
+        "PORTCULLIS_IDENTITY_HEADER_PREFIX": _header_prefix(env),
+        "PORTCULLIS_PROXY_CONNECT_TIMEOUT": _float(env, "PORTCULLIS_PROXY_CONNECT_TIMEOUT", 5.0),
+        "PORTCULLIS_PROXY_READ_TIMEOUT": _float(env, "PORTCULLIS_PROXY_READ_TIMEOUT", 60.0),
+        "PORTCULLIS_PROXY_MAX_BODY_BYTES": _int(env, "PORTCULLIS_PROXY_MAX_BODY_BYTES", 0, lo=0),
+        # The longest lifetime a key issued by the portcullis__request_key tool may ask for.
+        "PORTCULLIS_REQUEST_KEY_MAX_TTL_SECONDS": _int(env, "PORTCULLIS_REQUEST_KEY_MAX_TTL_SECONDS", 86400, lo=1),
         "RATELIMIT_STORAGE_URI": redis_url or "memory://",
         "RATELIMIT_HEADERS_ENABLED": True,
         "MAX_CONTENT_LENGTH": 1024 * 1024,

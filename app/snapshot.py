@@ -1,28 +1,32 @@
 """What the hot path (/mcp, later the proxy) reads instead of the database.
 
-A ``Snapshot`` holds every MCP server's configuration (shared headers decrypted once) and the
-virtual keys seen so far, with their grants. It is replaced when a commit in this process
-touched keys, grants, servers or users (immediately), and at the latest every
+A ``Snapshot`` holds every MCP server's configuration (shared headers decrypted once), every
+HTTP service of the proxy route (root credential decrypted once) and the virtual keys seen so
+far, with their grants. It is replaced when a commit in this process touched keys, grants,
+servers, services or users (immediately), and at the latest every
 ``PORTCULLIS_CONFIG_CACHE_SECONDS`` (default 5 s), which bounds how long an edit made by another
 instance takes to reach this one. Readers never lock: they take the current object.
 """
 from __future__ import annotations
 
+import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cached_property
 
 from flask import current_app
-from sqlalchemy import event, select
+from sqlalchemy import Text, event, select, type_coerce
 from sqlalchemy.orm import Session, selectinload
 
 from .extensions import db
-from .models import McpServer, User, VirtualKey, VirtualKeyServerGrant, VirtualKeyServiceGrant
+from .models import McpServer, Service, User, VirtualKey, VirtualKeyServerGrant, VirtualKeyServiceGrant
 
-WATCHED = (McpServer, VirtualKey, VirtualKeyServerGrant, VirtualKeyServiceGrant, User)
+WATCHED = (McpServer, Service, VirtualKey, VirtualKeyServerGrant, VirtualKeyServiceGrant, User)
 MAX_KEYS = 50_000  # cached key lookups (found or not) per snapshot
+MAX_ISSUER_CHAIN = 8  # keys issued by keys issued by ...: deeper chains are refused
+ISSUER_RE = re.compile(r"^vk:([0-9]{1,10})$")
 
 Allowlist = dict[int, "frozenset[str] | None"]  # server id -> allowed tool names (None = all)
 
@@ -58,6 +62,25 @@ class ServerView:
 
 
 @dataclass(frozen=True)
+class ServiceView:
+    """An HTTP service of the proxy route. ``credential`` is the (header, value) pair injected
+    upstream, None when the stored secret cannot be decrypted (a missing encryption key)."""
+
+    id: int
+    name: str
+    description: str
+    base_url: str
+    credential: tuple[str, str] | None = field(repr=False)
+
+    @cached_property
+    def url(self):
+        """The base URL parsed once per snapshot (httpx.URL)."""
+        import httpx
+
+        return httpx.URL(self.base_url)
+
+
+@dataclass(frozen=True)
 class KeyView:
     id: int
     name: str
@@ -69,9 +92,24 @@ class KeyView:
     agent_id: str | None
     server_grants: dict[int, frozenset[str] | None]
     service_grants: dict[int, str]
+    # (key id, requests per minute) of every proxy budget a request spends: its own, then its
+    # issuers' (keys issued by request_key)
+    budgets: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self):
+        if not self.budgets:
+            object.__setattr__(self, "budgets", ((self.id, self.rate_limit_per_minute),))
 
     def usable(self, now: datetime) -> bool:
         return self.active and (self.expires_at is None or self.expires_at > now)
+
+    @property
+    def issuer_id(self) -> int | None:
+        """The key that issued this one through request_key (its agent_id is ``vk:<id>``)."""
+        if self.source != "mcp" or not self.agent_id:
+            return None
+        match = ISSUER_RE.match(self.agent_id)
+        return int(match.group(1)) if match else None
 
 
 @dataclass
@@ -80,7 +118,10 @@ class Snapshot:
     loaded_at: float
     servers: dict[int, ServerView]
     by_name: dict[str, ServerView]
+    services: dict[int, ServiceView] = field(default_factory=dict)
+    services_by_name: dict[str, ServiceView] = field(default_factory=dict)
     _keys: dict[str, KeyView | None] = field(default_factory=dict)
+    _by_id: dict[int, KeyView | None] = field(default_factory=dict)
     _allowlists: dict[int, Allowlist] = field(default_factory=dict)
 
     def key(self, key_hash: str) -> KeyView | None:
@@ -92,24 +133,57 @@ class Snapshot:
         row = db.session.scalar(
             select(VirtualKey).where(VirtualKey.key_hash == key_hash)
             .options(selectinload(VirtualKey.server_grants), selectinload(VirtualKey.service_grants)))
-        view = None
-        if row is not None:
-            owner_ok = row.owner is None or row.owner.active  # a deactivated owner's keys stop working
-            view = KeyView(
-                id=row.id, name=row.name, owner_id=row.owner_id, active=row.active and owner_ok,
-                expires_at=row.expires_at, rate_limit_per_minute=row.rate_limit_per_minute,
-                source=row.source, agent_id=row.agent_id,
-                server_grants={g.mcp_server_id: None if g.tools is None else frozenset(g.tools)
-                               for g in row.server_grants},
-                service_grants={g.service_id: g.scope for g in row.service_grants})
+        view = None if row is None else self._view(row)
         if len(self._keys) >= MAX_KEYS:
             self._keys.clear()
         self._keys[key_hash] = view
         return view
 
+    def _issuer(self, key_id: int, depth: int) -> KeyView | None:
+        """The key that issued a key (by id), as seen now; None: gone, or a chain too long."""
+        if depth > MAX_ISSUER_CHAIN:
+            return None
+        if key_id in self._by_id:
+            return self._by_id[key_id]
+        row = db.session.scalar(
+            select(VirtualKey).where(VirtualKey.id == key_id)
+            .options(selectinload(VirtualKey.server_grants), selectinload(VirtualKey.service_grants)))
+        view = None if row is None else self._view(row, depth)
+        if len(self._by_id) >= MAX_KEYS:
+            self._by_id.clear()
+        self._by_id[key_id] = view
+        return view
+
+    def _view(self, row: VirtualKey, depth: int = 0) -> KeyView:
+        owner_ok = row.owner is None or row.owner.active  # a deactivated owner's keys stop working
+        view = KeyView(
+            id=row.id, name=row.name, owner_id=row.owner_id, active=row.active and owner_ok,
+            expires_at=row.expires_at, rate_limit_per_minute=row.rate_limit_per_minute,
+            source=row.source, agent_id=row.agent_id,
+            server_grants={g.mcp_server_id: None if g.tools is None else frozenset(g.tools)
+                           for g in row.server_grants},
+            service_grants={g.service_id: g.scope for g in row.service_grants})
+        issuer_id = view.issuer_id
+        if issuer_id is None:
+            return view
+        # A key issued by request_key never outlives nor outgrows its issuer, even after the
+        # issuer was revoked, narrowed or deleted: its access is the intersection, its proxy
+        # requests count against the issuer's budget too.
+        issuer = self._issuer(issuer_id, depth + 1) if issuer_id != row.id else None
+        if issuer is None:
+            return replace(view, active=False)
+        expiry = [t for t in (view.expires_at, issuer.expires_at) if t is not None]
+        services = {sid: "read" if "read" in (scope, issuer.service_grants[sid]) else scope
+                    for sid, scope in view.service_grants.items() if sid in issuer.service_grants}
+        return replace(view, active=view.active and issuer.active, expires_at=min(expiry) if expiry else None,
+                       service_grants=services,
+                       budgets=view.budgets + issuer.budgets)
+
     def allowlist(self, key: KeyView | None) -> Allowlist:
         """The effective allowlist: explicit grants ∪ allow-all servers, minus disabled servers.
-        ``None`` (an anonymous development caller) gets the allow-all servers."""
+        ``None`` (an anonymous development caller) gets the allow-all servers. Keys issued by
+        the ``portcullis__request_key`` tool (source ``mcp``) get their explicit grants only:
+        an allow-all server would otherwise give them tools their issuer may not have."""
         if key is not None:
             cached = self._allowlists.get(key.id)
             if cached is not None:
@@ -120,8 +194,9 @@ class Snapshot:
             server = self.servers.get(sid)
             if server is not None and server.enabled:
                 out[sid] = tools
+        inherits = key is None or key.source != "mcp"
         for server in self.servers.values():
-            if server.allow_all and server.enabled and server.id not in grants:
+            if inherits and server.allow_all and server.enabled and server.id not in grants:
                 out[server.id] = None
         if key is not None:
             self._allowlists[key.id] = out
@@ -170,8 +245,33 @@ def _load() -> Snapshot:
             per_user_header_keys=tuple(s.per_user_header_keys or ()),
             tools=tuple(s.tools or ()), connect_timeout=s.connect_timeout, read_timeout=s.read_timeout,
             tools_refreshed_at=s.tools_refreshed_at)
+    services = _load_services()
     return Snapshot(generation=generation, loaded_at=time.monotonic(), servers=servers,
-                    by_name={s.name: s for s in servers.values()})
+                    by_name={s.name: s for s in servers.values()},
+                    services=services, services_by_name={s.name: s for s in services.values()})
+
+
+def _load_services() -> dict[int, ServiceView]:
+    """Every service with its credential decrypted, row by row: a secret that cannot be
+    decrypted disables that service only (the proxy answers 500 decryption_failed for it)."""
+    from .crypto import DecryptionError, keyring
+    from .models.services import credential_pair
+
+    ring = keyring()
+    raw_secret = type_coerce(Service.__table__.c.secret, Text())  # the stored token, not decrypted
+    out = {}
+    rows = db.session.execute(select(Service.id, Service.name, Service.description, Service.base_url,
+                                     Service.credential_header, raw_secret))
+    for sid, name, description, base_url, header, token in rows:
+        try:
+            secret = ring.decrypt(token, "services.secret")
+        except DecryptionError:
+            credential = None
+        else:
+            credential = credential_pair(header, secret)
+        out[sid] = ServiceView(id=sid, name=name, description=description or "", base_url=base_url,
+                               credential=credential)
+    return out
 
 
 @event.listens_for(Session, "after_flush")

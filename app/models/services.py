@@ -6,6 +6,14 @@ from ..extensions import db
 from .base import iso, utcnow
 
 
+def credential_pair(header: str, secret: str) -> tuple[str, str]:
+    """The (header, value) pair the proxy injects: ``Authorization`` carries ``Bearer <secret>``,
+    any other header the secret as is."""
+    if header.lower() == "authorization":
+        return "Authorization", f"Bearer {secret}"
+    return header, secret
+
+
 class Service(db.Model):
     __tablename__ = "services"
 
@@ -21,9 +29,7 @@ class Service(db.Model):
 
     def credential(self) -> tuple[str, str]:
         """The (header, value) pair the proxy injects."""
-        if self.credential_header.lower() == "authorization":
-            return "Authorization", f"Bearer {self.secret}"
-        return self.credential_header, self.secret
+        return credential_pair(self.credential_header, self.secret)
 
     def to_dict(self) -> dict:
         return {

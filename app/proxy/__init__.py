@@ -1,0 +1,284 @@
+"""The credential-injecting HTTP proxy: ANY /proxy/<service>/<path> (query string kept).
+
+A request flows one way: virtual key (``X-Virtual-Key``, ``Authorization: Bearer vk_...`` or
+``?key=``) -> key known (401) -> key active and not expired (401) -> grant for this service
+(403) -> the grant's scope allows the method (403) -> the key's rate limit (429) -> upstream,
+with the key removed from all three places, the root credential injected and the identity
+headers set -> the answer, streamed back.
+
+The hot path reads the in-memory snapshot only (no database query per request); the key's
+``last_used_at`` is written at most once a minute per key and process, after the answer.
+Query strings are never logged: a key may be in ``?key=``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from urllib.parse import quote, unquote, urljoin
+
+from flask import Blueprint, Flask, current_app, request
+from flask import Response as FlaskResponse
+from sqlalchemy import update
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
+from werkzeug.routing import PathConverter, Rule
+from werkzeug.wsgi import get_input_stream
+
+from .. import snapshot
+from ..extensions import csrf, db
+from ..models.base import digest, utcnow
+from ..models.keys import KEY_PREFIX, VirtualKey
+from . import forward
+from .limits import KeyLimits
+
+log = logging.getLogger("portcullis.proxy")
+bp = Blueprint("proxy", __name__)
+PREFIX = "/proxy"
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+REFUSED_METHODS = frozenset({"TRACE", "CONNECT"})  # TRACE would echo the injected credential back
+LAST_USED_INTERVAL = 60.0  # seconds between two last_used_at writes of one key (per process)
+KEY_HINT = "send a virtual key in X-Virtual-Key, Authorization: Bearer vk_... or ?key="
+
+
+class Relayed(FlaskResponse):
+    """The upstream's answer as it is: no default Content-Type added."""
+
+    default_mimetype = None
+
+
+def error(status: int, code: str, message: str, headers: dict | None = None) -> FlaskResponse:
+    body = json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":"))
+    return FlaskResponse(body, status=status, mimetype="application/json", headers=headers)
+
+
+def unauthorized(code: str, message: str) -> FlaskResponse:
+    return error(401, code, message, {"WWW-Authenticate": 'Bearer realm="portcullis"'})
+
+
+# -- the route ------------------------------------------------------------------------------
+
+def proxy(service: str, path: str = ""):
+    cfg = current_app.config
+    method = request.method
+    if method in REFUSED_METHODS:
+        return error(405, "method_not_allowed", f"{method} is not proxied",
+                     {"Allow": "GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE"})
+    environ = request.environ
+    raw_query = environ.get("QUERY_STRING", "").encode("latin-1")
+
+    # 1. a key, known (401)
+    presented = _presented_keys(environ, raw_query)
+    if not presented:
+        return unauthorized("missing_key", "a virtual key is required: " + KEY_HINT)
+    if len(presented) > 1:
+        return unauthorized("invalid_key", "several different virtual keys were presented; send one")
+    secret = presented.pop()
+    snap = snapshot.current()
+    key = snap.key(digest(secret)) if secret.startswith(KEY_PREFIX) and len(secret) <= 200 else None
+    if key is None:
+        return unauthorized("invalid_key", "unknown virtual key")
+    # 2. active, not expired (401)
+    if not key.active:
+        return unauthorized("key_revoked", "this virtual key was revoked or its owner deactivated")
+    if key.expires_at is not None and key.expires_at <= utcnow():
+        return unauthorized("key_expired", "this virtual key has expired")
+    # 3. granted this service (403); an unknown service looks the same
+    svc = snap.services_by_name.get(service)
+    scope = key.service_grants.get(svc.id) if svc is not None else None
+    if scope is None:
+        if not service:
+            return error(403, "service_not_granted", "name a service: /proxy/<service>/<path>")
+        return error(403, "service_not_granted", f"this key has no grant for service {service!r}")
+    # 4. the scope allows the method (403)
+    if scope == "read" and method not in READ_METHODS:
+        return error(403, "read_only", f"this key's grant for {service} is read-only: "
+                     "GET, HEAD and OPTIONS only")
+    # 5. rate limit (429)
+    budget = current_app.extensions["proxy_limits"].hit_all(key.budgets)
+    limit_headers = budget.headers() if budget is not None else {}
+    if budget is not None and not budget.allowed:
+        return error(429, "rate_limited", f"rate limit of {budget.limit} requests per minute reached for this "
+                     f"key; retry in {budget.reset_in} s", limit_headers)
+
+    answer = _forward(cfg, environ, method, service, svc, key, secret, raw_query)
+    answer.headers.update(limit_headers)
+    usage: Usage = current_app.extensions["proxy_usage"]
+    if usage.due(key.id):
+        answer.call_on_close(usage.writer(current_app._get_current_object(), key.id))
+    return answer
+
+
+def _forward(cfg, environ, method, service, svc, key, secret, raw_query) -> FlaskResponse:
+    if svc.credential is None:
+        return error(500, "decryption_failed", f"cannot decrypt services.secret of service {service}: "
+                     "the encryption key it was stored with is not configured")
+    rest = _rest_of_path(environ, service)
+    if forward.has_dot_segment(rest):
+        return error(400, "invalid_path", "the path must not contain . or .. segments")
+    url = forward.upstream_url(svc.url, rest, forward.forwarded_query(raw_query, secret))
+
+    prefix = cfg["PORTCULLIS_IDENTITY_HEADER_PREFIX"]
+    identity = [(f"{prefix}-Key-ID", str(key.id))]
+    if key.source == "mcp" and key.agent_id:
+        identity.append((f"{prefix}-Agent-ID", _header_value(key.agent_id)))
+    prefixes = tuple({prefix.lower() + "-", "x-portcullis-"})
+    headers = forward.request_headers(request.headers.items(), secret, prefixes, svc.credential, identity)
+
+    try:
+        content = _request_body(environ, cfg["PORTCULLIS_PROXY_MAX_BODY_BYTES"] or None)
+    except RequestEntityTooLarge:
+        return _too_large(cfg)
+    if isinstance(content, FlaskResponse):
+        return content
+    timeouts = {"connect": cfg["PORTCULLIS_PROXY_CONNECT_TIMEOUT"], "read": cfg["PORTCULLIS_PROXY_READ_TIMEOUT"],
+                "write": cfg["PORTCULLIS_PROXY_READ_TIMEOUT"], "pool": cfg["PORTCULLIS_PROXY_CONNECT_TIMEOUT"]}
+    try:
+        upstream = forward.send(current_app.extensions["proxy_transport"], method, url, headers, content,
+                                timeouts, service)
+    except forward.UpstreamFailed as e:
+        return error(e.status, e.code, str(e))
+    except RequestEntityTooLarge:
+        return _too_large(cfg)
+    except ClientDisconnected:
+        return error(400, "incomplete_body", "the request body ended before its announced length")
+
+    out = forward.response_headers(upstream.headers.raw)
+    location = upstream.headers.get("location")
+    if location:
+        out = [(k, _proxied_location(cfg, service, svc, url, v) if k.lower() == "location" else v) for k, v in out]
+    reason = upstream.extensions.get("reason_phrase", b"").decode("latin-1").strip()
+    status = f"{upstream.status_code} {reason}" if reason else upstream.status_code
+    answer = Relayed(forward.relay(upstream, service), status=status, headers=out)
+    answer.call_on_close(upstream.close)  # also when no body is sent (HEAD, 204, 304)
+    return answer
+
+
+def _too_large(cfg) -> FlaskResponse:
+    return error(413, "too_large", f"the request body exceeds {cfg['PORTCULLIS_PROXY_MAX_BODY_BYTES']} bytes "
+                 "(PORTCULLIS_PROXY_MAX_BODY_BYTES)")
+
+
+# -- pieces ---------------------------------------------------------------------------------
+
+def _presented_keys(environ, raw_query: bytes) -> set[str]:
+    """Every virtual key the request carries: X-Virtual-Key, Authorization: Bearer vk_..., ?key=."""
+    found = set()
+    header = environ.get("HTTP_X_VIRTUAL_KEY", "").strip()
+    if header:
+        found.add(header)
+    scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() == "bearer" and token.startswith(KEY_PREFIX):
+        found.add(token)
+    for value in forward.query_keys(raw_query):
+        if value.strip():
+            found.add(value.strip())
+    return found
+
+
+def _rest_of_path(environ, service: str) -> bytes:
+    """The path after /proxy/<service>, as the client encoded it (%2F stays %2F)."""
+    script = environ.get("SCRIPT_NAME", "")
+    path_info = environ.get("PATH_INFO", "")
+    mount = script + PREFIX + "/" + service
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI") or ""
+    raw_path = raw.partition("?")[0]
+    if "://" in raw_path[:10]:  # absolute-form request target
+        raw_path = "/" + raw_path.split("://", 1)[1].partition("/")[2]
+    if raw_path.startswith(mount) and unquote(raw_path, encoding="latin-1") == script + path_info:
+        return raw_path[len(mount):].encode("latin-1")
+    rest = (script + path_info)[len(mount):]  # no raw URI from the server: re-encode the decoded path
+    return quote(rest, safe="/:@!$&'()*+,;=~").encode("ascii") if rest.isascii() else \
+        quote(rest.encode("latin-1"), safe="/:@!$&'()*+,;=~").encode("ascii")
+
+
+def _request_body(environ, max_bytes: int | None):
+    """The request body as an iterator over the WSGI input (None: no body)."""
+    length = environ.get("CONTENT_LENGTH", "").strip()
+    chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+    if not length and not chunked:
+        return None
+    if chunked and not length and "wsgi.input_terminated" not in environ:
+        return error(411, "length_required", "this server cannot read a chunked request body; send Content-Length")
+    if length == "0":
+        return b""
+    stream = get_input_stream(environ, safe_fallback=False, max_content_length=max_bytes)
+    return forward.body_chunks(stream)
+
+
+def _proxied_location(cfg, service: str, svc, url, location: str) -> str:
+    """A redirect to a place under the service's base URL points back through the proxy."""
+    absolute = urljoin(str(url), location)
+    base = str(svc.url).rstrip("/")
+    if absolute == base or absolute.startswith(base + "/") or absolute.startswith(base + "?"):
+        return cfg["PORTCULLIS_BASE_URL"] + PREFIX + "/" + service + absolute[len(base):]
+    return location
+
+
+def _header_value(value: str) -> str:
+    return value if value.isascii() and value.isprintable() else quote(value, safe="")
+
+
+# -- last_used_at ---------------------------------------------------------------------------
+
+class Usage:
+    """Throttles ``last_used_at`` writes: one per key per ``LAST_USED_INTERVAL`` per process,
+    done after the answer was sent, as a plain UPDATE (no snapshot invalidation)."""
+
+    def __init__(self, interval: float = LAST_USED_INTERVAL, max_tracked: int = 100_000):
+        self.interval, self.max_tracked = interval, max_tracked
+        self._last: dict[int, float] = {}
+        self._lock = threading.Lock()
+
+    def due(self, key_id: int) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(key_id)
+            if last is not None and now - last < self.interval:
+                return False
+            if len(self._last) >= self.max_tracked:
+                self._last.clear()
+            self._last[key_id] = now
+            return True
+
+    @staticmethod
+    def writer(app: Flask, key_id: int):
+        def write():
+            table = VirtualKey.__table__
+            with app.app_context():
+                try:
+                    db.session.execute(update(table).where(table.c.id == key_id)
+                                       .values(last_used_at=utcnow(), updated_at=table.c.updated_at))
+                    db.session.commit()
+                except SQLAlchemyError as e:
+                    db.session.rollback()
+                    log.warning("could not record last_used_at of key %s: %s", key_id, type(e).__name__)
+        return write
+
+
+# -- wiring ---------------------------------------------------------------------------------
+
+class RestConverter(PathConverter):
+    """The rest of the path, whatever it is (empty, leading or double slashes included)."""
+
+    regex = ".*"
+    part_isolating = False
+
+def register(app: Flask) -> None:
+    """Every method goes to the view (werkzeug rules without a method list), so that each gets a
+    JSON answer; the endpoint belongs to this blueprint for hooks and error handlers."""
+    app.register_blueprint(bp)
+    csrf.exempt(bp)
+    endpoint = f"{bp.name}.proxy"
+    app.url_map.converters["rest"] = RestConverter
+    rules = [Rule(PREFIX, endpoint=endpoint, defaults={"service": ""}, strict_slashes=False),
+             Rule(f"{PREFIX}/<service>", endpoint=endpoint, strict_slashes=False),
+             Rule(f"{PREFIX}/<service>/<rest:path>", endpoint=endpoint, merge_slashes=False)]
+    for rule in rules:
+        app.url_map.add(rule)
+    app.view_functions[endpoint] = proxy
+    app.extensions["proxy_transport"] = forward.new_transport()
+    app.extensions["proxy_limits"] = KeyLimits()
+    app.extensions["proxy_usage"] = Usage()

@@ -1,0 +1,192 @@
+"""Sending one proxied request upstream and relaying the answer, streamed both ways.
+
+Headers are passed byte for byte (latin-1), minus hop-by-hop headers, the agent's key, every
+incoming identity header, cookies and forwarding headers; the service's root credential and
+the identity headers are set last. Bodies are never read whole: the request body is handed
+to httpx as an iterator over the WSGI input, the answer is relayed chunk by chunk.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import re
+from urllib.parse import unquote, unquote_to_bytes
+
+import httpx
+
+log = logging.getLogger("portcullis.proxy")
+CHUNK = 64 * 1024
+
+# RFC 9110 7.6.1 plus the old ones; and what a proxy must not pass on for its own reasons.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+    "te", "trailer", "transfer-encoding", "upgrade",
+})
+REQUEST_DROPPED = HOP_BY_HOP | frozenset({
+    "host",  # set from the service's URL
+    "x-virtual-key",  # the agent's key
+    "cookie",  # a browser's dashboard session must never reach an upstream
+    "expect",  # 100-continue is between the client and Portcullis
+    "forwarded", "x-real-ip",  # the upstream's client is Portcullis
+})
+RESPONSE_DROPPED = HOP_BY_HOP | frozenset({
+    "set-cookie",  # an upstream must not set cookies on Portcullis's origin
+})
+_NOT_ASCII_PRINTABLE = re.compile(rb"[^\x21-\x7e]")
+
+
+class UpstreamFailed(Exception):
+    """No answer from the upstream; ``status`` is 502 or 504, ``str()`` is safe to show."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+def new_transport() -> httpx.HTTPTransport:
+    """The pooled transport, not an httpx.Client: no cookie jar, no redirects followed, no
+    proxies from the environment, no default headers added."""
+    return httpx.HTTPTransport(limits=httpx.Limits(max_connections=256, max_keepalive_connections=64,
+                                                   keepalive_expiry=60))
+
+
+def _escape(raw: bytes) -> str:
+    """Percent-encode what cannot stand in a URL as is (space, controls, non-ASCII); existing
+    escapes and everything else stay byte for byte."""
+    return _NOT_ASCII_PRINTABLE.sub(lambda m: b"%%%02X" % m.group()[0], raw).decode("ascii")
+
+
+def has_dot_segment(raw_path: bytes) -> bool:
+    """``.`` or ``..`` as a path segment, also percent-encoded (%2e%2e) or beside an encoded slash:
+    refused, so that no request climbs out of the service's base path."""
+    for segment in raw_path.split(b"/"):
+        for part in re.split(rb"[/\\]", unquote_to_bytes(segment)):
+            if part in (b".", b".."):
+                return True
+    return False
+
+
+def _query_pairs(raw_query: bytes):
+    """(raw part, decoded name, decoded value) of each parameter."""
+    if not raw_query:
+        return
+    for part in raw_query.split(b"&"):
+        name, _, value = part.partition(b"=")
+        yield (part, unquote(name.replace(b"+", b" ").decode("latin-1")),
+               unquote(value.replace(b"+", b" ").decode("latin-1")))
+
+
+def query_keys(raw_query: bytes, param: str = "key") -> list[str]:
+    """The values of the ``key`` parameter (a virtual key may be given as ``?key=``)."""
+    return [value for _, name, value in _query_pairs(raw_query) if name == param]
+
+
+def forwarded_query(raw_query: bytes, secret: str | None, param: str = "key") -> bytes:
+    """The query string without ``key`` parameters nor any value holding the key; the other
+    parameters stay byte for byte, in order."""
+    return b"&".join(part for part, name, value in _query_pairs(raw_query)
+                     if name != param and not (secret and secret in value))
+
+
+def upstream_url(base: httpx.URL, rest: bytes, query: bytes) -> httpx.URL:
+    """The service's base URL + the rest of the proxied path + the query string."""
+    path = base.raw_path.partition(b"?")[0]
+    base_query = base.query
+    if rest:
+        path = path.rstrip(b"/") + rest
+    elif not path:
+        path = b"/"
+    if base_query and query:
+        query = base_query + b"&" + query
+    elif base_query:
+        query = base_query
+    raw = _escape(path) + ("?" + _escape(query) if query else "")
+    return base.copy_with(raw_path=raw.encode("ascii"))
+
+
+def request_headers(items, secret: str | None, identity_prefixes: tuple[str, ...],
+                    credential: tuple[str, str], identity: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """What goes upstream: the client's headers minus what must not pass, then the root
+    credential and the identity headers (set by Portcullis only)."""
+    items = list(items)
+    dropped = set(REQUEST_DROPPED)
+    dropped.add(credential[0].lower())
+    for name, value in items:
+        if name.lower() == "connection":
+            dropped.update(t.strip().lower() for t in value.split(",") if t.strip())
+    out = []
+    for name, value in items:
+        low = name.lower()
+        if low in dropped or low.startswith(identity_prefixes) or low.startswith("x-forwarded-"):
+            continue
+        if low == "authorization" and _is_key_bearer(value):
+            continue
+        if secret and secret in value:  # the key, wherever the client put it, never leaves
+            continue
+        out.append((name.encode("latin-1"), value.encode("latin-1")))
+    out.append((credential[0].encode("latin-1"), credential[1].encode("latin-1")))
+    for name, value in identity:
+        out.append((name.encode("latin-1"), value.encode("latin-1")))
+    return out
+
+
+def _is_key_bearer(value: str) -> bool:
+    scheme, _, token = value.strip().partition(" ")
+    return scheme.lower() == "bearer" and token.strip().startswith("vk_")
+
+
+def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    dropped = set(RESPONSE_DROPPED)
+    for name, value in raw:
+        if name.lower() == b"connection":
+            dropped.update(t.strip().lower() for t in value.decode("latin-1").split(",") if t.strip())
+    out = []
+    for name, value in raw:
+        low = name.decode("latin-1").lower()
+        if low in dropped or low.startswith("ratelimit-"):  # RateLimit-* is the key's budget here
+            continue
+        out.append((name.decode("latin-1"), value.decode("latin-1")))
+    return out
+
+
+def body_chunks(stream):
+    while True:
+        data = stream.read(CHUNK)
+        if not data:
+            return
+        yield data
+
+
+def send(transport: httpx.HTTPTransport, method: str, url: httpx.URL, headers, content,
+         timeouts: dict, service: str) -> httpx.Response:
+    """One request upstream; the answer's body is still to be read. Failures to get an answer
+    become ``UpstreamFailed`` (502 unreachable or broken, 504 timeout)."""
+    request = httpx.Request(method, url, headers=headers, content=content, extensions={"timeout": timeouts})
+    try:
+        return transport.handle_request(request)
+    except httpx.TimeoutException as e:
+        log.warning("proxy %s %s: upstream timed out (%s)", method, service, type(e).__name__)
+        what = "accept a connection" if isinstance(e, httpx.ConnectTimeout) else "answer"
+        raise UpstreamFailed(504, "upstream_timeout", f"service {service} did not {what} in time") from None
+    except httpx.ConnectError as e:
+        log.warning("proxy %s %s: upstream unreachable (%s)", method, service, type(e).__name__)
+        raise UpstreamFailed(502, "upstream_unreachable", f"service {service} is unreachable") from None
+    except httpx.TransportError as e:
+        log.warning("proxy %s %s: upstream failed (%s)", method, service, type(e).__name__)
+        raise UpstreamFailed(502, "upstream_failed",
+                             f"service {service} closed the connection without a valid answer") from None
+
+
+def relay(response: httpx.Response, service: str):
+    """The upstream's body, chunk by chunk, as it arrives. If the upstream breaks off, the
+    client's connection is reset (an OSError the WSGI server handles quietly), so a truncated
+    body is never passed off as complete."""
+    try:
+        for chunk in response.stream:
+            if chunk:
+                yield chunk
+    except httpx.HTTPError as e:
+        log.warning("proxy %s: upstream answer broken off (%s)", service, type(e).__name__)
+        raise ConnectionResetError(errno.ECONNRESET, "upstream answer broken off") from None
+    finally:
+        response.close()
