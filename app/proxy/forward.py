@@ -31,6 +31,7 @@ REQUEST_DROPPED = HOP_BY_HOP | frozenset({
 })
 RESPONSE_DROPPED = HOP_BY_HOP | frozenset({
     "set-cookie",  # an upstream must not set cookies on Portcullis's origin
+    "server", "date",  # the WSGI server answering sets its own (gunicorn always does)
 })
 _NOT_ASCII_PRINTABLE = re.compile(rb"[^\x21-\x7e]")
 

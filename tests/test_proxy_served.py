@@ -1,0 +1,163 @@
+"""The proxy under real gunicorn (the project's gunicorn.conf.py): two instances on the test
+database sharing one Redis for rate limits. Streaming both ways as it happens, large bodies, an
+upstream that breaks off, one budget across instances, and no key in the server logs."""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.mcp_fixtures import free_port, stop
+from tests.proxy_helpers import add_proxy_key, add_service, echo  # noqa: F401
+from tests.upstream.http_echo import PATTERN
+
+ROOT = Path(__file__).parent.parent
+BIN = Path(sys.executable).parent
+REDIS_URL = "redis://127.0.0.1:6379/15"
+CACHE_SECONDS = 0.2
+
+
+def _redis():
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as e:
+        pytest.skip(f"no Redis at {REDIS_URL}: {e}")
+    return client
+
+
+def _wait(proc, url, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=0.5)
+            return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with {proc.returncode}")
+        time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+@pytest.fixture(scope="module")
+def instances(app, encryption_key, tmp_path_factory):
+    _redis().flushdb()
+    tmp = tmp_path_factory.mktemp("served")
+    procs, bases, logs = [], [], []
+    for name in ("a", "b"):
+        port = free_port()
+        env = {**os.environ, "PORTCULLIS_INSTANCE_PATH": str(tmp / name), "PORT": str(port),
+               "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"], "SECRET_KEY": "served-test-secret",
+               "PORTCULLIS_ENCRYPTION_KEY": encryption_key, "REDIS_URL": REDIS_URL,
+               "PORTCULLIS_CONFIG_CACHE_SECONDS": str(CACHE_SECONDS), "PORTCULLIS_THREADS": "4"}
+        log = tmp / f"{name}.log"
+        procs.append(subprocess.Popen([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT,
+                                      env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT))
+        bases.append(f"http://127.0.0.1:{port}")
+        logs.append(log)
+    try:
+        for proc, base in zip(procs, bases):
+            _wait(proc, base + "/login")
+        yield bases, logs
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)  # gunicorn's quick shutdown
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                stop(proc)
+
+
+@pytest.fixture
+def served_key(app, echo, instances):
+    _redis().flushdb()  # ids restart between tests: so would stale budgets
+    sid = add_service(app, "echo", echo + "/base")
+    key = add_proxy_key(app, {sid: "write"}, rate_limit_per_minute=1000)
+    time.sleep(CACHE_SECONDS + 0.05)  # the instances' snapshots see the new service
+    return key
+
+
+def test_streams_both_ways_as_it_happens(instances, served_key):
+    (base, _), _ = instances
+    _, secret = served_key
+    headers = {"X-Virtual-Key": secret}
+    with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
+        started, arrivals = time.monotonic(), []
+        with http.stream("GET", "/proxy/echo/stream?chunks=3&delay=0.4") as r:
+            assert r.status_code == 200 and r.headers.get("transfer-encoding") == "chunked"
+            for line in r.iter_lines():
+                arrivals.append((line, time.monotonic() - started))
+        assert [a[0] for a in arrivals] == ["chunk 0", "chunk 1", "chunk 2"]
+        assert len(r.headers.get_list("date")) == 1 and len(r.headers.get_list("server")) == 1
+        assert arrivals[0][1] < 0.5 and arrivals[2][1] - arrivals[0][1] > 0.6  # relayed, not buffered
+
+        def slow_body():
+            yield b"a" * 1_000_000
+            time.sleep(0.5)
+            yield b"b" * 1_000_000
+
+        r = http.post("/proxy/echo/upload", content=slow_body())  # chunked, length unknown
+        body = b"a" * 1_000_000 + b"b" * 1_000_000
+        assert r.status_code == 200, r.text
+        assert r.json()["chunked"] and r.json()["body_length"] == len(body)
+        assert r.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
+        assert r.json()["spread"] > 0.3  # the upstream had the first bytes before the client sent the rest
+
+        size = 24 * 1024 * 1024
+        payload = PATTERN * (size // len(PATTERN))
+        r = http.put("/proxy/echo/upload", content=payload)
+        assert r.json()["body_length"] == size and r.json()["body_sha256"] == hashlib.sha256(payload).hexdigest()
+        got = hashlib.sha256()
+        with http.stream("GET", f"/proxy/echo/download?bytes={size}&chunked=1") as r:
+            for chunk in r.iter_raw():
+                got.update(chunk)
+        assert got.hexdigest() == hashlib.sha256(payload).hexdigest()
+
+
+def test_an_answer_broken_off_upstream_is_not_passed_off_as_complete(instances, served_key):
+    (base, _), (log, _) = instances
+    _, secret = served_key
+    with httpx.Client(base_url=base, headers={"X-Virtual-Key": secret}, timeout=10) as http:
+        with pytest.raises(httpx.RemoteProtocolError):
+            http.get("/proxy/echo/break?bytes=200000")
+        assert http.get("/proxy/echo/x").status_code == 200  # the instance carries on
+    assert "Traceback" not in log.read_text()
+
+
+def test_two_instances_share_one_budget_through_redis(app, echo, instances):
+    _redis().flushdb()
+    (a, b), _ = instances
+    sid = add_service(app, "echo", echo)
+    _, secret = add_proxy_key(app, {sid: "read"}, rate_limit_per_minute=4)
+    time.sleep(CACHE_SECONDS + 0.05)
+    headers = {"Authorization": f"Bearer {secret}"}
+    seen = []
+    for base in (a, b, a, b, a, b):
+        r = httpx.get(base + "/proxy/echo/x", headers=headers, timeout=10)
+        seen.append((r.status_code, r.headers.get("ratelimit-remaining")))
+    assert seen == [(200, "3"), (200, "2"), (200, "1"), (200, "0"), (429, "0"), (429, "0")]
+    assert r.json()["error"]["code"] == "rate_limited" and int(r.headers["retry-after"]) >= 1
+
+
+def test_no_key_in_the_server_logs(instances, served_key):
+    bases, logs = instances
+    _, secret = served_key
+    for base in bases:
+        assert httpx.get(f"{base}/proxy/echo/x?key={secret}&q=1", timeout=10).status_code == 200
+        assert httpx.get(f"{base}/proxy/echo/x?key={secret}zz", timeout=10).status_code == 401
+    time.sleep(0.2)
+    for log in logs:
+        text = log.read_text()
+        assert '"GET /proxy/echo/x HTTP/1.1" 200' in text  # access log on, without query strings
+        assert secret not in text and "q=1" not in text
