@@ -10,6 +10,8 @@ threads = int(os.environ.get("PORTCULLIS_THREADS", "8"))
 timeout = 120
 graceful_timeout = 20
 keepalive = 15
+# Several instances (and the test suite's) may run side by side: no shared control socket.
+control_socket_disable = True
 accesslog = "-"
 # The access log never shows query strings: a client may put a key in ?key=... .
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
