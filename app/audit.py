@@ -11,6 +11,9 @@ def current_actor() -> tuple[str, int | None, str]:
     user = g.get("user")
     if user is not None:
         return "user", user.id, user.email
+    key = g.get("actor_key")  # (id, name) of a virtual key acting through /mcp (request_key)
+    if key is not None:
+        return "virtual_key", key[0], key[1]
     return "system", None, g.get("actor_name", "system")
 
 

@@ -18,6 +18,7 @@ from werkzeug.wrappers import Request, Response
 from ..credentials import CredentialUnavailable, endpoint_for
 from ..extensions import db
 from ..identity import Caller, Unauthenticated, resolve_caller
+from . import native
 from . import tools as toolnames
 from .client import UpstreamError
 from .sessions import SessionInfo
@@ -234,7 +235,10 @@ def _list_tools(ex: Exchange, params: dict) -> Response:
     from .discovery import refresh_stale
 
     refresh_stale(ex.caller, ex.scope)
-    return ex.result({"tools": toolnames.visible(ex.caller, ex.scope)})
+    tools = toolnames.visible(ex.caller, ex.scope)
+    if ex.scope is None:
+        tools += native.tools(ex.caller)  # portcullis__*: see app/mcp/native.py
+    return ex.result({"tools": tools})
 
 
 def _call_tool(ex: Exchange, params: dict) -> Response:
@@ -245,6 +249,9 @@ def _call_tool(ex: Exchange, params: dict) -> Response:
         return ex.error(types.INVALID_PARAMS, "invalid params: arguments must be an object")
     if meta is not None and not isinstance(meta, dict):
         return ex.error(types.INVALID_PARAMS, "invalid params: _meta must be an object")
+    if ex.scope is None and native.is_native(name):
+        result = native.call(ex.caller, name, arguments or {})
+        return ex.error(types.INVALID_PARAMS, f"Unknown tool: {name}") if result is None else ex.result(result)
     found = toolnames.resolve(ex.caller, ex.scope, name)
     if found is None:  # unknown, not granted and filtered out look the same
         return ex.error(types.INVALID_PARAMS, f"Unknown tool: {name}")

@@ -161,9 +161,19 @@ def _name_taken(name: str, except_id: int | None = None) -> bool:
     return db.session.scalar(q) is not None
 
 
+RESERVED_NAMES = {"portcullis"}  # /mcp names Portcullis's own tools portcullis__<tool>
+
+
+def _server_name(f: Fields, required: bool):
+    name = f.name(required=required)
+    if not missing(name) and name in RESERVED_NAMES:
+        f.fail("name", f"{name} is reserved for Portcullis's own tools")
+    return name
+
+
 def create_server(data: dict) -> McpServer:
     f = Fields(data, FIELDS)
-    name = f.name()
+    name = _server_name(f, required=True)
     url = f.url("url")
     auth_type = f.choice("auth_type", AUTH_TYPES)
     auth_type = "none" if missing(auth_type) else auth_type
@@ -224,7 +234,7 @@ class ServerUpdate:
 
 def update_server(server: McpServer, data: dict) -> ServerUpdate:
     f = Fields(data, FIELDS, partial=True)
-    name = f.name(required=False)
+    name = _server_name(f, required=False)
     url = f.url("url", required=False)
     auth_type = f.choice("auth_type", AUTH_TYPES)
     header_patch = _headers(f, partial=True)
