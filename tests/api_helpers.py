@@ -172,8 +172,20 @@ def assert_error(resp, status: int, code: str | None = None, fields: set | None 
 
 # --- ready-made objects -----------------------------------------------------------------
 
+def with_samples(fields: dict) -> dict:
+    """A per_user_headers server is verified with sample values (the test upstream at mcp_url
+    takes any): add one per key unless the test chose its own."""
+    keys = fields.get("per_user_header_keys")
+    if fields.get("auth_type") != "per_user_headers" or "sample_headers" in fields or not isinstance(keys, list):
+        return fields
+    clean = [k.strip().lower() for k in keys if isinstance(k, str)]
+    if len(clean) != len(keys) or len(set(clean)) != len(clean) or not all(re.match(r"^[a-z0-9-]+$", k) for k in clean):
+        return fields  # invalid keys: the test is about the keys
+    return {**fields, "sample_headers": {k: "sample-value" for k in clean}}
+
+
 def new_server(api, name="srv", **fields) -> dict:
-    body = {"name": name, "url": api.mcp_url, **fields}
+    body = {"name": name, "url": api.mcp_url, **with_samples(fields)}
     r = api.post("/mcp-servers", json=body)
     assert r.status_code == 201, r.get_json()
     return r.get_json()

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from app.extensions import db
 from app.models import AuditEvent, McpServer
 from tests.api_helpers import admin_api  # noqa: F401 (answers checked against the OpenAPI document)
-from tests.api_helpers import assert_error, audit_actions, count, new_key, new_server, unchanged
+from tests.api_helpers import assert_error, audit_actions, count, new_key, new_server, unchanged, with_samples
 
 UNREACHABLE = "http://127.0.0.1:9/mcp"  # the discard port: nothing listens
 
@@ -30,7 +30,7 @@ def last_event(app) -> AuditEvent:
 
 def create(admin_api, **fields):
     """POST a server; by default at the real upstream, since enabled none/headers servers are contacted."""
-    return admin_api.post("/mcp-servers", json={"name": "srv", "url": admin_api.mcp_url, **fields})
+    return admin_api.post("/mcp-servers", json={"name": "srv", "url": admin_api.mcp_url, **with_samples(fields)})
 
 
 # --- create -----------------------------------------------------------------------------
@@ -238,10 +238,12 @@ def test_unreachable_server_is_refused(app, admin_api):
         err = assert_error(create(admin_api, url=UNREACHABLE), 422, "validation_failed", {"url"})
     assert "unreachable" in err["fields"]["url"]
     assert count(app, McpServer) == 0
-    # disabled servers and per-user types are stored without being contacted
+    # disabled servers are stored without being contacted; per_user_headers ones are verified
+    # with the sample values
     assert create(admin_api, url=UNREACHABLE, enabled=False).get_json()["tools"] == []
-    assert create(admin_api, name="pu", url=UNREACHABLE, auth_type="per_user_headers",
-                  per_user_header_keys=["x-k"]).status_code == 201
+    err = assert_error(create(admin_api, name="pu", url=UNREACHABLE, auth_type="per_user_headers",
+                              per_user_header_keys=["x-k"]), 422, "validation_failed", {"sample_headers"})
+    assert "sample-value" not in str(err)
 
 
 def test_update_to_unreachable_changes_nothing(app, admin_api):
@@ -399,7 +401,8 @@ def test_per_user_keys_change_of_case_spacing_or_order_is_no_change(app, admin_a
 
 def test_per_user_keys_real_change(app, admin_api):
     server = new_server(admin_api, "pu", auth_type="per_user_headers", per_user_header_keys=["x-team"])
-    r = admin_api.patch(f"/mcp-servers/{server['id']}", json={"per_user_header_keys": ["X-Team", "X-Region"]})
+    r = admin_api.patch(f"/mcp-servers/{server['id']}", json={"per_user_header_keys": ["X-Team", "X-Region"],
+                                                               "sample_headers": {"x-team": "a", "X-Region": "b"}})
     assert r.get_json()["per_user_header_keys"] == ["x-region", "x-team"]
     event = last_event(app)
     assert (event.action, event.detail) == ("mcp_server.update", "changed per_user_header_keys")
@@ -423,7 +426,8 @@ def test_patch_shared_header_clashing_with_a_per_user_key(admin_api):
         assert_error(admin_api.patch(path, json={"per_user_header_keys": ["x-user", "X-Team"]}), 422,
                      "validation_failed", {"headers"})
     # removing the shared header and making it per-user in one step is fine
-    r = admin_api.patch(path, json={"headers": {"X-Team": None}, "per_user_header_keys": ["x-user", "x-team"]})
+    r = admin_api.patch(path, json={"headers": {"X-Team": None}, "per_user_header_keys": ["x-user", "x-team"],
+                                    "sample_headers": {"x-user": "u", "x-team": "t"}})
     assert r.status_code == 200
     assert (r.get_json()["headers"], r.get_json()["per_user_header_keys"]) == ([], ["x-team", "x-user"])
 
@@ -439,7 +443,8 @@ def test_patch_auth_type(app, admin_api):
     with unchanged(admin_api, path):
         assert_error(admin_api.patch(path, json={"auth_type": "per_user_headers"}), 422, "validation_failed",
                      {"per_user_header_keys"})
-    body = admin_api.patch(path, json={"auth_type": "per_user_headers", "per_user_header_keys": ["X-K"]}).get_json()
+    body = admin_api.patch(path, json={"auth_type": "per_user_headers", "per_user_header_keys": ["X-K"],
+                                       "sample_headers": {"x-k": "v"}}).get_json()
     assert (body["auth_type"], body["per_user_header_keys"], body["oauth"]) == ("per_user_headers", ["x-k"], None)
     # to headers needs a header
     with unchanged(admin_api, path):

@@ -201,6 +201,7 @@ def test_server_create_edit_delete(app, admin):
     r = admin.post(f"/servers/{server.id}", {
         "name": "github", "url": mcp_url() + "?v=2", "auth_type": "per_user_headers",
         "remove_header": ["X-Api-Key", "X-Team"], "per_user_header_keys": "X-User-Token, x-workspace",
+        "sample_name": ["X-User-Token", "x-workspace"], "sample_value": ["sample-1", "sample-2"],
         "enabled": "on"})
     assert r.status_code == 303, text(r)
     with app.app_context():

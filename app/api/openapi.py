@@ -90,6 +90,16 @@ SERVER_WRITE = {
                        "at least one). Stored canonical: trimmed, lower-case, sorted; duplicates "
                        "after canonicalisation are refused. A change of case, spacing or order "
                        "alone is not a change."},
+    "sample_headers": {
+        "type": ["object", "null"], "additionalProperties": {"type": "string", "maxLength": 8192},
+        "writeOnly": True,
+        "description": "per_user_headers only: one working value for every per-user key (names "
+                       "case-insensitive). Portcullis verifies the server with exactly these values "
+                       "(initialize + tools/list), stores the discovered tools and discards the "
+                       "values (never stored or logged). Needed when creating an enabled server, "
+                       "and on update when the key set, the URL or the auth type changes or the "
+                       "server is re-enabled. A real change of the key set turns every active "
+                       "member credential of the server to needs_update."},
     "oauth": nullable(obj(OAUTH_SETTINGS, description=(
         "OAuth client settings, only for auth_type oauth and per_user_oauth. On update the "
         "stored client_secret is kept unless a new one is given."))),

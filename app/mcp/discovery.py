@@ -30,6 +30,30 @@ def discover(server: McpServer) -> list[dict]:
     return current_app.extensions["mcp_client"].list_tools(ep)
 
 
+def upstream_headers(shared: dict, per_user_keys, values: dict) -> tuple[tuple[str, str], ...]:
+    """The headers sent for one person: the shared ones, except any named like a per-user key
+    (compared case-insensitively; per-user values always win), plus that person's values."""
+    keys = {k.lower() for k in per_user_keys}
+    out = {name: v for name, v in (shared or {}).items() if name.lower() not in keys}
+    out.update(values)
+    return tuple(sorted(out.items()))
+
+
+def discover_with(server: McpServer, values: dict) -> list[dict]:
+    """The upstream's tools reached with exactly these per-user header values (samples or a
+    member's submission). Nothing here keeps or logs the values."""
+    ep = Endpoint(server.id or 0, server.name, server.url,
+                  upstream_headers(server.shared_headers, server.per_user_header_keys or (), values),
+                  server.connect_timeout or 5.0, server.read_timeout or 30.0)
+    return current_app.extensions["mcp_client"].list_tools(ep)
+
+
+def refresh_with(server: McpServer, values: dict) -> list[dict]:
+    server.tools = discover_with(server, values)
+    server.tools_refreshed_at = utcnow()
+    return server.tools
+
+
 def refresh(server: McpServer) -> list[dict]:
     server.tools = discover(server)
     server.tools_refreshed_at = utcnow()

@@ -6,13 +6,13 @@ from sqlalchemy import select
 from ..audit import record
 from ..extensions import db
 from ..mcp.client import UpstreamError
-from ..mcp.discovery import DISCOVERABLE, refresh
+from ..mcp.discovery import DISCOVERABLE, refresh, refresh_with
 from ..models import McpServer
 from ..models.servers import AUTH_TYPES, OAUTH_TYPES
 from .errors import Conflict, Invalid, NotFound
 from .fields import HEADER_NAME_RE, Fields, missing, valid_id
 
-FIELDS = {"name", "url", "auth_type", "headers", "per_user_header_keys", "oauth",
+FIELDS = {"name", "url", "auth_type", "headers", "per_user_header_keys", "sample_headers", "oauth",
           "allow_on_all_virtual_keys", "enabled", "connect_timeout", "read_timeout"}
 MAX_TIMEOUT = 600.0
 OAUTH_FIELDS = {"client_id", "client_secret", "scopes", "authorization_server"}
@@ -100,6 +100,62 @@ def _headers(f: Fields, partial: bool):
     return out
 
 
+def _sample_headers(f: Fields):
+    """sample_headers: {per-user key: value} used once to verify a per_user_headers server; the
+    values are never stored, logged or echoed. Names compare case-insensitively; values are kept
+    exactly as typed."""
+    if not f.has("sample_headers"):
+        return None
+    raw = f.data["sample_headers"]
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        f.fail("sample_headers", "must be an object of header name to value")
+        return None
+    out = {}
+    for name, value in raw.items():
+        clean = name.strip().lower() if isinstance(name, str) else ""
+        if not HEADER_NAME_RE.match(clean):
+            f.fail("sample_headers", f"{clean[:64]!r} is not a valid header name")
+            return None
+        if clean in out:
+            f.fail("sample_headers", f"{clean} appears more than once (names compare case-insensitively)")
+            return None
+        if not isinstance(value, str) or not value:
+            f.fail("sample_headers", f"the value of {clean} must be a non-empty string")
+            return None
+        if len(value) > MAX_HEADER_VALUE or any(c in value for c in "\r\n\x00"):
+            f.fail("sample_headers", f"the value of {clean} must be one line of at most {MAX_HEADER_VALUE} characters")
+            return None
+        out[clean] = value
+    return out
+
+
+def _check_samples(f: Fields, keys: list, samples: dict | None, needed: bool) -> None:
+    """Samples, when given or needed, name exactly the per-user keys."""
+    if samples is None:
+        if needed:
+            f.fail("sample_headers", "a sample value for every per-user key is needed to verify the server: "
+                                     + ", ".join(keys))
+        return
+    absent = [k for k in keys if k not in samples]
+    extra = sorted(set(samples) - set(keys))
+    if absent:
+        f.fail("sample_headers", "missing a sample value for: " + ", ".join(absent))
+    elif extra:
+        f.fail("sample_headers", "not per-user keys of this server: " + ", ".join(extra))
+
+
+def _verify_with_samples(server: McpServer, samples: dict) -> None:
+    """initialize + tools/list with exactly the sample values (per-user keys win over shared
+    headers); the discovered tools are stored, the samples are not."""
+    try:
+        refresh_with(server, samples)
+    except UpstreamError as e:
+        raise Invalid(f"the upstream refused the sample headers or is unreachable: {e}",
+                      {"sample_headers": f"verification failed: {e}"}) from None
+
+
 def _oauth(f: Fields):
     if not f.has("oauth"):
         return None
@@ -179,6 +235,7 @@ def create_server(data: dict) -> McpServer:
     auth_type = "none" if missing(auth_type) else auth_type
     headers = _headers(f, partial=False) or {}
     keys = _header_keys(f) or []
+    samples = _sample_headers(f)
     oauth = _oauth(f) or None
     allow_all = f.boolean("allow_on_all_virtual_keys")
     enabled = f.boolean("enabled")
@@ -186,6 +243,11 @@ def create_server(data: dict) -> McpServer:
     read_timeout = f.number("read_timeout", lo=0.1, hi=MAX_TIMEOUT)
     if not f.errors:
         _check_combination(f, auth_type, headers, keys, oauth)
+    if not f.errors:
+        if auth_type == "per_user_headers":
+            _check_samples(f, keys, samples, needed=missing(enabled) or enabled)
+        elif samples is not None:
+            f.fail("sample_headers", "only per_user_headers servers take sample headers")
     f.done()
     if _name_taken(name):
         raise Conflict("an MCP server with this name exists", {"name": "is already taken"})
@@ -197,6 +259,8 @@ def create_server(data: dict) -> McpServer:
                        read_timeout=30.0 if missing(read_timeout) else read_timeout)
     if server.enabled and server.auth_type in DISCOVERABLE:
         _discover(server)
+    elif server.enabled and auth_type == "per_user_headers" and samples is not None:
+        _verify_with_samples(server, samples)
     db.session.add(server)
     db.session.flush()
     record("mcp_server.create", server, f"auth_type={auth_type}, headers={','.join(sorted(headers))}, "
@@ -239,6 +303,7 @@ def update_server(server: McpServer, data: dict) -> ServerUpdate:
     auth_type = f.choice("auth_type", AUTH_TYPES)
     header_patch = _headers(f, partial=True)
     keys = _header_keys(f)
+    samples = _sample_headers(f)
     oauth = _oauth(f)
     allow_all = f.boolean("allow_on_all_virtual_keys")
     enabled = f.boolean("enabled")
@@ -263,6 +328,17 @@ def update_server(server: McpServer, data: dict) -> ServerUpdate:
     if new_type not in OAUTH_TYPES and oauth is None:
         new_oauth = None
     _check_combination(f, new_type, headers, keys, new_oauth)
+    if not f.errors:
+        if new_type == "per_user_headers":
+            new_enabled = server.enabled if missing(enabled) else enabled
+            # What agents are served must be what this configuration reaches: a new URL, a new
+            # key set, a switch to per_user_headers or re-enabling needs fresh samples.
+            needed = new_enabled and (
+                canonical_keys(keys) != canonical_keys(old_keys) or server.auth_type != new_type
+                or (not missing(url) and url != server.url) or (new_enabled and not server.enabled))
+            _check_samples(f, keys, samples, needed)
+        elif samples is not None:
+            f.fail("sample_headers", "only per_user_headers servers take sample headers")
     f.done()
 
     if not missing(name) and name != server.name and _name_taken(name, server.id):
@@ -288,6 +364,8 @@ def update_server(server: McpServer, data: dict) -> ServerUpdate:
     reach = {"url", "auth_type", "headers", "enabled", "connect_timeout", "read_timeout"}
     if server.enabled and server.auth_type in DISCOVERABLE and reach & set(changed):
         _discover(server)  # what is served to agents must be what this configuration reaches
+    elif server.enabled and server.auth_type == "per_user_headers" and samples is not None:
+        _verify_with_samples(server, samples)
     if changed:
         record("mcp_server.update", server, "changed " + ", ".join(changed))
     return ServerUpdate(server, changed, keys_changed)

@@ -10,6 +10,7 @@ from ..auth import admin_required
 from ..extensions import db
 from ..models import McpServer
 from ..models.servers import AUTH_TYPES
+from ..ops import credentials as credential_ops
 from ..ops import servers as ops
 from ..ops.errors import Invalid, OpError
 from . import bp, is_htmx
@@ -90,6 +91,11 @@ def _data(server: McpServer | None) -> dict:
         patch.update(new_headers)
         if patch:
             data["headers"] = patch
+    samples = {name.strip(): value for name, value in zip_longest(
+        request.form.getlist("sample_name"), request.form.getlist("sample_value"), fillvalue="")
+        if name.strip() or value}
+    if samples:
+        data["sample_headers"] = samples
     keys = text("per_user_header_keys")
     if keys.strip():
         data["per_user_header_keys"] = comma_list(keys)
@@ -125,6 +131,7 @@ def server_edit(server_id: int):
     try:
         result = ops.update_server(server, _data(server))
         db.session.commit()
+        credential_ops.after_server_update(result)
     except OpError as e:
         server = ops.get_server(server_id)  # reloaded after the rollback
         return form_error("web/server_form.html", e, values=_values_from_form(),
