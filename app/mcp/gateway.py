@@ -15,7 +15,7 @@ import mcp_types as types
 from flask import current_app
 from werkzeug.wrappers import Request, Response
 
-from ..credentials import CredentialUnavailable, endpoint_for
+from ..credentials import AuthRequired, CredentialUnavailable, endpoint_for, wants_url_elicitation
 from ..extensions import db
 from ..identity import Caller, Unauthenticated, resolve_caller
 from . import native
@@ -257,7 +257,11 @@ def _call_tool(ex: Exchange, params: dict) -> Response:
         return ex.error(types.INVALID_PARAMS, f"Unknown tool: {name}")
     server, tool = found
     try:
-        endpoint = endpoint_for(server, ex.caller)
+        endpoint = endpoint_for(server, ex.caller, ex.session)
+    except AuthRequired as e:  # the call does not reach the upstream
+        if wants_url_elicitation(ex.session):
+            return ex.answer({"jsonrpc": "2.0", "id": ex.id, "error": e.rpc_error()})
+        return ex.result(e.tool_result())
     except CredentialUnavailable as e:
         return ex.result(tool_error(str(e)))
     upstream_params = dict(params)

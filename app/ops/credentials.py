@@ -24,4 +24,7 @@ def after_server_update(result) -> int:
     if n:
         record("credential.needs_update", server, f"{n} credential(s) must be resubmitted: header keys changed")
     db.session.commit()
+    from ..credentials.per_user_headers import invalidate
+
+    invalidate()  # a bulk update: no ORM object tells the cache
     return n
