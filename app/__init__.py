@@ -48,12 +48,12 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(web_bp)
     app.register_blueprint(api_bp)
     csrf.exempt(api_bp)  # bearer tokens, not cookies: no CSRF exposure
-    from .proxy import register as register_proxy
-    register_proxy(app)  # /proxy/<service>/...: its per-key limits are counted in app/proxy/limits.py
     _scope_limiter(app, ("web", "api"))
 
     from .mcp.wsgi import mount
     mount(app)  # /mcp is answered in front of Flask's dispatch (see app/mcp/wsgi.py)
+    from .proxy import register as register_proxy
+    register_proxy(app)  # so is /proxy (see app/proxy/__init__.py)
     if app.config["PORTCULLIS_TRUSTED_PROXIES"]:
         from werkzeug.middleware.proxy_fix import ProxyFix
         hops = app.config["PORTCULLIS_TRUSTED_PROXIES"]

@@ -179,6 +179,30 @@ def test_checks_in_order(app, client, svc, echo):
     assert_error(client.get("/proxy/echo/x", headers=vk(secret)), 401, "key_revoked")
 
 
+def test_any_method_is_proxied_except_trace_and_connect(app, client, svc):
+    _, writer = add_proxy_key(app, {svc: "write"})
+    _, reader = add_proxy_key(app, {svc: "read"})
+    r = client.open("/proxy/echo/dav", method="PROPFIND", headers=vk(writer))
+    assert r.status_code == 200 and r.json["method"] == "PROPFIND"
+    assert_error(client.open("/proxy/echo/dav", method="PROPFIND", headers=vk(reader)), 403, "read_only")
+    for method in ("TRACE", "CONNECT"):
+        r = client.open("/proxy/echo/x", method=method, headers=vk(writer))
+        assert_error(r, 405, "method_not_allowed")
+        assert "TRACE" not in r.headers["Allow"]
+
+
+def test_an_unexpected_failure_is_a_json_500_that_logs_no_query(app, client, key, monkeypatch, caplog):
+    def broken():
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(snapshot, "current", broken)
+    with caplog.at_level(logging.ERROR):
+        r = client.get(f"/proxy/echo/x?key={key[1]}&q=secretish")
+    assert_error(r, 500, "internal_error")
+    assert "unhandled error on /proxy echo" in caplog.text
+    assert key[1] not in caplog.text and "secretish" not in caplog.text
+
+
 def test_a_deactivated_owner_stops_the_key(app, client, svc, member_id):
     from app.models import User
 

@@ -15,7 +15,7 @@ from urllib.parse import unquote, unquote_to_bytes
 import httpx
 
 log = logging.getLogger("portcullis.proxy")
-CHUNK = 64 * 1024
+CHUNK = 256 * 1024  # request body read size
 
 # RFC 9110 7.6.1 plus the old ones; and what a proxy must not pass on for its own reasons.
 HOP_BY_HOP = frozenset({
@@ -89,8 +89,9 @@ def forwarded_query(raw_query: bytes, secret: str | None, param: str = "key") ->
                      if name != param and not (secret and secret in value))
 
 
-def upstream_url(base: httpx.URL, rest: bytes, query: bytes) -> httpx.URL:
-    """The service's base URL + the rest of the proxied path + the query string."""
+def upstream_url(base: httpx.URL, rest: bytes, query: bytes) -> str:
+    """The service's base URL + the rest of the proxied path + the query string (parsed once,
+    by httpx, when the request is built)."""
     path = base.raw_path.partition(b"?")[0]
     base_query = base.query
     if rest:
@@ -101,8 +102,8 @@ def upstream_url(base: httpx.URL, rest: bytes, query: bytes) -> httpx.URL:
         query = base_query + b"&" + query
     elif base_query:
         query = base_query
-    raw = _escape(path) + ("?" + _escape(query) if query else "")
-    return base.copy_with(raw_path=raw.encode("ascii"))
+    origin = f"{base.scheme}://{base.netloc.decode('ascii')}"
+    return origin + _escape(path) + ("?" + _escape(query) if query else "")
 
 
 def request_headers(items, secret: str | None, identity_prefixes: tuple[str, ...],
@@ -158,7 +159,7 @@ def body_chunks(stream):
         yield data
 
 
-def send(transport: httpx.HTTPTransport, method: str, url: httpx.URL, headers, content,
+def send(transport: httpx.HTTPTransport, method: str, url: str, headers, content,
          timeouts: dict, service: str) -> httpx.Response:
     """One request upstream; the answer's body is still to be read. Failures to get an answer
     become ``UpstreamFailed`` (502 unreachable or broken, 504 timeout)."""

@@ -34,6 +34,7 @@ PATTERN = bytes(range(256)) * (CHUNK // 256)
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "echo/1"
+    disable_nagle_algorithm = True  # headers and body go in separate writes
 
     def log_message(self, *args):
         pass
