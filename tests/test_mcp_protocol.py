@@ -288,6 +288,11 @@ def test_log_messages_are_relayed_at_or_above_the_session_level(app, client, ups
     assert r.mimetype == "application/json" and r.json["result"]["content"][0]["text"] == "said"
 
 
+def upstream_tool_names(rpc) -> list[str]:
+    """tools/list without Portcullis's own tools (portcullis__*, see test_mcp_native.py)."""
+    return [t["name"] for t in rpc.call("tools/list").json["result"]["tools"] if not t["name"].startswith("portcullis__")]
+
+
 def test_tools_list_is_served_from_the_stored_list_and_refreshed_in_the_background(app, client, faulty):
     import time
 
@@ -298,7 +303,7 @@ def test_tools_list_is_served_from_the_stored_list_and_refreshed_in_the_backgrou
     rpc.initialize()
     module.SEEN.clear()
     for _ in range(3):
-        assert [t["name"] for t in rpc.call("tools/list").json["result"]["tools"]] == ["f-ok__x"]
+        assert upstream_tool_names(rpc) == ["f-ok__x"]
     assert [m for p, m, s in module.SEEN if p == "ok"] == []  # no fan-out on the hot path
     # Once the stored list is older than PORTCULLIS_TOOLS_REFRESH_SECONDS, listing refreshes it
     # in the background (the answer does not wait for it).
@@ -308,10 +313,10 @@ def test_tools_list_is_served_from_the_stored_list_and_refreshed_in_the_backgrou
         db.session.commit()
     module.TOOLS.append({"name": "y", "description": "new", "inputSchema": {"type": "object"}})
     try:
-        assert [t["name"] for t in rpc.call("tools/list").json["result"]["tools"]] == ["f-ok__x"]
+        assert upstream_tool_names(rpc) == ["f-ok__x"]
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            names = [t["name"] for t in rpc.call("tools/list").json["result"]["tools"]]
+            names = upstream_tool_names(rpc)
             if names == ["f-ok__x", "f-ok__y"]:
                 break
             time.sleep(0.05)
