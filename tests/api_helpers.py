@@ -114,6 +114,9 @@ class CheckedApi:
     def patch(self, path, json=None, **kw):
         return self._call("patch", path, json=json, **kw)
 
+    def put(self, path, json=None, **kw):
+        return self._call("put", path, json=json, **kw)
+
 
 @pytest.fixture
 def admin_api(admin_api, upstreams):

@@ -125,6 +125,9 @@ class Api:
     def patch(self, path, json=None, **kw):
         return self.client.patch("/api/v1" + path, json=json, headers=self._headers(), **kw)
 
+    def put(self, path, json=None, **kw):
+        return self.client.put("/api/v1" + path, json=json, headers=self._headers(), **kw)
+
 
 @pytest.fixture
 def admin_id(app) -> int:

@@ -17,7 +17,9 @@ from tests.api_helpers import (CheckedApi, assert_error, audit_actions, check_ag
 from tests.conftest import PASSWORD, Api, make_user, token_for
 
 PUBLIC = {"api.create_token", "api.openapi"}
-MEMBER_ALLOWED = {"api.list_keys", "api.get_key", "api.delete_key"}
+MEMBER_ALLOWED = {"api.list_keys", "api.get_key", "api.delete_key",
+                  # a member's own header flows and credentials (tests/test_header_flows_api.py)
+                  "api.get_header_flow", "api.submit_header_flow", "api.delete_credential"}
 
 
 def api_rules(app):

@@ -12,6 +12,8 @@ from ..ops.errors import BadRequest, OpError
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 PUBLIC = {"api.create_token", "api.openapi"}
+# Usable with an API token or, for vk/session flows, the flow's temp token alone.
+FLOW_TOKEN_OK = {"api.get_header_flow", "api.submit_header_flow", "api.delete_credential"}
 
 
 def error(status: int, code: str, message: str, fields: dict | None = None):
@@ -40,6 +42,9 @@ def routing_error():
 def authenticate():
     g.user = None  # the API never rides on a dashboard cookie
     if request.endpoint in PUBLIC:
+        return None
+    if request.endpoint in FLOW_TOKEN_OK and not request.headers.get("Authorization") \
+            and request.headers.get("X-Portcullis-Flow-Token"):
         return None
     user = load_api_user()
     if user is None:
@@ -127,4 +132,4 @@ def http_error(e: HTTPException):
     return resp, status
 
 
-from . import audit, keys, openapi, servers, services, tokens, users  # noqa: E402,F401
+from . import audit, header_flows, keys, openapi, servers, services, tokens, users  # noqa: E402,F401

@@ -251,6 +251,34 @@ SCHEMAS = {
         "ip": nullable(STR),
     }, ["id", "created_at", "actor", "action", "target", "detail", "ip"]),
     "AuditEventList": listing("audit_events", "AuditEvent"),
+
+    "HeaderFlow": obj({
+        "id": STR, "kind": {"type": "string", "enum": ["headers"]},
+        "auth_mode": {"type": "string", "enum": ["user", "vk", "session"]},
+        "server": obj({"id": ID, "name": STR}, ["id", "name"]),
+        "reason": {"type": "string", "description": "Why the values are asked for."},
+        "required_header_keys": {"type": "array", "items": STR},
+        "stored_header_keys": {"type": "array", "items": STR,
+                               "description": "Required keys already stored (names only); a "
+                                              "resubmission may leave them out and they are kept."},
+        "missing_header_keys": {"type": "array", "items": STR},
+        "expires_at": TIMESTAMP,
+    }, ["id", "kind", "auth_mode", "server", "reason", "required_header_keys", "stored_header_keys",
+        "missing_header_keys", "expires_at"]),
+    "HeaderFlowSubmit": obj({"headers": {
+        "type": "object", "additionalProperties": {"type": ["string", "null"], "maxLength": 8192},
+        "writeOnly": True,
+        "description": "Header name (case-insensitive) to value (kept exactly as given, never "
+                       "trimmed). A blank or null value keeps the stored one."}}, ["headers"]),
+    "Credential": obj({
+        "id": ID, "auth_mode": {"type": "string", "enum": ["user", "vk", "session"]},
+        "user_id": nullable({"type": "integer"}), "virtual_key_id": nullable({"type": "integer"}),
+        "mcp_server_id": ID, "auth_kind": {"type": "string", "enum": ["headers"]},
+        "status": {"type": "string", "enum": ["active", "needs_update", "orphaned"]},
+        "header_keys": {"type": "array", "items": STR, "description": "Names only; values never leave."},
+        "created_at": TIMESTAMP, "updated_at": TIMESTAMP,
+    }, ["id", "auth_mode", "user_id", "virtual_key_id", "mcp_server_id", "auth_kind", "status", "header_keys",
+        "created_at", "updated_at"]),
 }
 
 
@@ -410,6 +438,45 @@ PATHS = {
         "create": "The secret is write-only and never returned.",
     }),
 
+    "/header-flows/{flow_id}": {
+        "parameters": [{"name": "flow_id", "in": "path", "required": True, "schema": STR,
+                        "description": "The flow id from the submit URL."},
+                       {"name": "X-Portcullis-Flow-Token", "in": "header", "required": False, "schema": STR,
+                        "description": "vk/session flows: the temp token from the submit URL's fragment "
+                                       "(#t=...), instead of an API token."}],
+        "get": op("get_header_flow", "credentials", "What a header submission flow asks for",
+                  {**ok(200, "The form: server, required and stored header names (never a value).", "HeaderFlow"),
+                   **problems("Unauthorized", "NotFound"),
+                   "403": error_response("Another user's flow, or a missing or wrong flow token."),
+                   "410": error_response("The flow expired or was used.")},
+                  security=[{"bearerAuth": []}, {}],
+                  description="user flows need the API token of that user; vk/session flows the flow token."),
+        "put": op("submit_header_flow", "credentials", "Submit header values",
+                  {**ok(200, "Verified at the upstream and stored (status active); the flow is used.",
+                        "Credential"),
+                   **problems("Unauthorized", "NotFound"),
+                   "400": error_response("Malformed body, a header the server does not ask for, or "
+                                         "missing values (error.fields.headers names them)."),
+                   "403": error_response("Another user's flow, or a missing or wrong flow token."),
+                   "410": error_response("The flow expired or was used."),
+                   "422": error_response("The upstream refused the values (reason in error.fields.headers); "
+                                         "nothing was stored and the flow stays pending.")},
+                  body="HeaderFlowSubmit", security=[{"bearerAuth": []}, {}],
+                  description="The values are verified at the upstream (initialize + tools/list) with "
+                              "exactly what will be stored; stored keys left out are kept."),
+    },
+    "/credentials/{credential_id}": {
+        "parameters": [path_id("credential_id", "credential"),
+                       {"name": "X-Portcullis-Flow-Token", "in": "header", "required": False, "schema": STR,
+                        "description": "vk/session bindings: the token of the binding's pending flow."}],
+        "delete": op("delete_credential", "credentials", "Revoke a stored credential",
+                     {**ok(204, "Deleted, with the binding's pending flows."),
+                      **problems("Unauthorized", "Forbidden", "NotFound")},
+                     security=[{"bearerAuth": []}, {}],
+                     description="By the owner (user bindings), an admin, or a vk/session binding's "
+                                 "pending flow token. Pending flows of the binding are deleted first."),
+    },
+
     "/audit-events": {"get": op(
         "list_audit_events", "audit", "List audit events, newest first",
         {**ok(200, "One page.", "AuditEventList"), **problems("BadRequest", "Unauthorized", "Forbidden")},
@@ -433,7 +500,8 @@ DOCUMENT = {
     "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
     "servers": [{"url": "/api/v1"}],
     "security": [{"bearerAuth": []}],
-    "tags": [{"name": t} for t in ("tokens", "users", "mcp-servers", "virtual-keys", "services", "audit", "meta")],
+    "tags": [{"name": t} for t in ("tokens", "users", "mcp-servers", "virtual-keys", "services", "credentials", "audit",
+                                         "meta")],
     "paths": PATHS,
     "components": {
         "securitySchemes": {"bearerAuth": {

@@ -1,0 +1,193 @@
+"""Header submission flows: who may use one, its form, the submission, revocation.
+
+The same rules serve the page (/connect/<flow_id>) and the JSON API (/api/v1/header-flows).
+A submission is verified at the upstream (initialize + tools/list) with exactly the values that
+will be stored; only then is the credential upserted on its binding (status active) and the flow
+marked used (its token gone). Values are never trimmed, changed, logged or echoed.
+"""
+from __future__ import annotations
+
+import hmac
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from ..audit import record
+from ..extensions import db
+from ..mcp.client import UpstreamError
+from ..mcp.discovery import discover_with
+from ..models import Credential, Flow, McpServer
+from ..models.base import digest, iso, utcnow
+from ..models.credentials import IDENTITY_COLUMN
+from .errors import BadRequest, Forbidden, NotFound, OpError  # noqa: F401 (used by the API)
+from .fields import HEADER_NAME_RE
+
+MAX_VALUE = 8192
+TOKEN_HEADER = "X-Portcullis-Flow-Token"
+
+
+class Gone(OpError):
+    status, code = 410, "gone"
+
+
+class Rejected(OpError):
+    """The upstream refused the submitted values (nothing stored)."""
+    status, code = 422, "upstream_rejected"
+
+
+def get_flow(flow_id: str) -> Flow:
+    flow = db.session.get(Flow, flow_id) if isinstance(flow_id, str) and 0 < len(flow_id) <= 64 else None
+    if flow is None:
+        raise NotFound("no such flow")
+    return flow
+
+
+def authorize(flow: Flow, user, token: str | None) -> None:
+    """user flows: the binding's user only. vk/session flows: the flow's temp token."""
+    if flow.auth_mode == "user":
+        if user is None or user.id != flow.user_id:
+            raise Forbidden("this link belongs to another user")
+        return
+    if not token or flow.token_hash is None or not hmac.compare_digest(digest(token), flow.token_hash):
+        if flow.status == "pending" and not flow.expired():
+            raise Forbidden("this link's token is missing or wrong; open the full link you were given")
+
+
+def check_open(flow: Flow) -> None:
+    if flow.status != "pending":
+        raise Gone("this link was used already; ask your agent for a new one if needed")
+    if flow.expired():
+        raise Gone("this link has expired; retry the call in your agent to get a new one")
+
+
+def _credential(flow: Flow) -> Credential | None:
+    col = IDENTITY_COLUMN[flow.auth_mode]
+    return db.session.scalar(select(Credential).where(
+        Credential.auth_mode == flow.auth_mode, getattr(Credential, col) == getattr(flow, col),
+        Credential.mcp_server_id == flow.mcp_server_id))
+
+
+def form(flow: Flow) -> dict:
+    """What the person is asked for (names only, never a value)."""
+    server = db.session.get(McpServer, flow.mcp_server_id)
+    cred = _credential(flow)
+    required = list(server.per_user_header_keys or [])
+    stored = sorted(k for k in (cred.header_keys if cred else []) if k in required)
+    if cred is None:
+        reason = "no credentials are stored for you yet"
+    elif cred.status == "needs_update":
+        reason = "the server's required headers changed"
+    else:
+        reason = "a required header is missing or the stored credential is not usable"
+    return {"id": flow.id, "kind": flow.kind, "auth_mode": flow.auth_mode,
+            "server": {"id": server.id, "name": server.name},
+            "reason": reason, "required_header_keys": required, "stored_header_keys": stored,
+            "missing_header_keys": [k for k in required if k not in stored],
+            "expires_at": iso(flow.expires_at)}
+
+
+def _clean(headers, required: list[str]) -> dict:
+    if not isinstance(headers, dict):
+        raise BadRequest("headers must be an object of header name to value", {"headers": "must be an object"})
+    out = {}
+    for name, value in headers.items():
+        key = name.strip().lower() if isinstance(name, str) else ""
+        if not HEADER_NAME_RE.match(key):
+            raise BadRequest("invalid header name", {"headers": f"{key[:64]!r} is not a valid header name"})
+        if key not in required:
+            raise BadRequest("not a header of this server", {"headers": f"{key} is not asked for by this server"})
+        if key in out:
+            raise BadRequest("duplicate header", {"headers": f"{key} appears more than once"})
+        if value is None or value == "":
+            continue  # left blank: keep the stored value, if any
+        if not isinstance(value, str) or len(value) > MAX_VALUE or any(c in value for c in "\r\n\x00"):
+            raise BadRequest("invalid header value",
+                             {"headers": f"the value of {key} must be one line of at most {MAX_VALUE} characters"})
+        out[key] = value
+    return out
+
+
+def submit(flow: Flow, headers) -> Credential:
+    """Verify and store; raises BadRequest (missing keys), Gone, Rejected (upstream said no)."""
+    check_open(flow)
+    server = db.session.get(McpServer, flow.mcp_server_id)
+    required = list(server.per_user_header_keys or [])
+    given = _clean(headers, required)
+    cred = _credential(flow)
+    kept = {k: v for k, v in ((cred.values or {}) if cred else {}).items() if k in required and k not in given}
+    values = {**kept, **given}
+    absent = [k for k in required if k not in values]
+    if absent:
+        raise BadRequest("missing header values: " + ", ".join(absent), {"headers": "missing: " + ", ".join(absent)})
+    flow_id, binding = flow.id, (flow.auth_mode, IDENTITY_COLUMN[flow.auth_mode],
+                                 getattr(flow, IDENTITY_COLUMN[flow.auth_mode]), flow.mcp_server_id)
+    db.session.rollback()  # no transaction (or lock) held while the upstream is contacted
+    try:
+        discover_with(db.session.get(McpServer, binding[3]), values)
+    except UpstreamError as e:
+        raise Rejected(f"the upstream refused these values: {e}", {"headers": f"refused by the upstream: {e}"}) \
+            from None
+    return _store(flow_id, binding, values)
+
+
+def _store(flow_id: str, binding: tuple, values: dict) -> Credential:
+    mode, col, identity, server_id = binding
+    for _ in range(3):
+        flow = db.session.scalar(select(Flow).where(Flow.id == flow_id).with_for_update())
+        if flow is None:
+            raise Gone("this link is no longer valid")
+        check_open(flow)
+        cred = db.session.scalar(select(Credential).where(
+            Credential.auth_mode == mode, getattr(Credential, col) == identity,
+            Credential.mcp_server_id == server_id).with_for_update())
+        now = utcnow()
+        if cred is None:
+            cred = Credential(auth_mode=mode, mcp_server_id=server_id, auth_kind="headers", **{col: identity})
+            db.session.add(cred)
+        cred.values, cred.header_keys = dict(values), sorted(values)
+        if cred.status != "active":
+            cred.status, cred.status_changed_at = "active", now
+        cred.updated_at = now
+        flow.status, flow.token_hash = "used", None
+        try:
+            db.session.flush()
+            record("credential.store", cred, f"{mode} binding, server {server_id}, headers={','.join(sorted(values))}",
+                   target_name=f"{mode}:{identity}:{server_id}")
+            db.session.commit()
+            return cred
+        except IntegrityError:  # a concurrent submission inserted the row first: update it
+            db.session.rollback()
+    raise Gone("this link is no longer valid")
+
+
+def get_credential(credential_id) -> Credential:
+    cred = db.session.get(Credential, credential_id) if isinstance(credential_id, int) and credential_id > 0 else None
+    if cred is None:
+        raise NotFound("no such credential")
+    return cred
+
+
+def may_revoke(cred: Credential, user, token: str | None) -> bool:
+    if user is not None and (user.is_admin or (cred.auth_mode == "user" and cred.user_id == user.id)):
+        return True
+    if token and cred.auth_mode != "user":
+        col = IDENTITY_COLUMN[cred.auth_mode]
+        flow = db.session.scalar(select(Flow).where(
+            Flow.auth_mode == cred.auth_mode, getattr(Flow, col) == getattr(cred, col),
+            Flow.mcp_server_id == cred.mcp_server_id, Flow.token_hash == digest(token), Flow.status == "pending"))
+        return flow is not None and not flow.expired()
+    return False
+
+
+def revoke(cred: Credential) -> None:
+    """Deletes the binding's pending flows first, then the credential."""
+    col = IDENTITY_COLUMN[cred.auth_mode]
+    for flow in db.session.scalars(select(Flow).where(
+            Flow.auth_mode == cred.auth_mode, getattr(Flow, col) == getattr(cred, col),
+            Flow.mcp_server_id == cred.mcp_server_id)):
+        db.session.delete(flow)
+    db.session.flush()
+    record("credential.revoke", cred, f"{cred.auth_mode} binding, server {cred.mcp_server_id}",
+           target_name=f"{cred.auth_mode}:{cred.identity}:{cred.mcp_server_id}")
+    db.session.delete(cred)
+    db.session.commit()

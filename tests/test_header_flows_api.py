@@ -1,0 +1,222 @@
+"""The submission of per-user header values over JSON: GET/PUT /api/v1/header-flows/<id> and
+DELETE /api/v1/credentials/<id>, from the real auth-required answer to the retried call."""
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from app.extensions import db
+from app.models import Credential, Flow
+from app.models.base import utcnow
+from tests.api_helpers import admin_api, member_api  # noqa: F401
+from tests.api_helpers import PREFIX, assert_error, check_against_doc
+from tests.conftest import make_user, token_for
+from tests.mcp_fixtures import add_key, start_upstream, stop
+from tests.test_mcp_protocol import Rpc
+from tests.test_per_user_headers import raw_dump
+
+SAMPLE, ALICE, BOB, TEAM = "sample-51ab", "alice-canary-c0ffee11", "bob-canary-deadbe22", "team-canary-77aa01"
+TOKEN_HEADER = "X-Portcullis-Flow-Token"
+
+
+@pytest.fixture(scope="module")
+def urls():
+    one, one_url = start_upstream("--name", "keyed", *[a for v in (SAMPLE, ALICE, BOB)
+                                                        for a in ("--require-header", f"X-Api-Key={v}")])
+    two, two_url = start_upstream("--name", "two", "--require-header", f"X-Api-Key={SAMPLE}",
+                                  "--require-header", f"X-Api-Key={ALICE}", "--require-header", f"X-Team={TEAM}")
+    yield {"one": one_url, "two": two_url}
+    stop(one)
+    stop(two)
+
+
+def make_server(app, url, keys=("X-Api-Key",), samples=None, name="keyed"):
+    from app.ops.servers import create_server
+
+    with app.app_context():
+        server = create_server({"name": name, "url": url, "auth_type": "per_user_headers",
+                                "per_user_header_keys": list(keys),
+                                "sample_headers": samples or {"x-api-key": SAMPLE}})
+        db.session.commit()
+        return server.id
+
+
+def agent(app, client, server_id, **key_fields):
+    _, secret = add_key(app, {server_id: None}, **key_fields)
+    rpc = Rpc(client, secret)
+    rpc.initialize()
+    return rpc
+
+
+def tool(rpc):
+    return rpc.call("tools/call", {"name": "keyed__headers", "arguments": {}}).json["result"]
+
+
+def auth_required(rpc):
+    result = tool(rpc)
+    assert result["isError"] is True, result
+    return result["_meta"]["portcullis/auth_required"]
+
+
+def creds(app):
+    with app.app_context():
+        return [(c.auth_mode, c.status, c.header_keys) for c in db.session.scalars(select(Credential))]
+
+
+def pending(app):
+    with app.app_context():
+        return [f.id for f in db.session.scalars(select(Flow).where(Flow.status == "pending"))]
+
+
+def test_user_flow_end_to_end(app, client, urls, member_api, member_id, caplog):
+    caplog.set_level(logging.DEBUG)
+    sid = make_server(app, urls["one"])
+    rpc = agent(app, client, sid, owner_id=member_id)
+    meta = auth_required(rpc)
+    path = f"/header-flows/{meta['flow_id']}"
+    form = member_api.get(path).get_json()
+    assert form["required_header_keys"] == ["x-api-key"] and form["stored_header_keys"] == []
+    assert form["server"]["name"] == "keyed"
+    # wrong value: 422 with the reason, nothing stored, the flow still pending
+    err = assert_error(member_api.put(path, json={"headers": {"X-API-KEY": "wrong-" + ALICE}}), 422,
+                       "upstream_rejected", {"headers"})
+    assert "401" in err["fields"]["headers"]
+    assert creds(app) == [] and pending(app) == [meta["flow_id"]]
+    assert_error(member_api.put(path, json={"headers": {}}), 400, "bad_request", {"headers"})
+    assert_error(member_api.put(path, json={"headers": {"x-other": "v"}}), 400, "bad_request", {"headers"})
+    # right value: stored encrypted, flow used
+    r = member_api.put(path, json={"headers": {"X-Api-Key": ALICE}})
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["status"] == "active" and r.get_json()["header_keys"] == ["x-api-key"]
+    assert creds(app) == [("user", "active", ["x-api-key"])] and pending(app) == []
+    assert_error(member_api.get(path), 410, "gone")
+    assert_error(member_api.put(path, json={"headers": {"X-Api-Key": ALICE}}), 410, "gone")
+    # the retried call reaches the upstream with the person's own value
+    assert tool(rpc)["structuredContent"]["x-api-key"] == ALICE
+    # canary: never in answers, logs or the raw database
+    answers = member_api.get("/virtual-keys").get_data(as_text=True) + r.get_data(as_text=True)
+    assert ALICE not in answers + caplog.text + raw_dump(app)
+    # revoke: the next call asks again
+    cred_id = r.get_json()["id"]
+    assert member_api.delete(f"/credentials/{cred_id}").status_code == 204
+    assert creds(app) == []
+    assert auth_required(rpc)["stored_header_keys"] == []
+
+
+def test_another_user_gets_403(app, client, urls, member_api, admin_api):
+    sid = make_server(app, urls["one"])
+    other = make_user(app, "other@example.com")
+    rpc = agent(app, client, sid, owner_id=other)
+    path = f"/header-flows/{auth_required(rpc)['flow_id']}"
+    assert_error(member_api.get(path), 403, "forbidden")
+    assert_error(member_api.put(path, json={"headers": {"x-api-key": ALICE}}), 403, "forbidden")
+    assert_error(member_api.get("/header-flows/nope"), 404, "not_found")
+    assert creds(app) == []
+
+
+def test_vk_flow_with_the_fragment_token(app, client, urls):
+    sid = make_server(app, urls["one"])
+    rpc = agent(app, client, sid)
+    meta = auth_required(rpc)
+    token = meta["submit_url"].split("#t=", 1)[1]
+    path = PREFIX + f"/header-flows/{meta['flow_id']}"
+    r = client.get(path)
+    check_against_doc(app, "GET", path, r)
+    assert r.status_code == 401
+    r = client.get(path, headers={TOKEN_HEADER: "wrong"})
+    check_against_doc(app, "GET", path, r)
+    assert r.status_code == 403
+    r = client.get(path, headers={TOKEN_HEADER: token})
+    check_against_doc(app, "GET", path, r)
+    assert r.status_code == 200 and r.get_json()["auth_mode"] == "vk"
+    r = client.put(path, json={"headers": {"x-api-key": BOB}}, headers={TOKEN_HEADER: token})
+    check_against_doc(app, "PUT", path, r)
+    assert r.status_code == 200, r.get_json()
+    assert tool(rpc)["structuredContent"]["x-api-key"] == BOB
+    with app.app_context():
+        assert db.session.scalar(select(Flow)).token_hash is None  # the token is gone with the flow
+
+
+def test_expired_flow_is_410(app, client, urls, member_api, member_id):
+    sid = make_server(app, urls["one"])
+    rpc = agent(app, client, sid, owner_id=member_id)
+    flow_id = auth_required(rpc)["flow_id"]
+    with app.app_context():
+        db.session.execute(update(Flow).values(expires_at=utcnow() - timedelta(seconds=1)))
+        db.session.commit()
+    assert_error(member_api.get(f"/header-flows/{flow_id}"), 410, "gone")
+    assert_error(member_api.put(f"/header-flows/{flow_id}", json={"headers": {"x-api-key": ALICE}}), 410, "gone")
+    # the agent's next call starts a fresh flow
+    assert auth_required(rpc)["flow_id"] != flow_id
+
+
+def test_key_change_then_resubmit_only_the_new_key(app, client, urls, member_api, member_id, admin_api):
+    sid = make_server(app, urls["one"])
+    rpc = agent(app, client, sid, owner_id=member_id)
+    path = f"/header-flows/{auth_required(rpc)['flow_id']}"
+    assert member_api.put(path, json={"headers": {"x-api-key": ALICE}}).status_code == 200
+    r = admin_api.patch(f"/mcp-servers/{sid}", json={"url": urls["two"], "per_user_header_keys": ["x-api-key", "x-team"],
+                                                     "sample_headers": {"x-api-key": SAMPLE, "x-team": TEAM}})
+    assert r.status_code == 200, r.get_json()
+    assert creds(app) == [("user", "needs_update", ["x-api-key"])]
+    meta = auth_required(rpc)
+    assert meta["required_header_keys"] == ["x-api-key", "x-team"] and meta["stored_header_keys"] == ["x-api-key"]
+    path = f"/header-flows/{meta['flow_id']}"
+    assert member_api.get(path).get_json()["missing_header_keys"] == ["x-team"]
+    r = member_api.put(path, json={"headers": {"X-Team": TEAM}})
+    assert r.status_code == 200, r.get_json()
+    assert creds(app) == [("user", "active", ["x-api-key", "x-team"])]
+    seen = tool(rpc)["structuredContent"]
+    assert (seen["x-api-key"], seen["x-team"]) == (ALICE, TEAM)
+
+
+def test_admin_may_revoke_and_delete_cascades(app, client, urls, member_api, member_id, admin_api):
+    sid = make_server(app, urls["one"])
+    rpc = agent(app, client, sid, owner_id=member_id)
+    r = member_api.put(f"/header-flows/{auth_required(rpc)['flow_id']}", json={"headers": {"x-api-key": ALICE}})
+    cred_id = r.get_json()["id"]
+    other = make_user(app, "x@example.com")
+    from tests.conftest import Api
+
+    stranger = Api(client, token_for(app, other))
+    assert stranger.delete(f"/api/v1/credentials/{cred_id}".removeprefix("/api/v1")).status_code == 404
+    auth_required_again = agent(app, client, sid, owner_id=member_id, name="k2")  # noqa: F841
+    assert admin_api.delete(f"/credentials/{cred_id}").status_code == 204
+    assert creds(app) == []
+    # deleting the server deletes credentials and flows
+    r = member_api.put(f"/header-flows/{auth_required(rpc)['flow_id']}", json={"headers": {"x-api-key": ALICE}})
+    assert r.status_code == 200
+    auth_required(agent(app, client, sid, name="vk-only"))  # a pending vk flow
+    assert admin_api.delete(f"/mcp-servers/{sid}").status_code == 204
+    assert creds(app) == []
+    with app.app_context():
+        assert db.session.scalar(select(db.func.count()).select_from(Flow)) == 0
+
+
+def test_concurrent_submissions_leave_one_row(app, urls, member_id):
+    """20 submissions for one binding at once: exactly one credential row."""
+    sid = make_server(app, urls["one"])
+    with app.app_context():
+        from app.credentials.per_user_headers import Binding, start_flow
+
+        flow_id, _ = start_flow(Binding("user", member_id, sid))
+    token = token_for(app, member_id)
+    codes = []
+
+    def go():
+        c = app.test_client()
+        r = c.put(f"/api/v1/header-flows/{flow_id}", json={"headers": {"x-api-key": ALICE}},
+                  headers={"Authorization": f"Bearer {token}"})
+        codes.append(r.status_code)
+
+    threads = [threading.Thread(target=go) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert creds(app) == [("user", "active", ["x-api-key"])]
+    assert set(codes) <= {200, 410} and 200 in codes
