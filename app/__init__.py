@@ -64,6 +64,9 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     from .cli import register as register_cli
     register_cli(app)
+    if not app.config.get("TESTING"):
+        from .sweep import start_background
+        start_background(app)  # expired flows, old orphaned credentials (see app/sweep.py)
 
     for name in app.config["PORTCULLIS_GENERATED_SECRETS"]:
         log.warning("%s was not set: generated a strong one into %s (mode 0600); "

@@ -85,6 +85,17 @@ def register(app: Flask) -> None:
         if failed:
             sys.exit(1)
 
+    @app.cli.command("sweep")
+    def sweep_command():
+        """Delete expired submission flows and orphaned credentials older than the retention."""
+        from .sweep import sweep
+
+        report = sweep(app)
+        if report.skipped:
+            click.echo("another instance is sweeping; skipped")
+        else:
+            click.echo(f"deleted {report.flows} expired flow(s), {report.orphans} old orphaned credential(s)")
+
     @app.cli.command("rotate-encryption-key")
     def rotate_encryption_key():
         """Re-encrypt every stored secret with the first key of PORTCULLIS_ENCRYPTION_KEY."""

@@ -1,0 +1,106 @@
+"""Background clean-up: expired submission flows (every 15 minutes) and ``orphaned`` credentials
+older than the retention (daily; PORTCULLIS_ORPHAN_RETENTION_DAYS, default 30). Nothing else is
+ever touched.
+
+Runs in-process in a daemon thread (PORTCULLIS_SWEEP=false turns it off) and as
+``flask --app wsgi sweep``. With several instances on PostgreSQL only one sweeps at a time: each
+run holds a transaction-scoped advisory lock (the lease) and a run that cannot take it skips.
+On SQLite (one host) the deletes are idempotent, so overlapping runs are harmless.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import delete, text
+
+from .extensions import db
+from .models import Credential, Flow
+from .models.base import utcnow
+
+log = logging.getLogger(__name__)
+
+FLOW_EVERY = 15 * 60
+ORPHAN_EVERY = 24 * 3600
+LEASE_KEY = 0x706F7274  # "port": the advisory lock id of the sweeper
+
+
+@dataclass
+class SweepReport:
+    flows: int = 0
+    orphans: int = 0
+    skipped: bool = False
+
+
+def retention_days(app) -> int:
+    raw = app.config.get("PORTCULLIS_ORPHAN_RETENTION_DAYS", os.environ.get("PORTCULLIS_ORPHAN_RETENTION_DAYS"))
+    try:
+        days = int(raw) if raw not in (None, "") else 30
+    except ValueError:
+        raise RuntimeError(f"PORTCULLIS_ORPHAN_RETENTION_DAYS must be an integer, got {raw!r}") from None
+    return max(days, 0)
+
+
+def _lease() -> bool:
+    if db.engine.dialect.name != "postgresql":
+        return True
+    return bool(db.session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": LEASE_KEY}).scalar())
+
+
+def sweep(app, flows: bool = True, orphans: bool = True, now=None) -> SweepReport:
+    """One run, in one transaction (call inside an app context)."""
+    now = now or utcnow()
+    report = SweepReport()
+    try:
+        if not _lease():
+            db.session.rollback()
+            report.skipped = True
+            return report
+        if flows:
+            report.flows = db.session.execute(
+                delete(Flow).where(Flow.expires_at <= now).execution_options(synchronize_session=False)).rowcount
+        if orphans:
+            cutoff = now - timedelta(days=retention_days(app))
+            report.orphans = db.session.execute(
+                delete(Credential).where(Credential.status == "orphaned", Credential.status_changed_at < cutoff)
+                .execution_options(synchronize_session=False)).rowcount
+        db.session.commit()  # releases the lease
+    except Exception:
+        db.session.rollback()
+        raise
+    if report.orphans:
+        from .credentials.per_user_headers import invalidate
+
+        invalidate()
+    return report
+
+
+def start_background(app) -> threading.Thread | None:
+    if str(app.config.get("PORTCULLIS_SWEEP", os.environ.get("PORTCULLIS_SWEEP", "true"))).lower() in (
+            "0", "false", "no", "off"):
+        return None
+
+    def run():
+        last_orphans = 0.0
+        while True:
+            time.sleep(FLOW_EVERY)
+            try:
+                with app.app_context():
+                    due = time.monotonic() - last_orphans >= ORPHAN_EVERY
+                    report = sweep(app, orphans=due)
+                    if due and not report.skipped:
+                        last_orphans = time.monotonic()
+                    db.session.remove()
+                if report.flows or report.orphans:
+                    log.info("sweep: %d expired flow(s), %d old orphaned credential(s) deleted",
+                             report.flows, report.orphans)
+            except Exception:  # a failed run is retried at the next tick
+                log.exception("sweep failed")
+
+    thread = threading.Thread(target=run, daemon=True, name="portcullis-sweep")
+    thread.start()
+    return thread

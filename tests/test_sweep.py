@@ -1,0 +1,76 @@
+"""The sweeper: expired flows and old orphaned credentials go, nothing else; one sweeper at a
+time on PostgreSQL (advisory-lock lease); `flask sweep`."""
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, text
+
+from app.extensions import db
+from app.models import Credential, Flow, McpServer, VirtualKey
+from app.models.base import utcnow
+from app.sweep import LEASE_KEY, sweep
+
+from .conftest import make_user
+
+
+@pytest.fixture
+def rows(app, ctx):
+    now = utcnow()
+    users = [make_user(app, f"u{i}@example.com") for i in range(4)]
+    server = McpServer(name="srv", url="http://127.0.0.1:1/mcp", auth_type="per_user_headers",
+                       per_user_header_keys=["x-api-key"], tools=[])
+    db.session.add(server)
+    db.session.flush()
+    keys = []
+    for i in range(3):
+        key, _ = VirtualKey.generate(name=f"k{i}")
+        db.session.add(key)
+        keys.append(key)
+    db.session.flush()
+    for uid, status, age in zip(users, ("orphaned", "orphaned", "active", "needs_update"), (31, 29, 400, 400)):
+        db.session.add(Credential(auth_mode="user", user_id=uid, mcp_server_id=server.id, status=status,
+                                  values={"x-api-key": "v"}, header_keys=["x-api-key"],
+                                  status_changed_at=now - timedelta(days=age)))
+    for key, (fid, status, expires) in zip(keys, (("old", "pending", -1), ("used", "used", -60), ("live", "pending", 600))):
+        db.session.add(Flow(id=fid, auth_mode="vk", virtual_key_id=key.id, mcp_server_id=server.id, status=status,
+                            expires_at=now + timedelta(seconds=expires)))
+    db.session.commit()
+    return users
+
+
+def state():
+    return (sorted(f.id for f in db.session.scalars(select(Flow))),
+            sorted((c.user_id, c.status) for c in db.session.scalars(select(Credential))))
+
+
+def test_sweep_deletes_only_expired_flows_and_old_orphans(app, rows):
+    report = sweep(app)
+    assert (report.flows, report.orphans, report.skipped) == (2, 1, False)
+    flows, creds = state()
+    assert flows == ["live"]
+    assert creds == sorted([(rows[1], "orphaned"), (rows[2], "active"), (rows[3], "needs_update")])
+    assert db.session.scalar(select(db.func.count()).select_from(McpServer)) == 1
+
+
+def test_retention_is_configurable(app, rows, monkeypatch):
+    monkeypatch.setitem(app.config, "PORTCULLIS_ORPHAN_RETENTION_DAYS", 7)
+    assert sweep(app, flows=False).orphans == 2
+
+
+def test_cli(app, rows):
+    result = app.test_cli_runner().invoke(args=["sweep"])
+    assert result.exit_code == 0, result.output
+    assert "2 expired flow(s), 1 old orphaned credential(s)" in result.output
+
+
+def test_only_one_sweeper_at_a_time_on_postgresql(app, rows):
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("the lease is a PostgreSQL advisory lock")
+    with db.engine.connect() as other:
+        other.execute(text("SELECT pg_advisory_lock(:k)"), {"k": LEASE_KEY})
+        try:
+            assert sweep(app).skipped is True
+            assert len(state()[0]) == 3
+        finally:
+            other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LEASE_KEY})
+    assert sweep(app).flows == 2
