@@ -1,0 +1,51 @@
+"""The submission page in headless Chromium through the real link with #t= (a vk flow): the
+script moves the token into a request header and out of the address bar, the htmx form checks
+the value at the upstream and saves it; the agent's retry then works."""
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from tests.mcp_fixtures import add_key
+from tests.test_browser import ARGS, CHROMIUM
+from tests.test_header_flows_api import BOB, auth_required, creds, make_server, tool
+from tests.test_header_flows_api import urls  # noqa: F401 (module fixture)
+from tests.test_mcp_protocol import Rpc
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield browser
+        browser.close()
+
+
+def test_vk_flow_in_the_browser(app, client, live_server, urls, browser):
+    sid = make_server(app, urls["one"])
+    _, secret = add_key(app, {sid: None})
+    rpc = Rpc(client, secret)
+    rpc.initialize()
+    submit_url = auth_required(rpc)["submit_url"]
+    link = live_server + "/connect/" + submit_url.split("/connect/", 1)[1]  # the test server's origin
+    token = link.split("#t=", 1)[1]
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(8000)
+    seen_urls = []
+    page.on("request", lambda req: seen_urls.append(req.url))
+    page.goto(link)
+    field = page.locator("input[name='header:x-api-key']")
+    expect(field).to_be_visible()
+    assert "#t=" not in page.url and token not in page.url  # out of the address bar
+    field.fill("wrong-" + BOB)
+    page.click("button:has-text('Check and save')")
+    expect(page.locator("[role=alert]").first).to_contain_text("401")
+    assert creds(app) == []
+    page.locator("input[name='header:x-api-key']").fill(BOB)
+    page.click("button:has-text('Check and save')")
+    expect(page.locator("#connect-body")).to_contain_text("retry in your agent now")
+    assert creds(app) == [("vk", "active", ["x-api-key"])]
+    assert not [u for u in seen_urls if token in u]  # never in a URL sent to the server
+    assert tool(rpc)["structuredContent"]["x-api-key"] == BOB
+    context.close()
