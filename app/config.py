@@ -150,6 +150,8 @@ def load_config(instance_path: str, overrides: dict | None = None) -> dict:
         # The longest lifetime a key issued by the portcullis__request_key tool may ask for.
         "PORTCULLIS_REQUEST_KEY_MAX_TTL_SECONDS": _int(env, "PORTCULLIS_REQUEST_KEY_MAX_TTL_SECONDS", 86400, lo=1),
         "RATELIMIT_STORAGE_URI": redis_url or "memory://",
+        # Prefix of every rate-limit counter (several deployments sharing one Redis database).
+        "RATELIMIT_KEY_PREFIX": (env.get("PORTCULLIS_RATE_LIMIT_PREFIX") or "").strip(),
         "RATELIMIT_HEADERS_ENABLED": True,
         "MAX_CONTENT_LENGTH": 1024 * 1024,
     }

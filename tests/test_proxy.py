@@ -383,12 +383,14 @@ def test_proxy_settings_defaults_and_validation(tmp_path, monkeypatch):
 
     monkeypatch.setattr("app.config.load_dotenv", lambda **kw: None)
     for name in ("PORTCULLIS_IDENTITY_HEADER_PREFIX", "PORTCULLIS_PROXY_CONNECT_TIMEOUT", "PORTCULLIS_PROXY_READ_TIMEOUT",
-                 "PORTCULLIS_PROXY_MAX_BODY_BYTES", "PORTCULLIS_REQUEST_KEY_MAX_TTL_SECONDS"):
+                 "PORTCULLIS_PROXY_MAX_BODY_BYTES", "PORTCULLIS_REQUEST_KEY_MAX_TTL_SECONDS",
+                 "PORTCULLIS_RATE_LIMIT_PREFIX"):
         monkeypatch.delenv(name, raising=False)
     cfg = load_config(str(tmp_path))
     assert (cfg["PORTCULLIS_IDENTITY_HEADER_PREFIX"], cfg["PORTCULLIS_PROXY_CONNECT_TIMEOUT"],
             cfg["PORTCULLIS_PROXY_READ_TIMEOUT"], cfg["PORTCULLIS_PROXY_MAX_BODY_BYTES"],
             cfg["PORTCULLIS_REQUEST_KEY_MAX_TTL_SECONDS"]) == ("X-Portcullis", 5.0, 60.0, 0, 86400)
+    assert cfg["RATELIMIT_KEY_PREFIX"] == ""
     monkeypatch.setenv("PORTCULLIS_IDENTITY_HEADER_PREFIX", "X-Bifrost")
     assert load_config(str(tmp_path))["PORTCULLIS_IDENTITY_HEADER_PREFIX"] == "X-Bifrost"
     for name, bad in (("PORTCULLIS_IDENTITY_HEADER_PREFIX", "X-Bad-"), ("PORTCULLIS_IDENTITY_HEADER_PREFIX", "X Y"),

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -20,19 +21,22 @@ from tests.upstream.http_echo import PATTERN
 
 ROOT = Path(__file__).parent.parent
 BIN = Path(sys.executable).parent
-REDIS_URL = "redis://127.0.0.1:6379/15"
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+PREFIX = f"test-{uuid.uuid4().hex[:12]}"  # this run's counters only: other runs may share the Redis
 CACHE_SECONDS = 0.2
 
 
-def _redis():
+def _clear_budgets():
+    """Forget this run's rate-limit counters (key ids restart between tests)."""
     import redis
 
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
     try:
-        client.ping()
+        keys = list(client.scan_iter(match=f"*/{PREFIX}/*"))
     except redis.RedisError as e:
         pytest.skip(f"no Redis at {REDIS_URL}: {e}")
-    return client
+    if keys:
+        client.delete(*keys)
 
 
 def _wait(proc, url, timeout=30.0):
@@ -51,14 +55,14 @@ def _wait(proc, url, timeout=30.0):
 
 @pytest.fixture(scope="module")
 def instances(app, encryption_key, tmp_path_factory):
-    _redis().flushdb()
+    _clear_budgets()
     tmp = tmp_path_factory.mktemp("served")
     procs, bases, logs = [], [], []
     for name in ("a", "b"):
         port = free_port()
         env = {**os.environ, "PORTCULLIS_INSTANCE_PATH": str(tmp / name), "PORT": str(port),
                "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"], "SECRET_KEY": "served-test-secret",
-               "PORTCULLIS_ENCRYPTION_KEY": encryption_key, "REDIS_URL": REDIS_URL,
+               "PORTCULLIS_ENCRYPTION_KEY": encryption_key, "REDIS_URL": REDIS_URL, "PORTCULLIS_RATE_LIMIT_PREFIX": PREFIX,
                "PORTCULLIS_CONFIG_CACHE_SECONDS": str(CACHE_SECONDS), "PORTCULLIS_THREADS": "4"}
         log = tmp / f"{name}.log"
         procs.append(subprocess.Popen([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT,
@@ -81,7 +85,7 @@ def instances(app, encryption_key, tmp_path_factory):
 
 @pytest.fixture
 def served_key(app, echo, instances):
-    _redis().flushdb()  # ids restart between tests: so would stale budgets
+    _clear_budgets()
     sid = add_service(app, "echo", echo + "/base")
     key = add_proxy_key(app, {sid: "write"}, rate_limit_per_minute=1000)
     time.sleep(CACHE_SECONDS + 0.05)  # the instances' snapshots see the new service
@@ -136,7 +140,7 @@ def test_an_answer_broken_off_upstream_is_not_passed_off_as_complete(instances, 
 
 
 def test_two_instances_share_one_budget_through_redis(app, echo, instances):
-    _redis().flushdb()
+    _clear_budgets()
     (a, b), _ = instances
     sid = add_service(app, "echo", echo)
     _, secret = add_proxy_key(app, {sid: "read"}, rate_limit_per_minute=4)
@@ -148,6 +152,10 @@ def test_two_instances_share_one_budget_through_redis(app, echo, instances):
         seen.append((r.status_code, r.headers.get("ratelimit-remaining")))
     assert seen == [(200, "3"), (200, "2"), (200, "1"), (200, "0"), (429, "0"), (429, "0")]
     assert r.json()["error"]["code"] == "rate_limited" and int(r.headers["retry-after"]) >= 1
+    import redis
+
+    stored = list(redis.Redis.from_url(REDIS_URL).scan_iter(match=f"*/{PREFIX}/portcullis-proxy-key/*"))
+    assert stored  # the counters live in Redis, under this deployment's PORTCULLIS_RATE_LIMIT_PREFIX
 
 
 def test_no_key_in_the_server_logs(instances, served_key):

@@ -92,7 +92,7 @@ def handle(environ, service: str) -> Response:
     if scope is None:
         if not service:
             return error(403, "service_not_granted", "name a service: /proxy/<service>/<path>")
-        return error(403, "service_not_granted", f"this key has no grant for service {service!r}")
+        return error(403, "service_not_granted", f"this key has no grant for service {service[:60]!r}")
     # 4. the scope allows the method (403)
     if scope == "read" and method not in READ_METHODS:
         return error(403, "read_only", f"this key's grant for {service} is read-only: "
@@ -296,6 +296,6 @@ class ProxyEndpoint:
 
 def register(app: Flask) -> None:
     app.extensions["proxy_transport"] = forward.new_transport()
-    app.extensions["proxy_limits"] = KeyLimits()
+    app.extensions["proxy_limits"] = KeyLimits(app.config.get("RATELIMIT_KEY_PREFIX") or "")
     app.extensions["proxy_usage"] = Usage()
     app.wsgi_app = ProxyEndpoint(app, app.wsgi_app)

@@ -44,7 +44,8 @@ class Budget:
 
 
 class KeyLimits:
-    def __init__(self):
+    def __init__(self, prefix: str = ""):
+        self._scope = (prefix, NAMESPACE) if prefix else (NAMESPACE,)  # RATELIMIT_KEY_PREFIX, as Flask-Limiter
         self._items: dict[int, RateLimitItemPerMinute] = {}
         self._warned_at = -math.inf
         self._lock = threading.Lock()
@@ -73,11 +74,11 @@ class KeyLimits:
         if not (limiter.enabled and limiter.initialized):
             return None
         item = self._item(per_minute)
-        ident = str(key_id)
+        ident = (*self._scope, str(key_id))
         try:
             strategy = limiter.limiter
-            allowed = strategy.hit(item, NAMESPACE, ident)
-            stats = strategy.get_window_stats(item, NAMESPACE, ident)
+            allowed = strategy.hit(item, *ident)
+            stats = strategy.get_window_stats(item, *ident)
         except Exception as e:  # the storage is down: fail open, say so now and then
             with self._lock:
                 now = time.monotonic()
