@@ -4,6 +4,13 @@
 (function () {
   const box = document.querySelector("[data-flow-form]");
   if (!box) return;
+  // A used or expired link (410) shows its explanation in place of the form.
+  document.addEventListener("htmx:beforeSwap", (event) => {
+    if (event.detail.xhr.status === 410) {
+      event.detail.shouldSwap = true;
+      event.detail.isError = false;
+    }
+  });
   const match = /(?:^#|&)t=([^&]+)/.exec(window.location.hash);
   const token = match ? decodeURIComponent(match[1]) : null;
   if (window.location.hash) {
