@@ -10,7 +10,6 @@ On SQLite (one host) the deletes are idempotent, so overlapping runs are harmles
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -37,12 +36,7 @@ class SweepReport:
 
 
 def retention_days(app) -> int:
-    raw = app.config.get("PORTCULLIS_ORPHAN_RETENTION_DAYS", os.environ.get("PORTCULLIS_ORPHAN_RETENTION_DAYS"))
-    try:
-        days = int(raw) if raw not in (None, "") else 30
-    except ValueError:
-        raise RuntimeError(f"PORTCULLIS_ORPHAN_RETENTION_DAYS must be an integer, got {raw!r}") from None
-    return max(days, 0)
+    return max(int(app.config.get("PORTCULLIS_ORPHAN_RETENTION_DAYS", 30)), 0)
 
 
 def _lease() -> bool:
@@ -80,8 +74,7 @@ def sweep(app, flows: bool = True, orphans: bool = True, now=None) -> SweepRepor
 
 
 def start_background(app) -> threading.Thread | None:
-    if str(app.config.get("PORTCULLIS_SWEEP", os.environ.get("PORTCULLIS_SWEEP", "true"))).lower() in (
-            "0", "false", "no", "off"):
+    if not app.config.get("PORTCULLIS_SWEEP", True):
         return None
 
     def run():
