@@ -274,20 +274,25 @@ def _load_services() -> dict[int, ServiceView]:
     return out
 
 
-@event.listens_for(Session, "after_flush")
-def _note_changes(session, _flush_context):
-    for obj in (*session.new, *session.dirty, *session.deleted):
-        if isinstance(obj, WATCHED):
-            session.info["portcullis_config_changed"] = True
-            return
+def on_commit_touching(classes: tuple, callback, name: str) -> None:
+    """Call ``callback`` after every commit whose flushes added, changed or deleted an instance
+    of ``classes`` (in any session of this process). A rolled-back change calls nothing."""
+    flag = "portcullis_changed:" + name
+
+    @event.listens_for(Session, "after_flush")
+    def _note(session, _flush_context):
+        if flag not in session.info and any(
+                isinstance(obj, classes) for obj in (*session.new, *session.dirty, *session.deleted)):
+            session.info[flag] = True
+
+    @event.listens_for(Session, "after_commit")
+    def _committed(session):
+        if session.info.pop(flag, False):
+            callback()
+
+    @event.listens_for(Session, "after_rollback")
+    def _rolled_back(session):
+        session.info.pop(flag, None)
 
 
-@event.listens_for(Session, "after_commit")
-def _after_commit(session):
-    if session.info.pop("portcullis_config_changed", False):
-        invalidate()
-
-
-@event.listens_for(Session, "after_rollback")
-def _after_rollback(session):
-    session.info.pop("portcullis_config_changed", None)
+on_commit_touching(WATCHED, invalidate, "config")

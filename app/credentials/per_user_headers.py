@@ -15,9 +15,8 @@ import time
 from dataclasses import dataclass
 
 from flask import current_app
-from sqlalchemy import event, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from .. import snapshot
 from ..extensions import db
@@ -138,20 +137,4 @@ def submit_url(flow_id: str, token: str | None) -> str:
     return f"{base}/connect/{flow_id}" + (f"#t={token}" if token else "")
 
 
-@event.listens_for(Session, "after_flush")
-def _note_changes(session, _flush_context):
-    for obj in (*session.new, *session.dirty, *session.deleted):
-        if isinstance(obj, Credential):
-            session.info["portcullis_credentials_changed"] = True
-            return
-
-
-@event.listens_for(Session, "after_commit")
-def _after_commit(session):
-    if session.info.pop("portcullis_credentials_changed", False):
-        invalidate()
-
-
-@event.listens_for(Session, "after_rollback")
-def _after_rollback(session):
-    session.info.pop("portcullis_credentials_changed", None)
+snapshot.on_commit_touching((Credential,), invalidate, "credentials")
