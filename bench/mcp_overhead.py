@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,33 +27,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tests.mcp_fixtures import free_port, stop, wait_ready  # noqa: E402
+from bench.proctree import tree_cpu_seconds  # noqa: E402
 
 BIN = Path(sys.executable).parent
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """user+system CPU of a process and all its descendants (from /proc)."""
-    children: dict[int, list[int]] = {}
-    cpu: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        ppid = int(fields[1])
-        children.setdefault(ppid, []).append(int(entry))
-        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / TICK
-    total, todo = 0.0, [pid]
-    while todo:
-        p = todo.pop()
-        total += cpu.get(p, 0.0)
-        todo.extend(children.get(p, []))
-    return total
 
 
 class Target:

@@ -33,36 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tests.mcp_fixtures import free_port, stop, wait_ready  # noqa: E402
 from tests.upstream.http_echo import PATTERN  # noqa: E402
-from bench.mcp_overhead import tree_cpu_seconds  # noqa: E402
+from bench.proctree import tree_cpu_seconds, tree_rss  # noqa: E402
 
 BIN = Path(sys.executable).parent
-PAGE = os.sysconf("SC_PAGE_SIZE")
 MB = 1024 * 1024
-
-
-def tree_rss(pid: int) -> int:
-    """Resident memory of a process and all its descendants, in bytes (from /proc)."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
-            with open(f"/proc/{entry}/statm") as fh:
-                resident = int(fh.read().split()[1]) * PAGE
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        children.setdefault(int(fields[1]), []).append(int(entry))
-        rss[int(entry)] = resident
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        total += rss.get(p, 0)
-        todo.extend(children.get(p, []))
-    return total
 
 
 class PeakMemory:
