@@ -34,6 +34,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     limiter.init_app(app)
 
     from . import models  # noqa: F401  (register every table with the metadata)
+    from . import reconcile  # noqa: F401  (its session events keep credentials in line with grants)
     from .api import bp as api_bp
     from .web import bp as web_bp
 

@@ -94,7 +94,8 @@ def register(app: Flask) -> None:
         if report.skipped:
             click.echo("another instance is sweeping; skipped")
         else:
-            click.echo(f"deleted {report.flows} expired flow(s), {report.orphans} old orphaned credential(s)")
+            click.echo(f"deleted {report.flows} expired flow(s), {report.orphans} old orphaned credential(s); "
+                       f"reconciliation changed {report.reconciled} row(s)")
 
     @app.cli.command("rotate-encryption-key")
     def rotate_encryption_key():

@@ -1,6 +1,7 @@
 """Background clean-up: expired submission flows (every 15 minutes) and ``orphaned`` credentials
-older than the retention (daily; PORTCULLIS_ORPHAN_RETENTION_DAYS, default 30). Nothing else is
-ever touched.
+older than the retention (daily; PORTCULLIS_ORPHAN_RETENTION_DAYS, default 30). Each run first
+reconciles every binding (keys expire by the clock, without an edit that would reconcile them).
+Nothing else is ever touched.
 
 Runs in-process in a daemon thread (PORTCULLIS_SWEEP=false turns it off) and as
 ``flask --app wsgi sweep``. With several instances on PostgreSQL only one sweeps at a time: each
@@ -15,7 +16,9 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, text
+from sqlalchemy import delete, select, text
+
+from . import reconcile
 
 from .extensions import db
 from .models import Credential, Flow
@@ -33,6 +36,7 @@ class SweepReport:
     flows: int = 0
     orphans: int = 0
     skipped: bool = False
+    reconciled: int = 0
 
 
 def retention_days(app) -> int:
@@ -54,13 +58,17 @@ def sweep(app, flows: bool = True, orphans: bool = True, now=None) -> SweepRepor
             db.session.rollback()
             report.skipped = True
             return report
+        # the reconcile lock first, then flow rows, then credential rows (id order): the one lock order
+        report.reconciled = reconcile.run_all().changed
         if flows:
-            report.flows = db.session.execute(
-                delete(Flow).where(Flow.expires_at <= now).execution_options(synchronize_session=False)).rowcount
+            report.flows = db.session.execute(delete(Flow).where(Flow.id.in_(
+                select(Flow.id).where(Flow.expires_at <= now).order_by(Flow.id).with_for_update()))
+                .execution_options(synchronize_session=False)).rowcount
         if orphans:
             cutoff = now - timedelta(days=retention_days(app))
-            report.orphans = db.session.execute(
-                delete(Credential).where(Credential.status == "orphaned", Credential.status_changed_at < cutoff)
+            report.orphans = db.session.execute(delete(Credential).where(Credential.id.in_(
+                select(Credential.id).where(Credential.status == "orphaned", Credential.status_changed_at < cutoff)
+                .order_by(Credential.id).with_for_update()))
                 .execution_options(synchronize_session=False)).rowcount
         db.session.commit()  # releases the lease
     except Exception:

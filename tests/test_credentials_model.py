@@ -6,7 +6,7 @@ from sqlalchemy import Text, select, text, type_coerce
 from sqlalchemy.exc import IntegrityError
 
 from app.extensions import db
-from app.models import Credential, Flow, McpServer, McpSession, User, VirtualKey
+from app.models import Credential, Flow, McpServer, McpSession, User, VirtualKey, VirtualKeyServerGrant
 from app.models.base import utcnow
 
 from .conftest import make_user
@@ -20,8 +20,10 @@ def world(app, ctx):
     server = McpServer(name="srv", url="http://127.0.0.1:1/mcp", auth_type="per_user_headers",
                        per_user_header_keys=["x-api-key"], tools=[])
     key, _ = VirtualKey.generate(name="k")
-    db.session.add_all([server, key])
+    own, _ = VirtualKey.generate(name="own", owner_id=uid)  # the user binding's access
+    db.session.add_all([server, key, own])
     db.session.flush()
+    db.session.add_all([VirtualKeyServerGrant(virtual_key_id=k.id, mcp_server_id=server.id) for k in (key, own)])
     sess = McpSession(id="s" * 64, virtual_key_id=None, protocol_version="2025-11-25")
     db.session.add(sess)
     db.session.commit()

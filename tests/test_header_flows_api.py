@@ -200,6 +200,7 @@ def test_admin_may_revoke_and_delete_cascades(app, client, urls, member_api, mem
 def test_concurrent_submissions_leave_one_row(app, urls, member_id):
     """20 submissions for one binding at once: exactly one credential row."""
     sid = make_server(app, urls["one"])
+    add_key(app, {sid: None}, owner_id=member_id)
     with app.app_context():
         from app.credentials.per_user_headers import Binding, start_flow
 

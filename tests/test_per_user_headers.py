@@ -101,7 +101,11 @@ def test_per_user_values_win_over_shared_headers():
 def _credential(app, server_id, status="active"):
     from tests.conftest import make_user
 
+    from tests.mcp_fixtures import add_key
+
     uid = make_user(app, f"u{status}@example.com")
+    if status != "orphaned":  # an active credential needs a granted binding (or it is orphaned at once)
+        add_key(app, {server_id: None}, owner_id=uid)
     with app.app_context():
         db.session.add(Credential(auth_mode="user", user_id=uid, mcp_server_id=server_id, status=status,
                                   values={"x-api-key": ALICE}, header_keys=["x-api-key"]))

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import select, text
 
 from app.extensions import db
-from app.models import Credential, Flow, McpServer, VirtualKey
+from app.models import Credential, Flow, McpServer, VirtualKey, VirtualKeyServerGrant
 from app.models.base import utcnow
 from app.sweep import LEASE_KEY, sweep
 
@@ -22,10 +22,15 @@ def rows(app, ctx):
     db.session.add(server)
     db.session.flush()
     keys = []
-    for i in range(3):
+    for i in range(3):  # granted: their flows are live bindings, which reconciliation keeps
         key, _ = VirtualKey.generate(name=f"k{i}")
+        key.server_grants.append(VirtualKeyServerGrant(mcp_server_id=server.id))
         db.session.add(key)
         keys.append(key)
+    # only the active credential's owner has access: the orphaned ones stay orphaned
+    key, _ = VirtualKey.generate(name="u2", owner_id=users[2])
+    key.server_grants.append(VirtualKeyServerGrant(mcp_server_id=server.id))
+    db.session.add(key)
     db.session.flush()
     for uid, status, age in zip(users, ("orphaned", "orphaned", "active", "needs_update"), (31, 29, 400, 400)):
         db.session.add(Credential(auth_mode="user", user_id=uid, mcp_server_id=server.id, status=status,

@@ -1,7 +1,7 @@
 """Per-binding credentials: status changes made by admin edits, revocation."""
 from __future__ import annotations
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from ..audit import record
 from ..extensions import db
@@ -16,9 +16,11 @@ def after_server_update(result) -> int:
     if not result.header_keys_changed:
         return 0
     server = result.server
+    rows = (select(Credential.id).where(Credential.mcp_server_id == server.id, Credential.status == "active")
+            .order_by(Credential.id).with_for_update())  # credential rows in id order, like every writer
     n = db.session.execute(
         update(Credential)
-        .where(Credential.mcp_server_id == server.id, Credential.status == "active")
+        .where(Credential.id.in_(rows))
         .values(status="needs_update", status_changed_at=utcnow(), updated_at=utcnow())
         .execution_options(synchronize_session=False)).rowcount
     if n:

@@ -1,0 +1,310 @@
+"""Credentials follow the grants: reconciliation, run by the session itself before each commit.
+
+A binding may hold a credential and a pending flow only for servers in its effective allowlist:
+
+- a key's: explicit server grants ∪ servers with ``allow_on_all_virtual_keys`` (not for keys
+  minted by ``portcullis__request_key``, which get their explicit grants only), minus disabled
+  servers; a revoked or expired key, or one whose owner is deactivated, has none;
+- a user's (``user`` bindings): the union over the keys they own.
+
+Whenever a flush changes something that allowlist is made of (a key's grants, owner, active
+flag, expiry; a server's allow-all or enabled flag; a deletion; a user's active flag; a newly
+stored credential), the session records what it touched; just before that transaction commits
+one set-based pass over the touched bindings, in the same transaction:
+
+- deletes their ``pending`` flows for servers outside the allowlist,
+- turns their ``active`` credentials outside it ``orphaned`` and ``orphaned`` ones inside it
+  ``active`` again (nothing is re-submitted),
+- leaves ``needs_update`` (and later ``needs_reauth``) rows and ``session`` bindings alone,
+
+and writes one audit event with the counts when it changed anything. Handlers never call it:
+pages, the JSON API, the CLI and any ORM-level import all go through the same session events.
+A rolled-back edit rolls back its reconciliation with it.
+
+Lock order on PostgreSQL, the same for every writer: the reconcile lock (one transaction-scoped
+advisory lock, taken before the edit's own first write) -> flow rows in id order -> credential
+rows in id order. Reconciling transactions therefore run one after the other and each sees the
+others' committed edits, so concurrent edits neither deadlock nor leave stale states.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy import and_, case, delete, event, exists, false, inspect, or_, select, text, true, update
+from sqlalchemy.orm import Session
+
+from .credentials import per_user_headers
+from .extensions import db
+from .models import Credential, Flow, McpServer, User, VirtualKey, VirtualKeyServerGrant
+from .models.base import utcnow
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY = 0x72636E6C  # "rcnl": the advisory lock every reconciling transaction takes first
+SCOPE = "portcullis_reconcile_scope"
+LOCKED = "portcullis_reconcile_locked"
+CHANGED = "portcullis_reconcile_changed"
+
+# Columns whose change alters an allowlist (bulk UPDATEs that set only other columns, such as
+# the proxy's last_used_at or a key rotation, are not reconciliation triggers).
+KEY_ATTRS = ("owner_id", "active", "expires_at", "source")
+SERVER_ATTRS = ("allow_on_all_virtual_keys", "enabled")
+USER_ATTRS = ("active",)
+ACCESS_COLUMNS = {
+    "virtual_keys": set(KEY_ATTRS),
+    "virtual_key_server_grants": {"virtual_key_id", "mcp_server_id"},
+    "mcp_servers": set(SERVER_ATTRS),
+    "users": set(USER_ATTRS),
+}
+RECONCILED_MODES = ("user", "vk")  # session bindings (development mode) have no grants
+
+
+@dataclass
+class Scope:
+    """The bindings an edit may have changed: vk bindings of ``keys``, user bindings of
+    ``users`` and of the owners of ``keys``, every binding on ``servers``; or ``everything``."""
+
+    keys: set[int] = field(default_factory=set)
+    users: set[int] = field(default_factory=set)
+    servers: set[int] = field(default_factory=set)
+    everything: bool = False
+
+    def __bool__(self):
+        return self.everything or bool(self.keys or self.users or self.servers)
+
+    def describe(self) -> str:
+        if self.everything:
+            return "every binding"
+        parts = [f"{name} {','.join(map(str, sorted(ids)[:20]))}{'...' if len(ids) > 20 else ''}"
+                 for name, ids in (("keys", self.keys), ("users", self.users), ("servers", self.servers)) if ids]
+        return "; ".join(parts)
+
+
+@dataclass
+class Result:
+    orphaned: int = 0
+    reactivated: int = 0
+    flows_deleted: int = 0
+
+    @property
+    def changed(self) -> int:
+        return self.orphaned + self.reactivated + self.flows_deleted
+
+
+# -- what an edit touched ------------------------------------------------------------------------
+
+def _changed(obj, attrs) -> bool:
+    state = inspect(obj)
+    return any(state.attrs[a].history.has_changes() for a in attrs)
+
+
+def _old_and_new(obj, attr) -> set:
+    hist = inspect(obj).attrs[attr].history
+    return {v for v in (*hist.added, *hist.deleted, *hist.unchanged) if v is not None}
+
+
+def _touches(obj, how: str) -> bool:
+    """Does adding (``new``), changing (``dirty``) or deleting (``deleted``) this object change
+    some binding's allowlist?"""
+    if isinstance(obj, VirtualKey):
+        if how == "new":
+            return obj.source != "mcp"  # a minted key reaches no allow-all server, only its grants
+        return how == "deleted" or _changed(obj, KEY_ATTRS)
+    if isinstance(obj, VirtualKeyServerGrant):
+        # a grant removed from key.server_grants is still "dirty" here: the delete-orphan
+        # cascade deletes it during the flush
+        return how != "dirty" or _changed(obj, ("virtual_key_id", "mcp_server_id", "virtual_key"))
+    if isinstance(obj, McpServer):
+        return how == "deleted" or (how == "dirty" and _changed(obj, SERVER_ATTRS))
+    if isinstance(obj, User):
+        return how == "deleted" or (how == "dirty" and _changed(obj, USER_ATTRS))
+    if isinstance(obj, Credential):
+        # a stored (or re-activated) credential must itself be inside its binding's allowlist
+        if obj.auth_mode not in RECONCILED_MODES or how == "deleted":
+            return False
+        return how == "new" or (obj.status == "active" and _changed(
+            obj, ("status", "user_id", "virtual_key_id", "mcp_server_id")))
+    return False
+
+
+def _record(scope: Scope, obj) -> None:
+    if isinstance(obj, VirtualKey):
+        scope.keys.add(obj.id)
+        scope.users |= _old_and_new(obj, "owner_id")
+    elif isinstance(obj, VirtualKeyServerGrant):
+        scope.keys |= _old_and_new(obj, "virtual_key_id")
+        scope.keys |= {k.id for k in _old_and_new(obj, "virtual_key") if k.id is not None}
+    elif isinstance(obj, McpServer):
+        scope.servers.add(obj.id)
+    elif isinstance(obj, User):
+        scope.users.add(obj.id)
+    elif isinstance(obj, Credential):
+        (scope.users if obj.auth_mode == "user" else scope.keys).add(obj.identity)
+
+
+def _pending(session) -> list:
+    return [(obj, how) for how, objs in (("new", session.new), ("dirty", session.dirty), ("deleted", session.deleted))
+            for obj in objs]
+
+
+@event.listens_for(Session, "before_flush")
+def _before_flush(session, _ctx, _instances):
+    # The lock comes before the edit's own writes, so every reconciling transaction takes its
+    # locks in the same order.
+    if not session.info.get(LOCKED) and any(_touches(o, how) for o, how in _pending(session)):
+        lock(session)
+
+
+@event.listens_for(Session, "after_flush")
+def _after_flush(session, _ctx):
+    # ids are assigned now, and the attribute history is still that of the flush.
+    touched = [o for o, how in _pending(session) if _touches(o, how)]
+    if touched:
+        scope = session.info.setdefault(SCOPE, Scope())
+        for obj in touched:
+            _record(scope, obj)
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _bulk(state):
+    """UPDATE/DELETE statements bypass the unit of work: one that can change an allowlist
+    reconciles every binding (rare: admin edits go through the ORM)."""
+    if not (state.is_update or state.is_delete):
+        return
+    table = getattr(state.statement, "table", None)
+    watched = ACCESS_COLUMNS.get(getattr(table, "name", None))
+    if watched is None:
+        return
+    if state.is_update:
+        values = getattr(state.statement, "_values", None)
+        if values is not None and not ({getattr(c, "key", str(c)) for c in values} & watched):
+            return
+    lock(state.session)
+    state.session.info.setdefault(SCOPE, Scope()).everything = True
+
+
+@event.listens_for(Session, "before_commit")
+def _before_commit(session):
+    if session.new or session.dirty or session.deleted:
+        session.flush()  # records the scope of what is still pending
+    scope = session.info.pop(SCOPE, None)
+    if scope:
+        run(scope, session)
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session):
+    session.info.pop(LOCKED, None)
+    session.info.pop(SCOPE, None)
+    if session.info.pop(CHANGED, False):
+        per_user_headers.invalidate()  # bulk statements: no ORM object told the credential cache
+
+
+@event.listens_for(Session, "after_rollback")
+def _after_rollback(session):
+    for k in (SCOPE, LOCKED, CHANGED):
+        session.info.pop(k, None)
+
+
+def lock(session=None) -> None:
+    """Take the reconcile lock for the rest of this transaction (PostgreSQL; SQLite has one
+    writer at a time anyway). Writers that lock flow or credential rows themselves before
+    storing one call this first, to keep the one lock order."""
+    session = session or db.session
+    if session.info.get(LOCKED):
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOCK_KEY})
+    session.info[LOCKED] = True
+
+
+# -- the set-based pass ------------------------------------------------------------------------
+
+def _allowed(row, mode: str, now):
+    """SQL: the binding of ``row`` (an alias of credentials or flows) may reach its server."""
+    k = VirtualKey.__table__.alias("k")
+    s = McpServer.__table__.alias("s")
+    g = VirtualKeyServerGrant.__table__.alias("g")
+    u = User.__table__.alias("u")
+    # nested EXISTS: correlate explicitly (auto-correlation reaches one level up only)
+    granted = or_(
+        exists().where(g.c.virtual_key_id == k.c.id, g.c.mcp_server_id == row.c.mcp_server_id).correlate_except(g),
+        and_(s.c.allow_on_all_virtual_keys == true(), k.c.source != "mcp"))
+    usable = and_(k.c.active == true(), or_(k.c.expires_at.is_(None), k.c.expires_at > now))
+    owner_active = exists().where(u.c.id == k.c.owner_id, u.c.active == true()).correlate_except(u)
+    if mode == "user":
+        whose = and_(k.c.owner_id == row.c.user_id, owner_active)
+    else:
+        whose = and_(k.c.id == row.c.virtual_key_id, or_(k.c.owner_id.is_(None), owner_active))
+    return exists().where(s.c.id == row.c.mcp_server_id, s.c.enabled == true(), whose, usable,
+                          granted).correlate_except(s, k)
+
+
+def _in_scope(row, mode: str, scope: Scope, key_owners: set[int]):
+    if scope.everything:
+        return true()
+    ident = row.c.user_id if mode == "user" else row.c.virtual_key_id
+    ids = (scope.users | key_owners) if mode == "user" else scope.keys
+    parts = [c for c in (ident.in_(sorted(ids)) if ids else None,
+                         row.c.mcp_server_id.in_(sorted(scope.servers)) if scope.servers else None) if c is not None]
+    return or_(*parts) if parts else false()
+
+
+def _owners(session, keys: set[int]) -> set[int]:
+    if not keys:
+        return set()
+    return set(session.scalars(select(VirtualKey.owner_id).where(
+        VirtualKey.id.in_(sorted(keys)), VirtualKey.owner_id.is_not(None))))
+
+
+def run(scope: Scope, session=None) -> Result:
+    """Reconcile the bindings in ``scope`` inside the current transaction (three statements and
+    one lookup of the keys' owners, whatever the number of rows)."""
+    session = session or db.session
+    lock(session)
+    now = utcnow()
+    owners = set() if scope.everything else _owners(session, scope.keys)
+    result = Result()
+
+    # flows first, then credentials: the order every writer of both follows
+    f = Flow.__table__.alias("f")
+    doomed = select(f.c.id).where(f.c.status == "pending", or_(*[
+        and_(f.c.auth_mode == mode, _in_scope(f, mode, scope, owners), ~_allowed(f, mode, now))
+        for mode in RECONCILED_MODES])).order_by(f.c.id).with_for_update()
+    flows = Flow.__table__
+    result.flows_deleted = session.execute(delete(flows).where(flows.c.id.in_(doomed))).rowcount or 0
+
+    c = Credential.__table__.alias("c")
+    flips = []
+    for mode in RECONCILED_MODES:
+        allowed = _allowed(c, mode, now)
+        flips.append(and_(c.c.auth_mode == mode, _in_scope(c, mode, scope, owners), or_(
+            and_(c.c.status == "active", ~allowed), and_(c.c.status == "orphaned", allowed))))
+    flipping = select(c.c.id).where(or_(*flips)).order_by(c.c.id).with_for_update()
+    creds = Credential.__table__
+    statuses = session.execute(
+        update(creds).where(creds.c.id.in_(flipping))
+        .values(status=case((creds.c.status == "active", "orphaned"), else_="active"),
+                status_changed_at=now, updated_at=now)
+        .returning(creds.c.status)).scalars().all()
+    result.orphaned = sum(1 for s in statuses if s == "orphaned")
+    result.reactivated = len(statuses) - result.orphaned
+
+    if result.changed:
+        from .audit import record
+
+        session.info[CHANGED] = True
+        record("credentials.reconcile", None,
+               f"orphaned={result.orphaned} reactivated={result.reactivated} "
+               f"pending_flows_deleted={result.flows_deleted} ({scope.describe()})",
+               target_name=scope.describe())
+        log.info("reconciled %s: orphaned=%d reactivated=%d pending_flows_deleted=%d", scope.describe(),
+                 result.orphaned, result.reactivated, result.flows_deleted)
+    return result
+
+
+def run_all(session=None) -> Result:
+    """Every binding at once: what the sweeper runs (keys expire without an edit) and what a
+    check of the invariant compares against."""
+    return run(Scope(everything=True), session)
