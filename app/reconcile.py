@@ -31,7 +31,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, case, delete, event, exists, false, inspect, or_, select, text, true, update
+from sqlalchemy import (ARRAY, and_, any_, bindparam, delete, event, exists, false, inspect, or_, select, text, true,
+                        update)
 from sqlalchemy.orm import Session
 
 from .credentials import per_user_headers
@@ -216,17 +217,26 @@ def lock(session=None) -> None:
         return
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOCK_KEY})
+        # these statements touch few rows each; their correlated subqueries look costly to the
+        # planner, whose JIT compilation would cost more than running them
+        session.execute(text("SET LOCAL jit = off"))
     session.info[LOCKED] = True
 
 
 # -- the set-based pass ------------------------------------------------------------------------
 
+# Aliases built once: setting up an alias's columns costs more than running these statements.
+_K = VirtualKey.__table__.alias("k")
+_S = McpServer.__table__.alias("s")
+_G = VirtualKeyServerGrant.__table__.alias("g")
+_U = User.__table__.alias("u")
+_F = Flow.__table__.alias("f")
+_C = Credential.__table__.alias("c")
+
+
 def _allowed(row, mode: str, now):
     """SQL: the binding of ``row`` (an alias of credentials or flows) may reach its server."""
-    k = VirtualKey.__table__.alias("k")
-    s = McpServer.__table__.alias("s")
-    g = VirtualKeyServerGrant.__table__.alias("g")
-    u = User.__table__.alias("u")
+    k, s, g, u = _K, _S, _G, _U
     # nested EXISTS: correlate explicitly (auto-correlation reaches one level up only)
     granted = or_(
         exists().where(g.c.virtual_key_id == k.c.id, g.c.mcp_server_id == row.c.mcp_server_id).correlate_except(g),
@@ -258,38 +268,51 @@ def _owners(session, keys: set[int]) -> set[int]:
         VirtualKey.id.in_(sorted(keys)), VirtualKey.owner_id.is_not(None))))
 
 
+def _where_ids(session, column, ids: list):
+    """``column`` in ``ids``, as clauses to run one after the other: one ``= ANY(array)`` on
+    PostgreSQL (a primary-key lookup per row, whatever the table size), chunks of IN lists on
+    SQLite (its bound-parameter limit)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return [column == any_(bindparam("ids", ids, type_=ARRAY(column.type)))]
+    return [column.in_(ids[i:i + 500]) for i in range(0, len(ids), 500)]
+
+
 def run(scope: Scope, session=None) -> Result:
-    """Reconcile the bindings in ``scope`` inside the current transaction (three statements and
-    one lookup of the keys' owners, whatever the number of rows)."""
+    """Reconcile the bindings in ``scope`` inside the current transaction: a few statements
+    (find and lock the rows that must change, then change them by primary key), however many
+    rows change and whatever the size of the tables."""
     session = session or db.session
     lock(session)
     now = utcnow()
     owners = set() if scope.everything else _owners(session, scope.keys)
     result = Result()
 
-    # flows first, then credentials: the order every writer of both follows
-    f = Flow.__table__.alias("f")
-    doomed = select(f.c.id).where(f.c.status == "pending", or_(*[
+    # flows first, then credentials (each in id order): the order every writer of both follows
+    f = _F
+    doomed = session.scalars(select(f.c.id).where(f.c.status == "pending", or_(*[
         and_(f.c.auth_mode == mode, _in_scope(f, mode, scope, owners), ~_allowed(f, mode, now))
-        for mode in RECONCILED_MODES])).order_by(f.c.id).with_for_update()
+        for mode in RECONCILED_MODES])).order_by(f.c.id).with_for_update()).all()
     flows = Flow.__table__
-    result.flows_deleted = session.execute(delete(flows).where(flows.c.id.in_(doomed))).rowcount or 0
+    if doomed:
+        for where in _where_ids(session, flows.c.id, doomed):
+            session.execute(delete(flows).where(where))
+    result.flows_deleted = len(doomed)
 
-    c = Credential.__table__.alias("c")
+    c = _C
     flips = []
     for mode in RECONCILED_MODES:
         allowed = _allowed(c, mode, now)
         flips.append(and_(c.c.auth_mode == mode, _in_scope(c, mode, scope, owners), or_(
             and_(c.c.status == "active", ~allowed), and_(c.c.status == "orphaned", allowed))))
-    flipping = select(c.c.id).where(or_(*flips)).order_by(c.c.id).with_for_update()
+    rows = session.execute(select(c.c.id, c.c.status).where(or_(*flips)).order_by(c.c.id).with_for_update()).all()
     creds = Credential.__table__
-    statuses = session.execute(
-        update(creds).where(creds.c.id.in_(flipping))
-        .values(status=case((creds.c.status == "active", "orphaned"), else_="active"),
-                status_changed_at=now, updated_at=now)
-        .returning(creds.c.status)).scalars().all()
-    result.orphaned = sum(1 for s in statuses if s == "orphaned")
-    result.reactivated = len(statuses) - result.orphaned
+    for new_status in ("orphaned", "active"):
+        ids = [i for i, old in rows if old != new_status]
+        for where in _where_ids(session, creds.c.id, ids) if ids else ():
+            session.execute(update(creds).where(where).values(status=new_status, status_changed_at=now,
+                                                             updated_at=now))
+    result.orphaned = sum(1 for _, old in rows if old == "active")
+    result.reactivated = len(rows) - result.orphaned
 
     if result.changed:
         from .audit import record
