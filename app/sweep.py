@@ -19,7 +19,6 @@ from datetime import timedelta
 from sqlalchemy import delete, select, text
 
 from . import reconcile
-
 from .extensions import db
 from .models import Credential, Flow
 from .models.base import utcnow
