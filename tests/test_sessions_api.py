@@ -446,3 +446,16 @@ def test_admin_revokes_anything(app, admin_api, world):
     with app.app_context():
         details = " ".join(e.detail + e.target for e in db.session.scalars(select(AuditEvent)))
     assert CANARY not in details
+
+
+def test_many_matching_ids_fall_back_to_subqueries(admin_api, member_api, world, monkeypatch):
+    """Search and member visibility resolve small id lists up front (so the planner can use the
+    binding indexes); past MAX_INLINE_IDS they stay subqueries, with the same answers."""
+    from app.ops import sessions as ops
+
+    inline = {q: listing(admin_api, f"q={q}") for q in ("example", "key", "git")}
+    own = listing(member_api)
+    monkeypatch.setattr(ops, "MAX_INLINE_IDS", 0)
+    assert {q: listing(admin_api, f"q={q}") for q in inline} == inline
+    assert listing(member_api) == own
+    assert inline["example"] and inline["key"] and inline["git"]

@@ -81,6 +81,10 @@ class Credential(BindingMixin, db.Model):
         db.Index("ix_credentials_mcp_server_id", "mcp_server_id"),
         # the sessions list: newest first, paginated in the database (migration 0004)
         db.Index("ix_credentials_created_at_id", "created_at", "id"),
+        # ... whose pending flows are hidden while their binding has an active credential
+        db.Index("ix_credentials_active_user_binding", "user_id", "mcp_server_id",
+                 sqlite_where=db.text("auth_mode = 'user' AND status = 'active'"),
+                 postgresql_where=db.text("auth_mode = 'user' AND status = 'active'")),
         *_unique_per_mode("credentials"),
     )
 

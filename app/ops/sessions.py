@@ -106,24 +106,51 @@ def parse_filters(args, strict: bool = True) -> Filters:
 
 # --- the query ---------------------------------------------------------------------------
 
-def _visible(t, viewer):
+MAX_INLINE_IDS = 1000  # ids resolved up front and sent as a list; more stay a subquery
+
+
+def _ids(query) -> list | object:
+    """The ids a small query selects, as a list the planner can estimate (and use indexes
+    with); a subquery instead when there are too many."""
+    ids = list(db.session.scalars(query.limit(MAX_INLINE_IDS + 1)))
+    return query.scalar_subquery() if len(ids) > MAX_INLINE_IDS else ids
+
+
+@dataclass
+class _Lookups:
+    """What the branches share, resolved once per request: the keys a member owns, and the
+    servers, users and keys whose names match the search."""
+    owned_keys: list | object | None = None
+    servers: list | object = ()
+    users: list | object = ()
+    keys: list | object = ()
+
+
+def _lookups(viewer, term: str) -> _Lookups:
+    out = _Lookups()
+    if not viewer.is_admin:
+        out.owned_keys = _ids(select(VirtualKey.id).where(VirtualKey.owner_id == viewer.id))
+    if term:
+        low = term.lower()
+        out.servers = _ids(select(McpServer.id).where(func.lower(McpServer.name).contains(low, autoescape=True)))
+        out.users = _ids(select(User.id).where(func.lower(User.email).contains(low, autoescape=True)))
+        out.keys = _ids(select(VirtualKey.id).where(func.lower(VirtualKey.name).contains(low, autoescape=True)))
+    return out
+
+
+def _visible(t, viewer, lk: _Lookups):
     if viewer.is_admin:
         return None
-    owned = select(VirtualKey.id).where(VirtualKey.owner_id == viewer.id).scalar_subquery()
     return or_(and_(t.auth_mode == "user", t.user_id == viewer.id),
-               and_(t.auth_mode == "vk", t.virtual_key_id.in_(owned)))
+               and_(t.auth_mode == "vk", t.virtual_key_id.in_(lk.owned_keys)))
 
 
-def _search(t, term: str, row_kind: str):
+def _search(t, term: str, row_kind: str, lk: _Lookups):
     """Server name, user e-mail or key name containing the term (case-insensitive); a key id,
     an MCP session id or a row id equal to it."""
-    low = term.lower()
-    servers = select(McpServer.id).where(func.lower(McpServer.name).contains(low, autoescape=True))
-    users = select(User.id).where(func.lower(User.email).contains(low, autoescape=True))
-    keys = select(VirtualKey.id).where(func.lower(VirtualKey.name).contains(low, autoescape=True))
-    arms = [t.mcp_server_id.in_(servers.scalar_subquery()),
-            and_(t.auth_mode == "user", t.user_id.in_(users.scalar_subquery())),
-            and_(t.auth_mode == "vk", t.virtual_key_id.in_(keys.scalar_subquery())),
+    arms = [t.mcp_server_id.in_(lk.servers),
+            and_(t.auth_mode == "user", t.user_id.in_(lk.users)),
+            and_(t.auth_mode == "vk", t.virtual_key_id.in_(lk.keys)),
             and_(t.auth_mode == "session", t.session_id == term)]
     if term.isascii() and term.isdigit() and int(term) <= MAX_ID:
         arms.append(and_(t.auth_mode == "vk", t.virtual_key_id == int(term)))
@@ -137,17 +164,16 @@ def _search(t, term: str, row_kind: str):
     return or_(*arms)
 
 
-def _superseded(f=Flow):
-    """The flow's binding has an active credential (of whichever identity column its mode uses)."""
-    arms = []
-    for mode, col in IDENTITY_COLUMN.items():
-        arms.append(and_(f.auth_mode == mode, exists().where(
-            Credential.auth_mode == mode, getattr(Credential, col) == getattr(f, col),
-            Credential.mcp_server_id == f.mcp_server_id, Credential.status == "active")))
-    return or_(*arms)
+def _not_superseded(f=Flow) -> list:
+    """No active credential on the flow's binding. One NOT EXISTS per identity column (the
+    flow's other two are NULL and match nothing), so the database runs each as an anti-join on
+    that mode's unique binding index."""
+    return [~exists().where(Credential.auth_mode == mode, getattr(Credential, col) == getattr(f, col),
+                            Credential.mcp_server_id == f.mcp_server_id, Credential.status == "active")
+            for mode, col in IDENTITY_COLUMN.items()]
 
 
-def _conditions(row_kind: str, filters: Filters, viewer, now: datetime, only=None) -> list | None:
+def _conditions(row_kind: str, filters: Filters, viewer, now: datetime, lk: _Lookups, only=None) -> list | None:
     """The WHERE of one branch, or None when the filters exclude the whole branch."""
     t = Credential if row_kind == "credential" else Flow
     if filters.kind and row_kind not in filters.kind:
@@ -164,7 +190,7 @@ def _conditions(row_kind: str, filters: Filters, viewer, now: datetime, only=Non
     else:
         if filters.status and "pending" not in filters.status:
             return None
-        conds += [t.status == "pending", t.expires_at > now, ~_superseded(t)]
+        conds += [t.status == "pending", t.expires_at > now, *_not_superseded(t)]
         if filters.auth_kind:
             conds.append(t.kind.in_(filters.auth_kind))
     if filters.auth_mode:
@@ -172,8 +198,8 @@ def _conditions(row_kind: str, filters: Filters, viewer, now: datetime, only=Non
     if filters.server_id:
         conds.append(t.mcp_server_id.in_(filters.server_id))
     if filters.q:
-        conds.append(_search(t, filters.q, row_kind))
-    visible = _visible(t, viewer)
+        conds.append(_search(t, filters.q, row_kind, lk))
+    visible = _visible(t, viewer, lk)
     if visible is not None:
         conds.append(visible)
     if only is not None:
@@ -209,7 +235,8 @@ def _count(row_kind: str, conds: list):
 
 def _rows(viewer, filters: Filters, limit: int, offset: int, only=None) -> tuple[list[dict], int | None]:
     now = utcnow()
-    branches = {k: _conditions(k, filters, viewer, now, only) for k in KINDS}
+    lk = _lookups(viewer, filters.q)
+    branches = {k: _conditions(k, filters, viewer, now, lk, only) for k in KINDS}
     branches = {k: c for k, c in branches.items() if c is not None}
     if not branches:
         return [], 0
