@@ -45,6 +45,7 @@ def test_member_page(app, world):
     assert 'data-filter="status=pending"' in page and 'data-filter="auth_mode=vk"' in page
     assert 'data-filter="auth_mode=session"' not in page  # members never see session rows
     assert "Re-authenticate" in page and "hx-confirm=" in page
+    assert f'href="/connect/{w.flows["member_linear"]}">Open link</a>' in page  # their own pending flow
     assert CANARY not in page
     # relative times with the exact time on hover
     assert re.search(r'<time datetime="2030-01-01T12:01:00Z" title="2030-01-01 12:01:00 UTC">in \d+ years?</time>',
@@ -132,7 +133,8 @@ def test_reauth_goes_to_the_submission_page(app, world):
     assert form.status_code == 200 and 'name="header:x-api-key"' in text(form)
     r = member.post(f"/sessions/{w.cid('member_linear')}/reauth", htmx=True)
     assert r.headers["HX-Redirect"] == f"/connect/{w.flows['member_linear']}"
-    assert member.post(f"/sessions/{w.cid('memberkey_jira')}/reauth").status_code == 403  # orphaned
+    r = member.post(f"/sessions/{w.cid('memberkey_jira')}/reauth")  # orphaned
+    assert r.status_code == 403 and "orphaned" in text(r)
     assert member.post(f"/sessions/{w.cid('other_github')}/reauth").status_code == 404
     admin = admin_web(app)
     assert admin.post(f"/sessions/{w.cid('member_github')}/reauth").status_code == 403  # not theirs to submit

@@ -25,6 +25,7 @@ from datetime import datetime
 
 from sqlalchemy import DateTime, Integer, String, and_, cast, exists, func, literal_column, null, or_, select, \
     union_all
+from sqlalchemy.orm.exc import StaleDataError
 
 from ..audit import record
 from ..credentials import per_user_headers
@@ -376,20 +377,24 @@ def reauth(viewer, row_id) -> dict:
 def revoke(viewer, row_id) -> None:
     """Delete the binding's pending flows, then the row itself (a credential or a flow)."""
     row = get_session(viewer, row_id)
-    if row["kind"] == "credential":
-        cred = db.session.get(Credential, row["_cred_id"])
-        if cred is None:
+    try:
+        if row["kind"] == "credential":
+            cred = db.session.get(Credential, row["_cred_id"])
+            if cred is None:
+                raise NotFound("no such session")
+            revoke_credential(cred, action="session.revoke", detail=f"revoked the {_describe(row)}")
+            return
+        flow = db.session.get(Flow, row["_flow_id"])
+        if flow is None:
             raise NotFound("no such session")
-        revoke_credential(cred, action="session.revoke", detail=f"revoked the {_describe(row)}")
-        return
-    flow = db.session.get(Flow, row["_flow_id"])
-    if flow is None:
-        raise NotFound("no such session")
-    db.session.delete(flow)
-    db.session.flush()
-    event = record("session.revoke", None, f"revoked the {_describe(row)}", target_name=_target(row))
-    event.target_type = "flows"
-    db.session.commit()
+        db.session.delete(flow)
+        db.session.flush()
+        event = record("session.revoke", None, f"revoked the {_describe(row)}", target_name=_target(row))
+        event.target_type = "flows"
+        db.session.commit()
+    except StaleDataError:  # deleted by someone else in the meantime
+        db.session.rollback()
+        raise NotFound("no such session") from None
 
 
 # --- connecting a server the person is granted ---------------------------------------------

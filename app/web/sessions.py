@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from flask import abort, flash, g, render_template, request, url_for
+from flask import flash, g, render_template, request, url_for
 
 from ..auth import login_required
 from ..extensions import db
@@ -99,9 +99,9 @@ def _chips():
 def session_reauth(row_id: str):
     try:
         out = ops.reauth(g.user, row_id)  # NotFound -> the 404 page
-    except Forbidden:
+    except Forbidden as e:
         db.session.rollback()
-        abort(403)
+        return render_template("web/error.html", status=403, title="Not allowed", message=e.message), 403
     return done(_connect_url(out))
 
 
