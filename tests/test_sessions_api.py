@@ -289,7 +289,7 @@ def test_ties_on_created_at_are_ordered_stably(app, admin_api, world):
     ("auth_kind=saml", "auth_kind"), ("kind=credentials", "kind"),
     ("server_id=0", "server_id"), ("server_id=abc", "server_id"), ("server_id=1.5", "server_id"),
     ("server_id=-3", "server_id"), ("server_id=1,x", "server_id"), ("server_id=99999999999", "server_id"),
-    ("q=" + "x" * 201, "q"),
+    ("q=" + "x" * 201, "q"), ("q=a%00b", "q"),
 ])
 def test_bad_parameters_are_400(app, admin_api, world, query, field):
     before = audit_actions(app)
@@ -379,7 +379,8 @@ def test_reauth_when_the_server_no_longer_takes_header_credentials(app, member_a
 
 
 @pytest.mark.parametrize("row_id", ["abc", "cred_", "cred_abc", "cred_0", "cred_01", "cred_999999",
-                                    "cred_99999999999999", "flow_", "flow_nope", "1", "flow_" + "x" * 65])
+                                    "cred_99999999999999", "flow_", "flow_nope", "1", "flow_" + "x" * 65,
+                                    "flow_a%00b", "flow_a%20b", "cred_%C2%B2", "flow_flowBotJira%00"])
 def test_unknown_ids_are_404(admin_api, world, row_id):
     assert_error(admin_api.post(f"/sessions/{row_id}/reauth"), 404, "not_found")
     assert_error(admin_api.delete(f"/sessions/{row_id}"), 404, "not_found")

@@ -78,6 +78,9 @@ def test_bad_filter_values_on_the_page_are_ignored(app, world):
     r = admin.get("/sessions?status=bogus,pending&server_id=x&page=abc&auth_mode=root")
     assert r.status_code == 200
     assert row_ids(text(r)) == [world.fid("bot_jira"), world.fid("member_linear")]
+    r = admin.get("/sessions?q=ci-bot%00")  # a NUL is dropped, not sent to the database
+    assert r.status_code == 200 and row_ids(text(r)) == [world.fid("bot_jira"), world.cid("bot_linear")]
+    assert admin.post("/sessions/flow_a%00b/revoke").status_code == 404
 
 
 def test_pagination_keeps_the_filters(app, world):

@@ -20,6 +20,7 @@ sessions.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -42,6 +43,7 @@ STATUSES = CREDENTIAL_STATUSES + FLOW_STATUSES
 AUTH_KINDS = ("headers", "oauth")
 KINDS = ("credential", "flow")
 MAX_QUERY = 200
+FLOW_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # flow ids are url-safe random tokens
 MAX_ID = 2**31 - 1
 # The MCP server auth_type whose flows re-authenticate a credential of each auth_kind. Per-user
 # OAuth joins here (and in _start_flow) when its flows exist.
@@ -81,10 +83,10 @@ def parse_filters(args, strict: bool = True) -> Filters:
     parameter, nothing else happens. Not strict (the page): bad values are dropped."""
     fields, out = {}, {}
     q = (args.get("q") or "").strip()
-    if len(q) > MAX_QUERY:
+    if len(q) > MAX_QUERY or "\x00" in q:
         if strict:
-            fields["q"] = f"at most {MAX_QUERY} characters"
-        q = q[:MAX_QUERY]
+            fields["q"] = f"at most {MAX_QUERY} characters, without NUL"
+        q = q.replace("\x00", "")[:MAX_QUERY]
     out["q"] = q
     for name, allowed in CHOICES.items():
         items = _items(args, name)
@@ -158,7 +160,7 @@ def _search(t, term: str, row_kind: str, lk: _Lookups):
     prefix = "cred_" if row_kind == "credential" else "flow_"
     if term.startswith(prefix) and len(term) > len(prefix):
         rest = term[len(prefix):]
-        if row_kind == "flow":
+        if row_kind == "flow" and FLOW_ID_RE.match(rest):
             arms.append(t.id == rest)
         elif rest.isascii() and rest.isdigit() and int(rest) <= MAX_ID:
             arms.append(t.id == int(rest))
@@ -310,7 +312,7 @@ def parse_id(row_id) -> tuple[str, int | str] | None:
             return "credential", int(rest)
     elif row_id.startswith("flow_"):
         rest = row_id[5:]
-        if 0 < len(rest) <= 64:
+        if FLOW_ID_RE.match(rest):
             return "flow", rest
     return None
 
