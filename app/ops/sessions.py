@@ -251,8 +251,7 @@ def _rows(viewer, filters: Filters, limit: int, offset: int, only=None) -> tuple
     page = (union_all(*parts) if len(parts) > 1 else parts[0]).subquery("page")
     query = (select(page, McpServer.name.label("server_name"), McpServer.auth_type.label("server_auth_type"),
                     McpServer.per_user_header_keys.label("server_header_keys"),
-                    User.email.label("user_email"), VirtualKey.name.label("key_name"),
-                    VirtualKey.owner_id.label("key_owner_id"))
+                    User.email.label("user_email"), VirtualKey.name.label("key_name"))
              .join(McpServer, McpServer.id == page.c.server_id)
              .outerjoin(User, and_(page.c.auth_mode == "user", User.id == page.c.user_id))
              .outerjoin(VirtualKey, and_(page.c.auth_mode == "vk", VirtualKey.id == page.c.virtual_key_id))
