@@ -139,6 +139,10 @@ class Snapshot:
         self._keys[key_hash] = view
         return view
 
+    def key_by_id(self, key_id: int) -> KeyView | None:
+        """The key with this id as the gateway sees it (issuer limits applied); None: unknown."""
+        return self._issuer(key_id, 0)
+
     def _issuer(self, key_id: int, depth: int) -> KeyView | None:
         """The key that issued a key (by id), as seen now; None: gone, or a chain too long."""
         if depth > MAX_ISSUER_CHAIN:

@@ -19,7 +19,9 @@ from tests.conftest import PASSWORD, Api, make_user, token_for
 PUBLIC = {"api.create_token", "api.openapi"}
 MEMBER_ALLOWED = {"api.list_keys", "api.get_key", "api.delete_key",
                   # a member's own header flows and credentials (tests/test_header_flows_api.py)
-                  "api.get_header_flow", "api.submit_header_flow", "api.delete_credential"}
+                  "api.get_header_flow", "api.submit_header_flow", "api.delete_credential",
+                  # the sessions of their own bindings (tests/test_sessions_api.py)
+                  "api.list_sessions", "api.reauth_session", "api.delete_session"}
 
 
 def api_rules(app):
@@ -166,7 +168,7 @@ def test_every_admin_route_refuses_members(app, member_api):
 
 def test_member_routes_do_not_leak_existence(app, member_api):
     for method, path, endpoint in api_rules(app):
-        if endpoint in ("api.get_key", "api.delete_key"):
+        if endpoint in ("api.get_key", "api.delete_key", "api.reauth_session", "api.delete_session"):
             assert_error(call(member_api, method, path), 404, "not_found")
 
 

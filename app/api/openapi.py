@@ -14,6 +14,10 @@ from ..models.users import ROLES
 from ..ops.fields import NAME_RE
 from ..ops.keys import MAX_RATE_LIMIT
 from ..ops.servers import MAX_TIMEOUT
+from ..ops.sessions import AUTH_KINDS as SESSION_AUTH_KINDS
+from ..ops.sessions import KINDS as SESSION_KINDS
+from ..ops.sessions import MAX_QUERY as SESSION_MAX_QUERY
+from ..ops.sessions import STATUSES as SESSION_STATUSES
 from ..ops.users import MIN_PASSWORD
 from . import bp
 
@@ -279,6 +283,40 @@ SCHEMAS = {
         "created_at": TIMESTAMP, "updated_at": TIMESTAMP,
     }, ["id", "auth_mode", "user_id", "virtual_key_id", "mcp_server_id", "auth_kind", "status", "header_keys",
         "created_at", "updated_at"]),
+
+    "Session": obj({
+        "id": {"type": "string", "pattern": "^(cred_[1-9][0-9]*|flow_.+)$",
+               "description": "cred_<credential id> or flow_<flow id>: unique across both kinds."},
+        "kind": {"type": "string", "enum": list(SESSION_KINDS),
+                 "description": "credential: stored; flow: a pending step that creates one."},
+        "auth_kind": {"type": "string", "enum": list(SESSION_AUTH_KINDS)},
+        "auth_mode": {"type": "string", "enum": ["user", "vk", "session"]},
+        "user": nullable(obj({"id": ID, "email": STR}, ["id", "email"],
+                             description="auth_mode user: the person the credential belongs to.")),
+        "virtual_key": nullable(obj({"id": ID, "name": STR}, ["id", "name"],
+                                    description="auth_mode vk: the key (without owner) it belongs to.")),
+        "session_id": nullable({"type": "string", "description": "auth_mode session: the MCP session id."}),
+        "server": obj({"id": ID, "name": STR}, ["id", "name"]),
+        "status": {"type": "string", "enum": list(SESSION_STATUSES),
+                   "description": "Credentials: active, needs_update, orphaned, needs_reauth (OAuth). "
+                                  "Flows: pending."},
+        "header_keys": {"type": "array", "items": STR,
+                        "description": "Names only, never a value: a credential's stored header names, a "
+                                       "header flow's requested names."},
+        "created_at": TIMESTAMP, "updated_at": TIMESTAMP,
+        "expires_at": nullable({**TIMESTAMP, "description": "When a flow's link expires (null for header "
+                                                            "credentials)."}),
+        "can_reauth": {"type": "boolean", "description": (
+            "Whether the caller may start a new flow for this row: credential rows only, not orphaned; "
+            "user rows only by that user.")},
+    }, ["id", "kind", "auth_kind", "auth_mode", "user", "virtual_key", "session_id", "server", "status",
+        "header_keys", "created_at", "updated_at", "expires_at", "can_reauth"]),
+    "SessionList": listing("sessions", "Session"),
+    "SessionReauth": obj({
+        "url": {"type": "string", "description": "The submission page to open: "
+                                                 "{PORTCULLIS_BASE_URL}/connect/<flow_id>, plus #t=<token> for "
+                                                 "vk and session rows (shown once)."},
+        "flow_id": STR, "expires_at": TIMESTAMP}, ["url", "flow_id", "expires_at"]),
 }
 
 
@@ -477,6 +515,47 @@ PATHS = {
                                  "pending flow token. Pending flows of the binding are deleted first."),
     },
 
+    "/sessions": {"get": op(
+        "list_sessions", "sessions", "List stored credentials and pending flows, newest first",
+        {**ok(200, "One page.", "SessionList"), **problems("BadRequest", "Unauthorized")},
+        params=[{"$ref": "#/components/parameters/limit"}, {"$ref": "#/components/parameters/offset"},
+                {"name": "q", "in": "query", "schema": {"type": "string", "maxLength": SESSION_MAX_QUERY},
+                 "description": "Part of a server name, user e-mail or key name (case-insensitive), or "
+                                "exactly a key id, an MCP session id or a row id."},
+                *[{"name": name, "in": "query", "style": "form", "explode": False,
+                   "schema": {"type": "array", "items": {"type": "string", "enum": list(values)}},
+                   "description": f"Only rows with one of these {label} (comma-separated)."}
+                  for name, values, label in (("status", SESSION_STATUSES, "statuses"),
+                                              ("auth_mode", ("user", "vk", "session"), "binding modes"),
+                                              ("auth_kind", SESSION_AUTH_KINDS, "credential kinds"),
+                                              ("kind", SESSION_KINDS, "row kinds"))],
+                {"name": "server_id", "in": "query", "style": "form", "explode": False,
+                 "schema": {"type": "array", "items": ID},
+                 "description": "Only rows of these MCP servers (comma-separated ids)."}],
+        description="Every per-user credential and every pending, unexpired flow the caller may see, as "
+                    "one list. Admins see all; members see rows of their own user and of keys they own "
+                    "(never session rows). A pending flow is hidden while its binding has an active "
+                    "credential. Any bad parameter is a 400 naming it (error.fields).")},
+    "/sessions/{row_id}": {
+        "parameters": [{"name": "row_id", "in": "path", "required": True, "schema": STR,
+                        "description": "A row id from the list: cred_<n> or flow_<id>."}],
+        "delete": op("delete_session", "sessions", "Revoke a credential or a pending flow",
+                     {**ok(204, "Deleted: the binding's pending flows first, then the row."),
+                      **problems("Unauthorized", "NotFound")},
+                     description="Not found for rows the caller cannot see (and for used, expired or "
+                                 "superseded flows). Audited as session.revoke."),
+    },
+    "/sessions/{row_id}/reauth": {
+        "parameters": [{"name": "row_id", "in": "path", "required": True, "schema": STR,
+                        "description": "A credential row id from the list: cred_<n>."}],
+        "post": op("reauth_session", "sessions", "Start (or refresh) a flow to replace a credential",
+                   {**ok(200, "The flow's submission page.", "SessionReauth"),
+                    **problems("Unauthorized", "NotFound"),
+                    "403": error_response("can_reauth is false: a flow row, an orphaned credential, "
+                                          "another person's user credential.")},
+                   description="For the row's binding. Audited as session.reauth."),
+    },
+
     "/audit-events": {"get": op(
         "list_audit_events", "audit", "List audit events, newest first",
         {**ok(200, "One page.", "AuditEventList"), **problems("BadRequest", "Unauthorized", "Forbidden")},
@@ -500,8 +579,8 @@ DOCUMENT = {
     "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
     "servers": [{"url": "/api/v1"}],
     "security": [{"bearerAuth": []}],
-    "tags": [{"name": t} for t in ("tokens", "users", "mcp-servers", "virtual-keys", "services", "credentials", "audit",
-                                         "meta")],
+    "tags": [{"name": t} for t in ("tokens", "users", "mcp-servers", "virtual-keys", "services", "credentials", "sessions",
+                                         "audit", "meta")],
     "paths": PATHS,
     "components": {
         "securitySchemes": {"bearerAuth": {

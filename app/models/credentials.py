@@ -79,6 +79,12 @@ class Credential(BindingMixin, db.Model):
         db.CheckConstraint("auth_kind IN ('headers')", name="auth_kind"),
         db.CheckConstraint("status IN ('active', 'needs_update', 'orphaned')", name="status"),
         db.Index("ix_credentials_mcp_server_id", "mcp_server_id"),
+        # the sessions list: newest first, paginated in the database (migration 0004)
+        db.Index("ix_credentials_created_at_id", "created_at", "id"),
+        # ... whose pending flows are hidden while their binding has an active credential
+        db.Index("ix_credentials_active_user_binding", "user_id", "mcp_server_id",
+                 sqlite_where=db.text("auth_mode = 'user' AND status = 'active'"),
+                 postgresql_where=db.text("auth_mode = 'user' AND status = 'active'")),
         *_unique_per_mode("credentials"),
     )
 
@@ -118,6 +124,7 @@ class Flow(BindingMixin, db.Model):
         db.CheckConstraint("status IN ('pending', 'used')", name="status"),
         db.Index("ix_flows_mcp_server_id", "mcp_server_id"),
         db.Index("ix_flows_expires_at", "expires_at"),
+        db.Index("ix_flows_created_at_id", "created_at", "id"),
         *_unique_per_mode("flows", " AND status = 'pending'"),
     )
 

@@ -181,15 +181,15 @@ def may_revoke(cred: Credential, user, token: str | None) -> bool:
     return False
 
 
-def revoke(cred: Credential) -> None:
-    """Deletes the binding's pending flows first, then the credential."""
+def revoke(cred: Credential, action: str = "credential.revoke", detail: str | None = None) -> None:
+    """Deletes the binding's pending flows first, then the credential (audited as ``action``)."""
     col = IDENTITY_COLUMN[cred.auth_mode]
     for flow in db.session.scalars(select(Flow).where(
             Flow.auth_mode == cred.auth_mode, getattr(Flow, col) == getattr(cred, col),
             Flow.mcp_server_id == cred.mcp_server_id)):
         db.session.delete(flow)
     db.session.flush()
-    record("credential.revoke", cred, f"{cred.auth_mode} binding, server {cred.mcp_server_id}",
+    record(action, cred, detail or f"{cred.auth_mode} binding, server {cred.mcp_server_id}",
            target_name=f"{cred.auth_mode}:{cred.identity}:{cred.mcp_server_id}")
     db.session.delete(cred)
     db.session.commit()
