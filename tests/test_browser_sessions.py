@@ -27,7 +27,9 @@ def browser():
 def page(browser, live_server, app, world):
     with app.app_context():
         for i in range(25):
-            _cred("user", world.member_id, _server(f"extra-{i:02d}"), "active", 100 + i)
+            sid = _server(f"extra-{i:02d}")
+            db.session.add(VirtualKeyServerGrant(virtual_key_id=world.keys["member-key"], mcp_server_id=sid))
+            _cred("user", world.member_id, sid, "active", 100 + i)
         newcomer = _server("newcomer")
         db.session.add(VirtualKeyServerGrant(virtual_key_id=world.keys["member-key"], mcp_server_id=newcomer))
         db.session.commit()

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from app.extensions import db
-from app.models import AuditEvent, Credential, Flow, McpServer, McpSession, VirtualKey
+from app.models import AuditEvent, Credential, Flow, McpServer, McpSession, VirtualKey, VirtualKeyServerGrant
 from app.models.base import utcnow
 from tests.api_helpers import admin_api, member_api  # noqa: F401
 from tests.api_helpers import CheckedApi, assert_error, audit_actions, count
@@ -47,8 +47,9 @@ def _server(name, auth_type="per_user_headers"):
     return s.id
 
 
-def _key(name, owner_id=None):
+def _key(name, owner_id=None, servers=()):
     k, _ = VirtualKey.generate(name=name, owner_id=owner_id, source="api")
+    k.server_grants = [VirtualKeyServerGrant(mcp_server_id=sid) for sid in servers]
     db.session.add(k)
     db.session.flush()
     return k.id
@@ -80,8 +81,10 @@ def world(app, admin_id, member_id) -> World:
     with app.app_context():
         servers = {n: _server(n) for n in ("github", "linear", "jira")}
         servers["plain"] = _server("plain", "none")
-        keys = {"member-key": _key("member-key", member_id), "other-key": _key("other-key", other_id),
-                "ci-bot": _key("ci-bot")}
+        # the grants that make these states consistent (reconciliation would correct any other)
+        keys = {"member-key": _key("member-key", member_id, (servers["github"], servers["linear"])),
+                "other-key": _key("other-key", other_id, (servers["jira"],)),
+                "ci-bot": _key("ci-bot", None, (servers["linear"], servers["jira"]))}
         sess = McpSession(id="mcp-session-abcdef0123456789", virtual_key_id=None, protocol_version="2025-11-25")
         db.session.add(sess)
         db.session.flush()

@@ -87,6 +87,7 @@ def test_pagination_keeps_the_filters(app, world):
     with app.app_context():
         for i in range(25):
             sid = _server(f"extra-{i:02d}")
+            _grant(world.keys["member-key"], sid)  # (without access they would be orphaned at once)
             _cred("user", world.member_id, sid, "active", 100 + i)
         db.session.commit()
     member = member_web(app)
@@ -170,7 +171,6 @@ def test_connect_a_granted_server(app, world):
         _grant(w.keys["member-key"], granted)
         _grant(w.keys["member-key"], off)
         _grant(w.keys["member-key"], shared)
-        _grant(w.keys["member-key"], w.servers["github"])  # already connected
         _grant(w.keys["other-key"], foreign)
         expired = _key("expired-key", w.member_id)
         db.session.get(VirtualKey, expired).expires_at = utcnow() - timedelta(minutes=1)
