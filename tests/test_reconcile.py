@@ -270,6 +270,19 @@ def test_pages_reconcile(app, client, admin_id):
     assert status(app, c) == "orphaned"
 
 
+def test_the_cli_reconciles(app, monkeypatch):
+    """`flask ensure-admin` re-activating the (only, deactivated) admin brings back what they stored."""
+    uid = make_user(app, "root@example.com", role="admin", active=False)
+    s = server(app, "one")
+    key(app, [s], owner=uid)
+    c = cred(app, "user", uid, s)
+    assert status(app, c) == "orphaned"
+    monkeypatch.setenv("PORTCULLIS_ADMIN_EMAIL", "root@example.com")
+    result = app.test_cli_runner().invoke(args=["ensure-admin"])
+    assert result.exit_code == 0, result.output
+    assert status(app, c) == "active"
+
+
 def test_orm_import_and_bulk_statements_reconcile(app):
     s = server(app, "one")
     k = key(app)
