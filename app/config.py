@@ -134,6 +134,7 @@ def load_config(instance_path: str, overrides: dict | None = None) -> dict:
         "PORTCULLIS_TOOLS_REFRESH_SECONDS": _int(env, "PORTCULLIS_TOOLS_REFRESH_SECONDS", 3600),
         # The sweeper (app/sweep.py): on/off, and how long orphaned credentials are kept (days).
         "PORTCULLIS_SWEEP": _bool(env.get("PORTCULLIS_SWEEP"), True),
+        "PORTCULLIS_RATE_LIMIT_FAIL_OPEN": _bool(env.get("PORTCULLIS_RATE_LIMIT_FAIL_OPEN"), False),
         "PORTCULLIS_ORPHAN_RETENTION_DAYS": _int(env, "PORTCULLIS_ORPHAN_RETENTION_DAYS", 30, lo=0),
         # Reverse proxies in front whose X-Forwarded-* headers are trusted (0: none).
         "PORTCULLIS_TRUSTED_PROXIES": _int(env, "PORTCULLIS_TRUSTED_PROXIES", 0),

@@ -246,7 +246,7 @@ def test_rate_limit_is_per_key_and_shared_with_the_issuer(app, client, svc):
     assert client.get("/proxy/echo/x", headers=vk(b)).status_code == 200
 
 
-def test_limits_fail_open_when_the_storage_is_down(app, client, key, monkeypatch, caplog):
+def test_limits_fail_closed_when_the_storage_is_down(app, client, key, monkeypatch, caplog):
     import redis
 
     def down(*a, **kw):
@@ -255,8 +255,13 @@ def test_limits_fail_open_when_the_storage_is_down(app, client, key, monkeypatch
     monkeypatch.setattr(limiter.limiter, "hit", down)
     with caplog.at_level(logging.WARNING):
         r = client.get("/proxy/echo/x", headers=vk(key[1]))
-    assert r.status_code == 200 and "RateLimit-Limit" not in r.headers
+    assert_error(r, 503, "rate_limit_unavailable")
+    assert r.headers["Retry-After"] == "5" and "RateLimit-Limit" not in r.headers
     assert "rate limits unavailable" in caplog.text
+    # opted in: requests pass unlimited
+    monkeypatch.setitem(app.config, "PORTCULLIS_RATE_LIMIT_FAIL_OPEN", True)
+    r = client.get("/proxy/echo/x", headers=vk(key[1]))
+    assert r.status_code == 200 and "RateLimit-Limit" not in r.headers
 
 
 def test_issued_keys_follow_their_issuer(app, client, svc, echo):

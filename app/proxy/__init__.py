@@ -34,7 +34,7 @@ from ..extensions import db
 from ..models.base import digest, utcnow
 from ..models.keys import KEY_PREFIX, VirtualKey
 from . import forward
-from .limits import KeyLimits
+from .limits import KeyLimits, LimitsUnavailable
 
 log = logging.getLogger("portcullis.proxy")
 PREFIX = "/proxy"
@@ -98,7 +98,13 @@ def handle(environ, service: str) -> Response:
         return error(403, "read_only", f"this key's grant for {service} is read-only: "
                      "GET, HEAD and OPTIONS only")
     # 5. rate limit (429)
-    budget = current_app.extensions["proxy_limits"].hit_all(key.budgets)
+    try:
+        budget = current_app.extensions["proxy_limits"].hit_all(key.budgets)
+    except LimitsUnavailable:
+        if not cfg["PORTCULLIS_RATE_LIMIT_FAIL_OPEN"]:
+            return error(503, "rate_limit_unavailable", "the rate-limit store is unreachable; retry shortly",
+                         {"Retry-After": "5"})
+        budget = None  # configured to pass unlimited
     limit_headers = budget.headers() if budget is not None else {}
     if budget is not None and not budget.allowed:
         return error(429, "rate_limited", f"rate limit of {budget.limit} requests per minute reached for this "

@@ -8,8 +8,9 @@ because the limit is checked *after* the key, the grant and the scope (a request
 401/403 spends nothing), and because the answer carries our own ``RateLimit-*`` headers without
 touching the upstream's (an API answering with ``X-RateLimit-*`` keeps its own).
 
-When the storage is unreachable (Redis down), requests are let through and a warning is logged
-at most once a minute: the proxy fails open rather than cutting every agent off.
+When the storage is unreachable (Redis down) the proxy fails closed: ``LimitsUnavailable``, a
+503 for the agent (a budget that cannot be counted is not granted), and a warning logged at most
+once a minute. ``PORTCULLIS_RATE_LIMIT_FAIL_OPEN=true`` lets requests through unlimited instead.
 """
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ from ..extensions import limiter
 log = logging.getLogger("portcullis.proxy")
 NAMESPACE = "portcullis-proxy-key"
 WINDOW = 60
+
+
+class LimitsUnavailable(Exception):
+    """The rate-limit storage cannot be reached: nothing could be counted."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,7 @@ class KeyLimits:
 
     def hit_all(self, budgets) -> Budget | None:
         """Count one request against every budget it spends (the key's own, then those of the
-        keys that issued it): the answer is the tightest of them."""
+        keys that issued it): the answer is the tightest of them. Raises ``LimitsUnavailable``."""
         tightest = None
         for key_id, per_minute in budgets:
             budget = self.hit(key_id, per_minute)
@@ -70,7 +75,7 @@ class KeyLimits:
         return tightest
 
     def hit(self, key_id: int, per_minute: int) -> Budget | None:
-        """Count one request of this key; None when limits are off or the storage failed."""
+        """Count one request of this key; None when limits are off. Raises ``LimitsUnavailable``."""
         if not (limiter.enabled and limiter.initialized):
             return None
         item = self._item(per_minute)
@@ -79,13 +84,12 @@ class KeyLimits:
             strategy = limiter.limiter
             allowed = strategy.hit(item, *ident)
             stats = strategy.get_window_stats(item, *ident)
-        except Exception as e:  # the storage is down: fail open, say so now and then
+        except Exception as e:  # the storage is down: say so now and then
             with self._lock:
                 now = time.monotonic()
                 if now - self._warned_at >= 60:
                     self._warned_at = now
-                    log.warning("proxy rate limits unavailable (%s: %s); requests pass unlimited",
-                                type(e).__name__, e)
-            return None
+                    log.warning("proxy rate limits unavailable (%s: %s)", type(e).__name__, e)
+            raise LimitsUnavailable() from None
         reset_in = max(1, math.ceil(stats.reset_time - time.time()))
         return Budget(per_minute, max(0, stats.remaining), reset_in, allowed)
