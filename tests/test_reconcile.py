@@ -478,3 +478,24 @@ def test_orphaned_binding_is_an_unknown_tool_and_regrant_restores_it(app, admin_
     assert admin_api.patch(f"/virtual-keys/{kid}", json=grants(sid)).status_code == 200
     result = call()["result"]  # the stored value works again: nothing re-submitted
     assert not result.get("isError") and "alice-canary-31" in result["content"][0]["text"]
+
+
+def test_a_stale_link_stores_an_orphaned_credential_and_says_so(app, keyed_url):
+    """A flow started before access was withdrawn (another instance's snapshot was older): the
+    submission is verified and stored, orphaned at once, and the page says it is not in use."""
+    from app.ops.servers import create_server
+    from tests.test_web_pages import csrf_in
+
+    with app.app_context():
+        sid = create_server({"name": "keyed", "url": keyed_url, "auth_type": "per_user_headers",
+                             "per_user_header_keys": ["X-Api-Key"], "sample_headers": {"x-api-key": "sample-77"}}).id
+        db.session.commit()
+    uid = make_user(app, "alice@example.com")
+    flow(app, "user", uid, sid, "stale-flow")  # no key of alice reaches the server
+    web = Web(app.test_client()).login("alice@example.com")
+    page = web.get("/connect/stale-flow").get_data(as_text=True)
+    r = web.post("/connect/stale-flow", {"header:x-api-key": "alice-canary-31", "csrf_token": csrf_in(page)})
+    body = r.get_data(as_text=True)
+    assert r.status_code == 200 and "not in use" in body and "alice-canary-31" not in body
+    with app.app_context():
+        assert db.session.scalar(select(Credential.status)) == "orphaned"

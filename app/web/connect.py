@@ -82,6 +82,7 @@ def connect_submit(flow_id: str):
         flow = ops.get_flow(flow_id)
         return _form(flow, 422 if isinstance(e, (BadRequest, ops.Rejected)) else e.status,
                      errors=e.fields, error=e.message)
-    context = {"server_name": db.session.get(McpServer, cred.mcp_server_id).name}
+    # a link started before access was withdrawn (on another instance) stores an orphaned credential
+    context = {"server_name": db.session.get(McpServer, cred.mcp_server_id).name, "orphaned": cred.status == "orphaned"}
     template = "_partials/connect_done.html" if is_htmx() else "web/connect_done.html"
     return render_template(template, **context)
