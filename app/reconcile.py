@@ -35,6 +35,7 @@ from sqlalchemy import (ARRAY, and_, any_, bindparam, delete, event, exists, fal
                         update)
 from sqlalchemy.orm import Session
 
+from .audit import record
 from .credentials import per_user_headers
 from .extensions import db
 from .models import Credential, Flow, McpServer, User, VirtualKey, VirtualKeyServerGrant
@@ -59,6 +60,7 @@ ACCESS_COLUMNS = {
     "users": set(USER_ATTRS),
 }
 RECONCILED_MODES = ("user", "vk")  # session bindings (development mode) have no grants
+MAX_SCOPE_IDS = 5000
 
 
 @dataclass
@@ -284,6 +286,8 @@ def run(scope: Scope, session=None) -> Result:
     session = session or db.session
     lock(session)
     now = utcnow()
+    if len(scope.keys) + len(scope.users) + len(scope.servers) > MAX_SCOPE_IDS:
+        scope = Scope(everything=True)  # a mass import: one pass over everything beats huge IN lists
     owners = set() if scope.everything else _owners(session, scope.keys)
     result = Result()
 
@@ -315,8 +319,6 @@ def run(scope: Scope, session=None) -> Result:
     result.reactivated = len(rows) - result.orphaned
 
     if result.changed:
-        from .audit import record
-
         session.info[CHANGED] = True
         record("credentials.reconcile", None,
                f"orphaned={result.orphaned} reactivated={result.reactivated} "

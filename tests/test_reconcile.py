@@ -499,3 +499,16 @@ def test_a_stale_link_stores_an_orphaned_credential_and_says_so(app, keyed_url):
     assert r.status_code == 200 and "not in use" in body and "alice-canary-31" not in body
     with app.app_context():
         assert db.session.scalar(select(Credential.status)) == "orphaned"
+
+
+def test_a_mass_edit_reconciles_everything_in_one_pass(app, monkeypatch):
+    monkeypatch.setattr(reconcile, "MAX_SCOPE_IDS", 1)  # (5 000 touched ids in real life)
+    s1, s2 = server(app, "one"), server(app, "two")
+    k1, k2 = key(app, [s1]), key(app, [s2])
+    c1, c2 = cred(app, "vk", k1, s1), cred(app, "vk", k2, s2)
+    with app.app_context():
+        for sid in (s1, s2):
+            db.session.get(McpServer, sid).enabled = False
+        db.session.commit()
+    assert (status(app, c1), status(app, c2)) == ("orphaned", "orphaned")
+    assert "every binding" in reconcile_events(app)[-1]
