@@ -259,6 +259,9 @@ def test_server_search_and_pagination(app, admin):
     page2 = admin.get("/servers?page=2", htmx=True)
     body = text(page2)
     assert "srv-22" in body and "srv-00" not in body and "<html" not in body and 'id="servers-table"' in body
+    for odd in ("²", "0", "-1", "x", "9" * 30):  # not a page number: the first page, never a 500
+        r = admin.get(f"/servers?page={odd}", htmx=True)
+        assert r.status_code == 200 and "srv-00" in text(r), odd
     found = admin.get("/servers?q=GIT", htmx=True)
     assert "github" in text(found) and "srv-01" not in text(found)
     assert "1 servers" in text(found)

@@ -41,9 +41,14 @@ def matching(query, term: str, *columns):
     return query.where(or_(*(func.lower(c).contains(term.lower(), autoescape=True) for c in columns)))
 
 
-def paginate(query, term: str, per_page: int = PER_PAGE) -> Page:
+def page_number() -> int:
+    """``?page=`` as a page number; anything else (not ASCII digits, 0, absurdly large) is page 1."""
     raw = request.args.get("page", "1")
-    page = int(raw) if raw.isdigit() and int(raw) > 0 else 1
+    return int(raw) if raw.isascii() and raw.isdigit() and 0 < int(raw) <= 10**6 else 1
+
+
+def paginate(query, term: str, per_page: int = PER_PAGE) -> Page:
+    page = page_number()
     total = db.session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
     pages = max(1, -(-total // per_page))
     page = min(page, pages)

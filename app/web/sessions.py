@@ -15,9 +15,8 @@ from ..ops import sessions as ops
 from ..ops.errors import Forbidden
 from . import bp, is_htmx
 from .forms import done, int_or_raw, text
-from .listing import table_page
+from .listing import PER_PAGE, Page, page_number, table_page
 
-PER_PAGE = 20
 CHIPS = (
     ("status", "Status", ("active", "needs_update", "orphaned", "pending")),
     ("auth_mode", "Mode", ("user", "vk", "session")),
@@ -26,16 +25,10 @@ CHIPS = (
 
 
 @dataclass
-class SessionsPage:
-    items: list
-    page: int
-    pages: int
-    total: int
-    filters: ops.Filters
+class SessionsPage(Page):
+    """A page of the sessions list, whose URLs carry its filters."""
 
-    @property
-    def q(self) -> str:
-        return self.filters.q
+    filters: ops.Filters
 
     @property
     def filtered(self) -> bool:
@@ -57,31 +50,18 @@ class SessionsPage:
     def on(self, name: str, value: str) -> bool:
         return value in [str(v) for v in getattr(self.filters, name)]
 
-    @property
-    def has_prev(self) -> bool:
-        return self.page > 1
-
-    @property
-    def has_next(self) -> bool:
-        return self.page < self.pages
-
-
-def _page_number() -> int:
-    raw = request.args.get("page", "1")
-    return int(raw) if raw.isascii() and raw.isdigit() and 0 < int(raw) <= 10**6 else 1
-
 
 @bp.get("/sessions")
 @login_required
 def sessions():
     filters = ops.parse_filters(request.args, strict=False)
-    number = _page_number()
+    number = page_number()
     rows, total = ops.list_sessions(g.user, filters, PER_PAGE, (number - 1) * PER_PAGE)
     pages = max(1, -(-total // PER_PAGE))
     if number > pages:  # past the end (rows were revoked since): show the last page
         number = pages
         rows, total = ops.list_sessions(g.user, filters, PER_PAGE, (number - 1) * PER_PAGE)
-    page = SessionsPage(rows, number, pages, total, filters)
+    page = SessionsPage(rows, number, pages, total, filters.q, filters)
     context = {"page": page, "chips": _chips(), "now": utcnow()}
     if is_htmx():
         return table_page("web/sessions.html", "_partials/sessions_results.html", **context)
