@@ -68,6 +68,20 @@ def upstreams():
     stop(beta)
 
 
+_ALPHA: dict[str, str] = {}
+
+
+@pytest.fixture
+def real_upstream(upstreams):
+    """For modules whose servers are discovered when created (``pytestmark =
+    pytest.mark.usefixtures("real_upstream")``): ``mcp_url()`` is then a real upstream MCP server."""
+    _ALPHA["url"] = upstreams["alpha"]
+
+
+def mcp_url() -> str:
+    return _ALPHA["url"]
+
+
 @pytest.fixture(scope="session")
 def faulty():
     from tests.upstream import faulty as module

@@ -6,39 +6,17 @@ from __future__ import annotations
 import re
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from app.extensions import db
 from app.models import VirtualKey
 from app.ops import servers as server_ops
 from tests.conftest import PASSWORD, make_user
+from tests.mcp_fixtures import mcp_url
 
+pytestmark = pytest.mark.usefixtures("real_upstream")  # servers are discovered when created
 
-_URL: dict[str, str] = {}
-
-
-@pytest.fixture(autouse=True)
-def _real_upstream(upstreams):
-    """Servers are discovered when created: point them at a real upstream MCP server."""
-    _URL["mcp"] = upstreams["alpha"]
-
-
-def mcp_url() -> str:
-    return _URL["mcp"]
-
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 EMAIL = "browser-admin@example.com"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

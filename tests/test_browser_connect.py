@@ -4,21 +4,13 @@ the value at the upstream and saves it; the agent's retry then works."""
 from __future__ import annotations
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from tests.mcp_fixtures import add_key
-from tests.test_browser import ARGS, CHROMIUM
 from tests.test_header_flows_api import BOB, auth_required, creds, make_server, tool
 from tests.test_header_flows_api import urls  # noqa: F401 (module fixture)
 from tests.test_mcp_protocol import Rpc
 
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield browser
-        browser.close()
 
 
 def test_vk_flow_in_the_browser(app, client, live_server, urls, browser):

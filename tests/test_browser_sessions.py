@@ -6,21 +6,13 @@ from __future__ import annotations
 import re
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from app.extensions import db
 from app.models import Credential, VirtualKeyServerGrant
 from tests.conftest import PASSWORD
-from tests.test_browser import ARGS, CHROMIUM
 from tests.test_sessions_api import _cred, _server, world  # noqa: F401 (fixture)
 
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -6,19 +6,9 @@ from sqlalchemy import text
 from app.crypto import DecryptionError, Keyring
 from app.extensions import db
 from app.models import McpServer, Service
+from tests.mcp_fixtures import mcp_url
 
-
-_URL: dict[str, str] = {}
-
-
-@pytest.fixture(autouse=True)
-def _real_upstream(upstreams):
-    """Servers are discovered when created: point them at a real upstream MCP server."""
-    _URL["mcp"] = upstreams["alpha"]
-
-
-def mcp_url() -> str:
-    return _URL["mcp"]
+pytestmark = pytest.mark.usefixtures("real_upstream")  # servers are discovered when created
 
 
 CANARY = "canary-7d1e0b5c-secret"

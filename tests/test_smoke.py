@@ -1,17 +1,9 @@
 import pytest
 
+from tests.mcp_fixtures import mcp_url
 
-_URL: dict[str, str] = {}
+pytestmark = pytest.mark.usefixtures("real_upstream")  # servers are discovered when created
 
-
-@pytest.fixture(autouse=True)
-def _real_upstream(upstreams):
-    """Servers are discovered when created: point them at a real upstream MCP server."""
-    _URL["mcp"] = upstreams["alpha"]
-
-
-def mcp_url() -> str:
-    return _URL["mcp"]
 
 def test_token_and_create_server(admin_api, anon_api, client):
     r = client.post("/api/v1/tokens", json={"email": "admin@example.com", "password": "correct horse battery"})

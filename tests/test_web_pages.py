@@ -13,19 +13,9 @@ from app.ops import keys as key_ops
 from app.ops import servers as server_ops
 from app.ops import services as service_ops
 from tests.conftest import PASSWORD, Api, make_user, token_for
+from tests.mcp_fixtures import mcp_url
 
-
-_URL: dict[str, str] = {}
-
-
-@pytest.fixture(autouse=True)
-def _real_upstream(upstreams):
-    """Servers are discovered when created: point them at a real upstream MCP server."""
-    _URL["mcp"] = upstreams["alpha"]
-
-
-def mcp_url() -> str:
-    return _URL["mcp"]
+pytestmark = pytest.mark.usefixtures("real_upstream")  # servers are discovered when created
 
 
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
