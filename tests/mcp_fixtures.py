@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -56,6 +57,21 @@ def start_upstream(*args: str) -> tuple[subprocess.Popen, str]:
     url = f"http://127.0.0.1:{port}/mcp"
     wait_ready(proc, url)
     return proc, url
+
+
+@contextmanager
+def keyed_upstreams(sample: str, alice: str, bob: str, team: str):
+    """Two upstreams for per-user headers: ``one`` needs X-Api-Key (sample, alice's or bob's
+    value), ``two`` needs X-Api-Key (sample or alice's) and X-Team."""
+    one, one_url = start_upstream("--name", "keyed", *[a for v in (sample, alice, bob)
+                                                        for a in ("--require-header", f"X-Api-Key={v}")])
+    two, two_url = start_upstream("--name", "two", "--require-header", f"X-Api-Key={sample}",
+                                  "--require-header", f"X-Api-Key={alice}", "--require-header", f"X-Team={team}")
+    try:
+        yield {"one": one_url, "two": two_url}
+    finally:
+        stop(one)
+        stop(two)
 
 
 @pytest.fixture(scope="session")

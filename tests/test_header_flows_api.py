@@ -15,7 +15,7 @@ from app.models.base import utcnow
 from tests.api_helpers import admin_api, member_api  # noqa: F401
 from tests.api_helpers import PREFIX, assert_error, check_against_doc
 from tests.conftest import make_user, token_for
-from tests.mcp_fixtures import add_key, start_upstream, stop
+from tests.mcp_fixtures import add_key, keyed_upstreams
 from tests.test_mcp_protocol import Rpc
 from tests.test_per_user_headers import raw_dump
 
@@ -25,13 +25,8 @@ TOKEN_HEADER = "X-Portcullis-Flow-Token"
 
 @pytest.fixture(scope="module")
 def urls():
-    one, one_url = start_upstream("--name", "keyed", *[a for v in (SAMPLE, ALICE, BOB)
-                                                        for a in ("--require-header", f"X-Api-Key={v}")])
-    two, two_url = start_upstream("--name", "two", "--require-header", f"X-Api-Key={SAMPLE}",
-                                  "--require-header", f"X-Api-Key={ALICE}", "--require-header", f"X-Team={TEAM}")
-    yield {"one": one_url, "two": two_url}
-    stop(one)
-    stop(two)
+    with keyed_upstreams(SAMPLE, ALICE, BOB, TEAM) as urls:
+        yield urls
 
 
 def make_server(app, url, keys=("X-Api-Key",), samples=None, name="keyed"):

@@ -12,7 +12,7 @@ from app.mcp.discovery import upstream_headers
 from app.models import AuditEvent, Credential, McpServer
 from tests.api_helpers import admin_api  # noqa: F401
 from tests.api_helpers import assert_error, count
-from tests.mcp_fixtures import start_upstream, stop
+from tests.mcp_fixtures import keyed_upstreams
 
 SAMPLE = "sample-canary-9b2e71"
 ALICE = "alice-canary-31c4d0"
@@ -23,13 +23,8 @@ TEAM = "team-canary-5e0f2a"
 @pytest.fixture(scope="module")
 def keyed():
     """An upstream that needs X-Api-Key (any of three values), and one that also needs X-Team."""
-    one, one_url = start_upstream("--name", "keyed", *[a for v in (SAMPLE, ALICE, BOB)
-                                                        for a in ("--require-header", f"X-Api-Key={v}")])
-    two, two_url = start_upstream("--name", "two", "--require-header", f"X-Api-Key={SAMPLE}",
-                                  "--require-header", f"X-Api-Key={ALICE}", "--require-header", f"X-Team={TEAM}")
-    yield {"one": one_url, "two": two_url}
-    stop(one)
-    stop(two)
+    with keyed_upstreams(SAMPLE, ALICE, BOB, TEAM) as urls:
+        yield urls
 
 
 def raw_dump(app) -> str:

@@ -2,7 +2,6 @@
 log in with the printed one-time password. Also: no secret reaches the process's logs."""
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,32 +9,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.mcp_fixtures import free_port, wait_ready
+
 ROOT = Path(__file__).parent.parent
 BIN = Path(sys.executable).parent
 CANARY = "canary-0b8e6f-run"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(proc, url, timeout=20.0):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            return httpx.get(url, timeout=0.5)
-        except httpx.TransportError:
-            pass
-        try:
-            proc.wait(timeout=0.05)
-        except subprocess.TimeoutExpired:
-            continue
-        raise RuntimeError(f"server exited with {proc.returncode}")
-    raise TimeoutError(url)
 
 
 def fresh_postgres_database(url: str, name: str) -> str:
