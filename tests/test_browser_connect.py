@@ -3,7 +3,6 @@ script moves the token into a request header and out of the address bar, the htm
 the value at the upstream and saves it; the agent's retry then works."""
 from __future__ import annotations
 
-import pytest
 from playwright.sync_api import expect
 
 from tests.mcp_fixtures import add_key
