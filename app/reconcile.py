@@ -47,6 +47,7 @@ LOCK_KEY = 0x72636E6C  # "rcnl": the advisory lock every reconciling transaction
 SCOPE = "portcullis_reconcile_scope"
 LOCKED = "portcullis_reconcile_locked"
 CHANGED = "portcullis_reconcile_changed"
+TOUCHED = "portcullis_reconcile_touched"  # from before_flush to after_flush
 
 # Columns whose change alters an allowlist (bulk UPDATEs that set only other columns, such as
 # the proxy's last_used_at or a key rotation, are not reconciliation triggers).
@@ -153,16 +154,18 @@ def _pending(session) -> list:
 
 @event.listens_for(Session, "before_flush")
 def _before_flush(session, _ctx, _instances):
-    # The lock comes before the edit's own writes, so every reconciling transaction takes its
-    # locks in the same order.
-    if not session.info.get(LOCKED) and any(_touches(o, how) for o, how in _pending(session)):
+    touched = [o for o, how in _pending(session) if _touches(o, how)]
+    if touched:
+        # The lock comes before the edit's own writes, so every reconciling transaction takes
+        # its locks in the same order.
         lock(session)
+        session.info[TOUCHED] = touched
 
 
 @event.listens_for(Session, "after_flush")
 def _after_flush(session, _ctx):
     # ids are assigned now, and the attribute history is still that of the flush.
-    touched = [o for o, how in _pending(session) if _touches(o, how)]
+    touched = session.info.pop(TOUCHED, None)
     if touched:
         scope = session.info.setdefault(SCOPE, Scope())
         for obj in touched:
@@ -206,7 +209,7 @@ def _after_commit(session):
 
 @event.listens_for(Session, "after_rollback")
 def _after_rollback(session):
-    for k in (SCOPE, LOCKED, CHANGED):
+    for k in (SCOPE, LOCKED, CHANGED, TOUCHED):
         session.info.pop(k, None)
 
 

@@ -140,7 +140,7 @@ def test_identity_headers_of_api_and_mcp_keys_and_a_configured_prefix(app, clien
 # -- the checks, in order ------------------------------------------------------------------------
 
 def test_checks_in_order(app, client, svc, echo):
-    other = add_service(app, "other", echo)
+    add_service(app, "other", echo)  # exists, not granted to the key
     key_id, secret = add_proxy_key(app, {svc: "read"}, rate_limit_per_minute=3)
 
     # 1. missing / unknown key (401), whatever else is wrong
