@@ -126,13 +126,7 @@ class UpstreamClient:
         body = {"jsonrpc": "2.0", "id": next(self._ids), "method": "initialize",
                 "params": params.model_dump(by_alias=True, exclude_none=True, mode="json")}
         call = self._open(ep, body, None)
-        resp = call.result()
-        if "error" in resp:
-            raise UpstreamError(f"{ep.name}: initialize failed: {_error_text(resp['error'])}")
-        try:
-            result = types.InitializeResult.model_validate(resp.get("result"))
-        except ValueError:
-            raise UpstreamError(f"{ep.name}: sent an invalid initialize answer") from None
+        result = _result(ep, "initialize", call.result(), types.InitializeResult)
         session = UpstreamSession(call.session_id, result.protocol_version,
                                   result.server_info.model_dump(mode="json", exclude_none=True))
         self._notify(ep, session, "notifications/initialized")
@@ -170,12 +164,7 @@ class UpstreamClient:
         tools, cursor, pages = [], None, 0
         while True:
             msg = self.request(ep, "tools/list", {"cursor": cursor} if cursor else None)
-            if "error" in msg:
-                raise UpstreamError(f"{ep.name}: tools/list failed: {_error_text(msg['error'])}")
-            try:
-                page = types.ListToolsResult.model_validate(msg.get("result"))
-            except ValueError:
-                raise UpstreamError(f"{ep.name}: sent an invalid tools/list answer") from None
+            page = _result(ep, "tools/list", msg, types.ListToolsResult)
             tools.extend(msg["result"].get("tools", []))
             pages += 1
             cursor = page.next_cursor
@@ -320,6 +309,17 @@ def _transport_text(ep: Endpoint, e: httpx.HTTPError) -> str:
     if isinstance(e, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
         return f"{ep.name}: the connection dropped before the answer was complete"
     return f"{ep.name}: transport error ({type(e).__name__})"
+
+
+def _result(ep: Endpoint, method: str, msg: dict, model):
+    """The ``result`` of an upstream's answer, checked against the SDK's type; an error answer
+    or an invalid result is an ``UpstreamError`` naming the method."""
+    if "error" in msg:
+        raise UpstreamError(f"{ep.name}: {method} failed: {_error_text(msg['error'])}")
+    try:
+        return model.model_validate(msg.get("result"))
+    except ValueError:
+        raise UpstreamError(f"{ep.name}: sent an invalid {method} answer") from None
 
 
 def _error_text(error) -> str:
