@@ -26,10 +26,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.mcp_fixtures import free_port, stop, wait_ready  # noqa: E402
+from tests.mcp_fixtures import free_port, gateway_instance, serve, stop, wait_ready  # noqa: E402
 from bench.proctree import tree_cpu_seconds  # noqa: E402
 
-BIN = Path(sys.executable).parent
 
 
 class Target:
@@ -126,27 +125,17 @@ def main() -> int:
             wait_ready(upstream, up_url)
 
             quiet = ["--access-logfile", "/dev/null", "--error-logfile", f"{tmp}/gunicorn.log"]
-            forwarder = subprocess.Popen([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", *quiet, "bench.forwarder:app"],
-                                         cwd=ROOT, env={**os.environ, "FORWARD_TO": up_url, "PORT": str(fw_port)})
+            forwarder = serve("bench.forwarder:app", {**os.environ, "FORWARD_TO": up_url, "PORT": str(fw_port)}, *quiet)
             procs.append(forwarder)
 
-            env = {**os.environ, "PORTCULLIS_INSTANCE_PATH": f"{tmp}/instance", "PORT": str(gw_port)}
-            env.pop("DATABASE_URL", None)
-            subprocess.run([str(BIN / "flask"), "--app", "wsgi", "db", "upgrade"], cwd=ROOT, env=env, check=True,
-                           capture_output=True, timeout=120)
-            setup = (
-                "from app import create_app\nfrom app.extensions import db\n"
+            env, key = gateway_instance(tmp, gw_port, (
                 "from app.ops.servers import create_server\nfrom app.ops.keys import create_key\n"
-                "app = create_app()\nwith app.app_context():\n"
-                f"    s = create_server({{'name': 'bench', 'url': '{up_url}'}})\n"
-                "    db.session.flush()\n"
-                "    k, secret = create_key({'name': 'bench', 'mcp_servers': [{'server_id': s.id, 'tools': None}]},"
+                f"s = create_server({{'name': 'bench', 'url': '{up_url}'}})\n"
+                "db.session.flush()\n"
+                "k, secret = create_key({'name': 'bench', 'mcp_servers': [{'server_id': s.id, 'tools': None}]},"
                 " source='api')\n"
-                "    db.session.commit()\n    print(secret)\n")
-            key = subprocess.run([sys.executable, "-c", setup], cwd=ROOT, env=env, check=True, capture_output=True,
-                                 text=True, timeout=120).stdout.strip().splitlines()[-1]
-            gateway = subprocess.Popen([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", *quiet, "wsgi:app"],
-                                       cwd=ROOT, env=env)
+                "db.session.commit()\nprint(secret)"))
+            gateway = serve("wsgi:app", env, *quiet)
             procs.append(gateway)
             wait_ready(forwarder, f"http://127.0.0.1:{fw_port}/")
             wait_ready(gateway, f"http://127.0.0.1:{gw_port}/login")

@@ -31,11 +31,10 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.mcp_fixtures import free_port, stop, wait_ready  # noqa: E402
+from tests.mcp_fixtures import free_port, gateway_instance, serve, stop, wait_ready  # noqa: E402
 from tests.upstream.http_echo import PATTERN  # noqa: E402
 from bench.proctree import tree_cpu_seconds, tree_rss  # noqa: E402
 
-BIN = Path(sys.executable).parent
 MB = 1024 * 1024
 
 
@@ -135,29 +134,18 @@ def main() -> int:
             up_url = f"http://127.0.0.1:{up_port}"
             wait_ready(upstream, up_url + "/ready")
 
-            env = {**os.environ, "PORTCULLIS_INSTANCE_PATH": f"{tmp}/instance", "PORT": str(gw_port)}
-            for name in ("DATABASE_URL", "REDIS_URL"):
-                env.pop(name, None)
-            subprocess.run([str(BIN / "flask"), "--app", "wsgi", "db", "upgrade"], cwd=ROOT, env=env, check=True,
-                           capture_output=True, timeout=120)
-            setup = (
-                "from app import create_app\nfrom app.extensions import db\n"
+            env, key = gateway_instance(tmp, gw_port, (
                 "from app.ops.services import create_service\nfrom app.ops.keys import create_key\n"
-                "app = create_app()\nwith app.app_context():\n"
-                f"    s = create_service({{'name': 'bench', 'base_url': '{up_url}', 'secret': 'bench-root-secret'}})\n"
-                "    db.session.flush()\n"
-                "    k, secret = create_key({'name': 'bench', 'rate_limit_per_minute': 100000,"
+                f"s = create_service({{'name': 'bench', 'base_url': '{up_url}', 'secret': 'bench-root-secret'}})\n"
+                "db.session.flush()\n"
+                "k, secret = create_key({'name': 'bench', 'rate_limit_per_minute': 100000,"
                 " 'services': [{'service_id': s.id, 'scope': 'write'}]}, source='api')\n"
-                "    db.session.commit()\n    print(secret)\n")
-            key = subprocess.run([sys.executable, "-c", setup], cwd=ROOT, env=env, check=True, capture_output=True,
-                                 text=True, timeout=120).stdout.strip().splitlines()[-1]
+                "db.session.commit()\nprint(secret)"))
             quiet = ["--access-logfile", "/dev/null", "--error-logfile", f"{tmp}/gunicorn.log"]
-            gateway = subprocess.Popen([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", *quiet, "wsgi:app"],
-                                       cwd=ROOT, env=env)
+            gateway = serve("wsgi:app", env, *quiet)
             procs.append(gateway)
-            forwarder = subprocess.Popen([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", *quiet, "bench.forwarder:app"],
-                                         cwd=ROOT, env={**os.environ, "FORWARD_TO": up_url + "/echo?q=1",
-                                                        "PORT": str(fw_port)})
+            forwarder = serve("bench.forwarder:app", {**os.environ, "FORWARD_TO": up_url + "/echo?q=1",
+                                                      "PORT": str(fw_port)}, *quiet)
             procs.append(forwarder)
             wait_ready(gateway, f"http://127.0.0.1:{gw_port}/login")
             wait_ready(forwarder, f"http://127.0.0.1:{fw_port}/")

@@ -3,6 +3,7 @@ per test session on free loopback ports, a deliberately faulty upstream, and hel
 register servers and keys through the ops layer."""
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -82,6 +83,32 @@ def upstreams():
     yield {"alpha": alpha_url, "beta": beta_url}
     stop(alpha)
     stop(beta)
+
+
+ROOT = HERE.parent
+BIN = Path(sys.executable).parent
+
+
+def gateway_instance(tmp: str, port: int, setup: str, **env_extra: str) -> tuple[dict, str]:
+    """A fresh SQLite instance under ``tmp`` prepared as ``make run`` would (``flask db upgrade``),
+    then ``setup`` run in an app context (Python lines; ``create_app`` and ``db`` are there).
+    Returns the environment to serve it with (gunicorn: ``serve``) and what ``setup`` printed last."""
+    env = {**os.environ, "PORTCULLIS_INSTANCE_PATH": f"{tmp}/instance", "PORT": str(port), **env_extra}
+    for name in ("DATABASE_URL", "REDIS_URL"):
+        env.pop(name, None)
+    subprocess.run([str(BIN / "flask"), "--app", "wsgi", "db", "upgrade"], cwd=ROOT, env=env, check=True,
+                   capture_output=True, timeout=120)
+    script = ("from app import create_app\nfrom app.extensions import db\napp = create_app()\n"
+              "with app.app_context():\n" + "".join(f"    {line}\n" for line in setup.strip().splitlines()))
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, check=True, capture_output=True,
+                         text=True, timeout=120).stdout.strip().splitlines()
+    return env, out[-1] if out else ""
+
+
+def serve(app_spec: str, env: dict, *gunicorn_args: str, **popen) -> subprocess.Popen:
+    """``app_spec`` under gunicorn with the project's gunicorn.conf.py (what ``make run`` uses)."""
+    return subprocess.Popen([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", *gunicorn_args, app_spec],
+                            cwd=ROOT, env=env, **popen)
 
 
 _ALPHA: dict[str, str] = {}

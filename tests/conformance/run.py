@@ -9,7 +9,6 @@ usage: python tests/conformance/run.py [extra conformance args]
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -18,10 +17,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.mcp_fixtures import free_port, stop, wait_ready  # noqa: E402
+from tests.mcp_fixtures import free_port, gateway_instance, serve, stop, wait_ready  # noqa: E402
 
 HERE = Path(__file__).parent
-BIN = Path(sys.executable).parent
 NAME = "conformance"
 
 
@@ -33,23 +31,12 @@ def main() -> int:
         procs = [upstream]
         try:
             wait_ready(upstream, f"http://127.0.0.1:{up_port}/mcp")
-            env = {**os.environ, "PORTCULLIS_INSTANCE_PATH": f"{tmp}/instance", "PORT": str(gw_port),
-                   "PORTCULLIS_ENFORCE_AUTH": "false"}
-            env.pop("DATABASE_URL", None)
-            subprocess.run([str(BIN / "flask"), "--app", "wsgi", "db", "upgrade"], cwd=ROOT, env=env, check=True,
-                           capture_output=True, timeout=120)
-            register = (
-                "from app import create_app\n"
-                "from app.extensions import db\n"
-                "from app.ops.servers import create_server\n"
-                "app = create_app()\n"
-                "with app.app_context():\n"
-                f"    create_server({{'name': '{NAME}', 'url': 'http://127.0.0.1:{up_port}/mcp',"
+            env, _ = gateway_instance(
+                tmp, gw_port, "from app.ops.servers import create_server\n"
+                f"create_server({{'name': '{NAME}', 'url': 'http://127.0.0.1:{up_port}/mcp',"
                 " 'allow_on_all_virtual_keys': True, 'read_timeout': 5})\n"
-                "    db.session.commit()\n")
-            subprocess.run([sys.executable, "-c", register], cwd=ROOT, env=env, check=True, timeout=120)
-            gateway = subprocess.Popen([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "--access-logfile", "/dev/null",
-                                        "wsgi:app"], cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+                "db.session.commit()", PORTCULLIS_ENFORCE_AUTH="false")
+            gateway = serve("wsgi:app", env, "--access-logfile", "/dev/null", stderr=subprocess.DEVNULL)
             procs.append(gateway)
             wait_ready(gateway, f"http://127.0.0.1:{gw_port}/login")
             cmd = ["conformance", "server", "--url", f"http://127.0.0.1:{gw_port}/mcp/{NAME}",
