@@ -153,6 +153,22 @@ def audit_actions(app) -> list[str]:
         return actions
 
 
+def last_event(app) -> AuditEvent:
+    """The newest audit event, detached from any session."""
+    with app.app_context():
+        event = db.session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc())).first()
+        db.session.expunge(event)
+        return event
+
+
+def detached(app, model, row_id):
+    """A row as the database has it (decrypted), detached from any session."""
+    with app.app_context():
+        row = db.session.get(model, row_id)
+        db.session.expunge(row)
+        return row
+
+
 @contextmanager
 def unchanged(admin_api, *paths):
     """Assert that the listed GET answers are byte-for-byte the same after the block."""

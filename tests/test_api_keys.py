@@ -5,13 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
 
 from app.extensions import db
-from app.models import AuditEvent, VirtualKey, VirtualKeyServerGrant, VirtualKeyServiceGrant
+from app.models import VirtualKey, VirtualKeyServerGrant, VirtualKeyServiceGrant
 from app.models.base import digest, utcnow
 from tests.api_helpers import admin_api, member_api  # noqa: F401 (answers checked against the OpenAPI document)
-from tests.api_helpers import assert_error, audit_actions, count, new_key, new_server, new_service, unchanged
+from tests.api_helpers import assert_error, audit_actions, count, last_event, new_key, new_server, new_service, unchanged
 from tests.conftest import make_user
 
 FIELDS = {"id", "name", "key_prefix", "owner_id", "source", "agent_id", "mcp_servers", "services",
@@ -21,12 +20,6 @@ FIELDS = {"id", "name", "key_prefix", "owner_id", "source", "agent_id", "mcp_ser
 def future(**delta) -> str:
     return (utcnow() + timedelta(**(delta or {"days": 30}))).replace(microsecond=0).isoformat() + "Z"
 
-
-def last_event(app) -> AuditEvent:
-    with app.app_context():
-        event = db.session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc())).first()
-        db.session.expunge(event)
-        return event
 
 
 @pytest.fixture

@@ -3,29 +3,18 @@ header values and OAuth client secrets are write-only."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
 
-from app.extensions import db
-from app.models import AuditEvent, McpServer
+from app.models import McpServer
 from tests.api_helpers import admin_api  # noqa: F401 (answers checked against the OpenAPI document)
-from tests.api_helpers import assert_error, audit_actions, count, new_key, new_server, unchanged, with_samples
+from tests.api_helpers import (assert_error, audit_actions, count, detached, last_event, new_key, new_server, unchanged,
+                               with_samples)
 
 UNREACHABLE = "http://127.0.0.1:9/mcp"  # the discard port: nothing listens
 
 
 def stored(app, server_id) -> McpServer:
-    """The row as the database has it (decrypted), detached from any session."""
-    with app.app_context():
-        server = db.session.get(McpServer, server_id)
-        db.session.expunge(server)
-        return server
+    return detached(app, McpServer, server_id)
 
-
-def last_event(app) -> AuditEvent:
-    with app.app_context():
-        event = db.session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc())).first()
-        db.session.expunge(event)
-        return event
 
 
 def create(admin_api, **fields):

@@ -2,28 +2,17 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
 
-from app.extensions import db
-from app.models import AuditEvent, Service
+from app.models import Service
 from tests.api_helpers import admin_api  # noqa: F401 (answers checked against the OpenAPI document)
-from tests.api_helpers import assert_error, audit_actions, count, new_key, new_service, unchanged
+from tests.api_helpers import assert_error, audit_actions, count, detached, last_event, new_key, new_service, unchanged
 
 SECRET = "sk-live-0123456789abcdef"
 
 
 def stored(app, service_id) -> Service:
-    with app.app_context():
-        service = db.session.get(Service, service_id)
-        db.session.expunge(service)
-        return service
+    return detached(app, Service, service_id)
 
-
-def last_event(app) -> AuditEvent:
-    with app.app_context():
-        event = db.session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc())).first()
-        db.session.expunge(event)
-        return event
 
 
 def create(admin_api, **fields):
