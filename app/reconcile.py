@@ -173,9 +173,16 @@ def _after_flush(session, _ctx):
 
 
 @event.listens_for(Session, "do_orm_execute")
-def _bulk(state):
-    """UPDATE/DELETE statements bypass the unit of work: one that can change an allowlist
-    reconciles every binding (rare: admin edits go through the ORM)."""
+def _statement(state):
+    """Two kinds of statements bypass the flush hooks. ``SELECT ... FOR UPDATE`` of flows or
+    credentials (a writer locking its rows before it changes them): the reconcile lock comes
+    first, to keep the one lock order. UPDATE/DELETE statements: one that can change an
+    allowlist reconciles every binding (rare: admin edits go through the ORM)."""
+    if state.is_select:
+        if getattr(state.statement, "_for_update_arg", None) is not None and any(
+                m.class_ in (Flow, Credential) for m in state.all_mappers):
+            lock(state.session)
+        return
     if not (state.is_update or state.is_delete):
         return
     table = getattr(state.statement, "table", None)
@@ -215,8 +222,8 @@ def _after_rollback(session):
 
 def lock(session=None) -> None:
     """Take the reconcile lock for the rest of this transaction (PostgreSQL; SQLite has one
-    writer at a time anyway). Writers that lock flow or credential rows themselves before
-    storing one call this first, to keep the one lock order."""
+    writer at a time anyway). The session hooks above call it: before a flush that touches
+    access, and before a ``SELECT ... FOR UPDATE`` of flows or credentials."""
     session = session or db.session
     if session.info.get(LOCKED):
         return

@@ -12,7 +12,6 @@ import hmac
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from .. import reconcile
 from ..audit import record
 from ..extensions import db
 from ..mcp.client import UpstreamError
@@ -134,7 +133,6 @@ def submit(flow: Flow, headers) -> Credential:
 def _store(flow_id: str, binding: tuple, values: dict) -> Credential:
     mode, col, identity, server_id = binding
     for _ in range(3):
-        reconcile.lock()  # the one lock order: reconcile lock, then the flow row, then the credential
         flow = db.session.scalar(select(Flow).where(Flow.id == flow_id).with_for_update())
         if flow is None:
             raise Gone("this link is no longer valid")
