@@ -14,6 +14,14 @@ from .errors import BadRequest, Invalid
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 # RFC 9110 token characters
 HEADER_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}$")
+MAX_HEADER_VALUE = 8192
+
+
+def header_value_ok(value) -> bool:
+    """A value that can be sent in an HTTP header as typed: one line, at most MAX_HEADER_VALUE
+    characters (shared headers, sample values and each person's own values alike)."""
+    return isinstance(value, str) and len(value) <= MAX_HEADER_VALUE and not any(c in value for c in "\r\n\x00")
+
 _MISSING = object()
 MAX_ID = 2**31 - 1  # ids are 32-bit integers on every database
 

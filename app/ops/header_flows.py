@@ -20,9 +20,8 @@ from ..models import Credential, Flow, McpServer
 from ..models.base import digest, iso, utcnow
 from ..models.credentials import IDENTITY_COLUMN
 from .errors import BadRequest, Forbidden, NotFound, OpError  # noqa: F401 (used by the API)
-from .fields import HEADER_NAME_RE
+from .fields import HEADER_NAME_RE, MAX_HEADER_VALUE, header_value_ok
 
-MAX_VALUE = 8192
 TOKEN_HEADER = "X-Portcullis-Flow-Token"
 
 
@@ -100,9 +99,9 @@ def _clean(headers, required: list[str]) -> dict:
             raise BadRequest("duplicate header", {"headers": f"{key} appears more than once"})
         if value is None or value == "":
             continue  # left blank: keep the stored value, if any
-        if not isinstance(value, str) or len(value) > MAX_VALUE or any(c in value for c in "\r\n\x00"):
+        if not header_value_ok(value):
             raise BadRequest("invalid header value",
-                             {"headers": f"the value of {key} must be one line of at most {MAX_VALUE} characters"})
+                             {"headers": f"the value of {key} must be one line of at most {MAX_HEADER_VALUE} characters"})
         out[key] = value
     return out
 

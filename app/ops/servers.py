@@ -10,7 +10,7 @@ from ..mcp.discovery import DISCOVERABLE, refresh, refresh_with
 from ..models import McpServer
 from ..models.servers import AUTH_TYPES, OAUTH_TYPES
 from .errors import Conflict, Invalid, NotFound
-from .fields import HEADER_NAME_RE, Fields, missing, valid_id
+from .fields import HEADER_NAME_RE, MAX_HEADER_VALUE, Fields, header_value_ok, missing, valid_id
 
 FIELDS = {"name", "url", "auth_type", "headers", "per_user_header_keys", "sample_headers", "oauth",
           "allow_on_all_virtual_keys", "enabled", "connect_timeout", "read_timeout"}
@@ -20,7 +20,6 @@ OAUTH_FIELDS = {"client_id", "client_secret", "scopes", "authorization_server"}
 RESERVED_HEADERS = {"host", "content-length", "content-type", "accept", "connection", "transfer-encoding",
                     "keep-alive", "upgrade", "te", "trailer", "proxy-authorization", "proxy-connection",
                     "mcp-session-id", "mcp-protocol-version", "last-event-id"}
-MAX_HEADER_VALUE = 8192
 
 
 def get_server(server_id: int) -> McpServer:
@@ -93,7 +92,7 @@ def _headers(f: Fields, partial: bool):
         if not isinstance(value, str) or not value.strip():
             f.fail("headers", f"the value of {clean} must be a non-empty string")
             return None
-        if len(value) > MAX_HEADER_VALUE or any(c in value for c in "\r\n\x00"):
+        if not header_value_ok(value):
             f.fail("headers", f"the value of {clean} must be one line of at most {MAX_HEADER_VALUE} characters")
             return None
         out[clean] = value
@@ -124,7 +123,7 @@ def _sample_headers(f: Fields):
         if not isinstance(value, str) or not value:
             f.fail("sample_headers", f"the value of {clean} must be a non-empty string")
             return None
-        if len(value) > MAX_HEADER_VALUE or any(c in value for c in "\r\n\x00"):
+        if not header_value_ok(value):
             f.fail("sample_headers", f"the value of {clean} must be one line of at most {MAX_HEADER_VALUE} characters")
             return None
         out[clean] = value
