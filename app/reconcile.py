@@ -31,10 +31,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from sqlalchemy import (ARRAY, and_, any_, bindparam, delete, event, exists, false, inspect, or_, select, text, true,
-                        update)
+from sqlalchemy import ARRAY, and_, any_, bindparam, delete, event, false, inspect, or_, select, text, true, update
 from sqlalchemy.orm import Session
 
+from . import access
 from .audit import record
 from .credentials import per_user_headers
 from .extensions import db
@@ -237,30 +237,8 @@ def lock(session=None) -> None:
 
 # -- the set-based pass ------------------------------------------------------------------------
 
-# Aliases built once: setting up an alias's columns costs more than running these statements.
-_K = VirtualKey.__table__.alias("k")
-_S = McpServer.__table__.alias("s")
-_G = VirtualKeyServerGrant.__table__.alias("g")
-_U = User.__table__.alias("u")
-_F = Flow.__table__.alias("f")
+_F = Flow.__table__.alias("f")  # built once: setting up an alias costs more than running these statements
 _C = Credential.__table__.alias("c")
-
-
-def _allowed(row, mode: str, now):
-    """SQL: the binding of ``row`` (an alias of credentials or flows) may reach its server."""
-    k, s, g, u = _K, _S, _G, _U
-    # nested EXISTS: correlate explicitly (auto-correlation reaches one level up only)
-    granted = or_(
-        exists().where(g.c.virtual_key_id == k.c.id, g.c.mcp_server_id == row.c.mcp_server_id).correlate_except(g),
-        and_(s.c.allow_on_all_virtual_keys == true(), k.c.source != "mcp"))
-    usable = and_(k.c.active == true(), or_(k.c.expires_at.is_(None), k.c.expires_at > now))
-    owner_active = exists().where(u.c.id == k.c.owner_id, u.c.active == true()).correlate_except(u)
-    if mode == "user":
-        whose = and_(k.c.owner_id == row.c.user_id, owner_active)
-    else:
-        whose = and_(k.c.id == row.c.virtual_key_id, or_(k.c.owner_id.is_(None), owner_active))
-    return exists().where(s.c.id == row.c.mcp_server_id, s.c.enabled == true(), whose, usable,
-                          granted).correlate_except(s, k)
 
 
 def _in_scope(row, mode: str, scope: Scope, key_owners: set[int]):
@@ -278,6 +256,21 @@ def _owners(session, keys: set[int]) -> set[int]:
         return set()
     return set(session.scalars(select(VirtualKey.owner_id).where(
         VirtualKey.id.in_(sorted(keys)), VirtualKey.owner_id.is_not(None))))
+
+
+def _issued_by(session, keys: set[int]) -> set[int]:
+    """Keys issued (through request_key, at any depth) by these keys: an edit of an issuer
+    changes what they may reach too."""
+    found, frontier = set(), set(keys)
+    for _ in range(access.MAX_ISSUER_CHAIN + 1):
+        if not frontier:
+            break
+        agents = [f"vk:{k}" for k in sorted(frontier)]
+        issued = set(session.scalars(select(VirtualKey.id).where(
+            VirtualKey.source == access.ISSUED, VirtualKey.agent_id.in_(agents)))) - found - keys
+        found |= issued
+        frontier = issued
+    return found
 
 
 def _where_ids(session, column, ids: list):
@@ -298,13 +291,16 @@ def run(scope: Scope, session=None) -> Result:
     now = utcnow()
     if len(scope.keys) + len(scope.users) + len(scope.servers) > MAX_SCOPE_IDS:
         scope = Scope(everything=True)  # a mass import: one pass over everything beats huge IN lists
+    if not scope.everything:
+        scope.keys |= _issued_by(session, scope.keys)
     owners = set() if scope.everything else _owners(session, scope.keys)
+    dead = access.dead_issued_keys(session, now)
     result = Result()
 
     # flows first, then credentials (each in id order): the order every writer of both follows
     f = _F
     doomed = session.scalars(select(f.c.id).where(f.c.status == "pending", or_(*[
-        and_(f.c.auth_mode == mode, _in_scope(f, mode, scope, owners), ~_allowed(f, mode, now))
+        and_(f.c.auth_mode == mode, _in_scope(f, mode, scope, owners), ~access.sql_allowed(f, mode, now, dead))
         for mode in RECONCILED_MODES])).order_by(f.c.id).with_for_update()).all()
     flows = Flow.__table__
     if doomed:
@@ -315,7 +311,7 @@ def run(scope: Scope, session=None) -> Result:
     c = _C
     flips = []
     for mode in RECONCILED_MODES:
-        allowed = _allowed(c, mode, now)
+        allowed = access.sql_allowed(c, mode, now, dead)
         flips.append(and_(c.c.auth_mode == mode, _in_scope(c, mode, scope, owners), or_(
             and_(c.c.status == "active", ~allowed), and_(c.c.status == "orphaned", allowed))))
     rows = session.execute(select(c.c.id, c.c.status).where(or_(*flips)).order_by(c.c.id).with_for_update()).all()

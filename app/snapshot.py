@@ -9,10 +9,9 @@ instance takes to reach this one. Readers never lock: they take the current obje
 """
 from __future__ import annotations
 
-import re
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 
@@ -20,15 +19,13 @@ from flask import current_app
 from sqlalchemy import Text, event, select, type_coerce
 from sqlalchemy.orm import Session, selectinload
 
+from . import access
+from .access import Allowlist, KeyView
 from .extensions import db
 from .models import McpServer, Service, User, VirtualKey, VirtualKeyServerGrant, VirtualKeyServiceGrant
 
 WATCHED = (McpServer, Service, VirtualKey, VirtualKeyServerGrant, VirtualKeyServiceGrant, User)
 MAX_KEYS = 50_000  # cached key lookups (found or not) per snapshot
-MAX_ISSUER_CHAIN = 8  # keys issued by keys issued by ...: deeper chains are refused
-ISSUER_RE = re.compile(r"^vk:([0-9]{1,10})$")
-
-Allowlist = dict[int, "frozenset[str] | None"]  # server id -> allowed tool names (None = all)
 
 
 @dataclass(frozen=True)
@@ -80,38 +77,6 @@ class ServiceView:
         return httpx.URL(self.base_url)
 
 
-@dataclass(frozen=True)
-class KeyView:
-    id: int
-    name: str
-    owner_id: int | None
-    active: bool
-    expires_at: datetime | None
-    rate_limit_per_minute: int
-    source: str
-    agent_id: str | None
-    server_grants: dict[int, frozenset[str] | None]
-    service_grants: dict[int, str]
-    # (key id, requests per minute) of every proxy budget a request spends: its own, then its
-    # issuers' (keys issued by request_key)
-    budgets: tuple[tuple[int, int], ...] = ()
-
-    def __post_init__(self):
-        if not self.budgets:
-            object.__setattr__(self, "budgets", ((self.id, self.rate_limit_per_minute),))
-
-    def usable(self, now: datetime) -> bool:
-        return self.active and (self.expires_at is None or self.expires_at > now)
-
-    @property
-    def issuer_id(self) -> int | None:
-        """The key that issued this one through request_key (its agent_id is ``vk:<id>``)."""
-        if self.source != "mcp" or not self.agent_id:
-            return None
-        match = ISSUER_RE.match(self.agent_id)
-        return int(match.group(1)) if match else None
-
-
 @dataclass
 class Snapshot:
     generation: int
@@ -123,6 +88,7 @@ class Snapshot:
     _keys: dict[str, KeyView | None] = field(default_factory=dict)
     _by_id: dict[int, KeyView | None] = field(default_factory=dict)
     _allowlists: dict[int, Allowlist] = field(default_factory=dict)
+    _user_allowlists: dict[int, Allowlist] = field(default_factory=dict)
 
     def key(self, key_hash: str) -> KeyView | None:
         """The key with this secret hash (None: unknown). One query the first time."""
@@ -130,81 +96,61 @@ class Snapshot:
             return self._keys[key_hash]
         except KeyError:
             pass
-        row = db.session.scalar(
-            select(VirtualKey).where(VirtualKey.key_hash == key_hash)
-            .options(selectinload(VirtualKey.server_grants), selectinload(VirtualKey.service_grants)))
-        view = None if row is None else self._view(row)
+        row = db.session.scalar(select(VirtualKey).where(VirtualKey.key_hash == key_hash).options(*_KEY_LOADS))
+        view = None
+        if row is not None:
+            first = _own_view(row)  # the row just read; issuers, if any, are read by id
+            view = access.resolve_key(row.id, lambda i: first if i == row.id else self._own(i), self._by_id)
         if len(self._keys) >= MAX_KEYS:
             self._keys.clear()
         self._keys[key_hash] = view
         return view
 
     def key_by_id(self, key_id: int) -> KeyView | None:
-        """The key with this id as the gateway sees it (issuer limits applied); None: unknown."""
-        return self._issuer(key_id, 0)
-
-    def _issuer(self, key_id: int, depth: int) -> KeyView | None:
-        """The key that issued a key (by id), as seen now; None: gone, or a chain too long."""
-        if depth > MAX_ISSUER_CHAIN:
-            return None
-        if key_id in self._by_id:
-            return self._by_id[key_id]
-        row = db.session.scalar(
-            select(VirtualKey).where(VirtualKey.id == key_id)
-            .options(selectinload(VirtualKey.server_grants), selectinload(VirtualKey.service_grants)))
-        view = None if row is None else self._view(row, depth)
+        """The key with this id as the gateway sees it (owner and issuers folded in, see
+        app/access.py); None: unknown. One query per key and issuer the first time."""
         if len(self._by_id) >= MAX_KEYS:
             self._by_id.clear()
-        self._by_id[key_id] = view
-        return view
+        return access.resolve_key(key_id, self._own, self._by_id)
 
-    def _view(self, row: VirtualKey, depth: int = 0) -> KeyView:
-        owner_ok = row.owner is None or row.owner.active  # a deactivated owner's keys stop working
-        view = KeyView(
-            id=row.id, name=row.name, owner_id=row.owner_id, active=row.active and owner_ok,
-            expires_at=row.expires_at, rate_limit_per_minute=row.rate_limit_per_minute,
-            source=row.source, agent_id=row.agent_id,
-            server_grants={g.mcp_server_id: None if g.tools is None else frozenset(g.tools)
-                           for g in row.server_grants},
-            service_grants={g.service_id: g.scope for g in row.service_grants})
-        issuer_id = view.issuer_id
-        if issuer_id is None:
-            return view
-        # A key issued by request_key never outlives nor outgrows its issuer, even after the
-        # issuer was revoked, narrowed or deleted: its access is the intersection, its proxy
-        # requests count against the issuer's budget too.
-        issuer = self._issuer(issuer_id, depth + 1) if issuer_id != row.id else None
-        if issuer is None:
-            return replace(view, active=False)
-        expiry = [t for t in (view.expires_at, issuer.expires_at) if t is not None]
-        services = {sid: "read" if "read" in (scope, issuer.service_grants[sid]) else scope
-                    for sid, scope in view.service_grants.items() if sid in issuer.service_grants}
-        return replace(view, active=view.active and issuer.active, expires_at=min(expiry) if expiry else None,
-                       service_grants=services,
-                       budgets=view.budgets + issuer.budgets)
+    @staticmethod
+    def _own(key_id: int) -> KeyView | None:
+        row = db.session.scalar(select(VirtualKey).where(VirtualKey.id == key_id).options(*_KEY_LOADS))
+        return None if row is None else _own_view(row)
 
     def allowlist(self, key: KeyView | None) -> Allowlist:
-        """The effective allowlist: explicit grants ∪ allow-all servers, minus disabled servers.
-        ``None`` (an anonymous development caller) gets the allow-all servers. Keys issued by
-        the ``portcullis__request_key`` tool (source ``mcp``) get their explicit grants only:
-        an allow-all server would otherwise give them tools their issuer may not have."""
-        if key is not None:
-            cached = self._allowlists.get(key.id)
-            if cached is not None:
-                return cached
-        grants = key.server_grants if key is not None else {}
-        out: Allowlist = {}
-        for sid, tools in grants.items():
-            server = self.servers.get(sid)
-            if server is not None and server.enabled:
-                out[sid] = tools
-        inherits = key is None or key.source != "mcp"
-        for server in self.servers.values():
-            if inherits and server.allow_all and server.enabled and server.id not in grants:
-                out[server.id] = None
-        if key is not None:
-            self._allowlists[key.id] = out
-        return out
+        """A key's effective allowlist (``None``: an anonymous development caller's), cached per
+        key for the life of this snapshot. The rule: app/access.py."""
+        if key is None:
+            return access.key_allowlist(None, self.servers)
+        cached = self._allowlists.get(key.id)
+        if cached is None:
+            cached = self._allowlists[key.id] = access.key_allowlist(key, self.servers)
+        return cached
+
+    def user_allowlist(self, user_id: int, now: datetime) -> Allowlist:
+        """A person's allowlist: the union over the usable keys they own (one query for their
+        key ids the first time, then cached with this snapshot)."""
+        cached = self._user_allowlists.get(user_id)
+        if cached is None:
+            ids = db.session.scalars(select(VirtualKey.id).where(VirtualKey.owner_id == user_id)).all()
+            keys = [v for v in map(self.key_by_id, ids) if v is not None and v.usable(now)]
+            cached = self._user_allowlists[user_id] = access.union(self.allowlist(k) for k in keys)
+        return cached
+
+
+_KEY_LOADS = (selectinload(VirtualKey.owner), selectinload(VirtualKey.server_grants),
+              selectinload(VirtualKey.service_grants))
+
+
+def _own_view(row: VirtualKey) -> KeyView:
+    return access.own_view(
+        id=row.id, name=row.name, owner_id=row.owner_id,
+        owner_active=None if row.owner is None else row.owner.active, active=row.active,
+        expires_at=row.expires_at, rate_limit_per_minute=row.rate_limit_per_minute, source=row.source,
+        agent_id=row.agent_id,
+        server_grants={g.mcp_server_id: None if g.tools is None else frozenset(g.tools) for g in row.server_grants},
+        service_grants={g.service_id: g.scope for g in row.service_grants})
 
 
 class Holder:

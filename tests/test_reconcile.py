@@ -152,6 +152,23 @@ def test_allow_all_toggle_and_minted_keys(app, admin_api):
     assert converged(app)
 
 
+def test_an_issued_key_granted_a_server_follows_its_issuer(app, admin_api):
+    """An admin may grant an MCP server to a key issued by request_key: reconciliation then
+    follows the hot path's rule, under which the issued key lives only as long as its issuer."""
+    s = server(app, "one")
+    issuer = key(app)
+    issued = key(app, [s], source="mcp", agent_id=f"vk:{issuer}")
+    c = cred(app, "vk", issued, s)
+    assert status(app, c) == "active"
+    assert admin_api.patch(f"/virtual-keys/{issuer}", json={"active": False}).status_code == 200
+    assert status(app, c) == "orphaned"  # an edit of the issuer reached the key it issued
+    assert admin_api.patch(f"/virtual-keys/{issuer}", json={"active": True}).status_code == 200
+    assert status(app, c) == "active"
+    assert admin_api.delete(f"/virtual-keys/{issuer}").status_code == 204
+    assert status(app, c) == "orphaned"
+    assert converged(app)
+
+
 def test_disabling_and_deleting_a_server(app, admin_api):
     s = server(app, "one")
     k = key(app, [s])

@@ -1,8 +1,6 @@
 """Virtual keys (what agents present) and their grants."""
 from __future__ import annotations
 
-from datetime import datetime
-
 from ..extensions import db
 from .base import digest, iso, new_secret, utcnow
 
@@ -51,16 +49,13 @@ class VirtualKey(db.Model):
     def hash_of(secret: str) -> str:
         return digest(secret)
 
-    def usable(self, now: datetime) -> bool:
-        return self.active and (self.expires_at is None or self.expires_at > now)
-
     @property
     def status(self) -> str:
-        if not self.active:
-            return "revoked"
-        if self.expires_at is not None and self.expires_at <= utcnow():
-            return "expired"
-        return "active"
+        """revoked, expired or active (the row's own state; the gateway also folds in the owner
+        and issuers: app/access.py)."""
+        from ..access import key_status
+
+        return key_status(self.active, self.expires_at, utcnow())
 
     def to_dict(self) -> dict:
         return {

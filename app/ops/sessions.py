@@ -406,12 +406,7 @@ def connectable(user) -> list:
     from .. import snapshot
 
     snap = snapshot.current()
-    now = utcnow()
-    allowed: set[int] = set()
-    for key_id in db.session.scalars(select(VirtualKey.id).where(VirtualKey.owner_id == user.id)):
-        view = snap.key_by_id(key_id)
-        if view is not None and view.usable(now):
-            allowed |= set(snap.allowlist(view))
+    allowed = set(snap.user_allowlist(user.id, utcnow()))
     if not allowed:
         return []
     have = set(db.session.scalars(select(Credential.mcp_server_id).where(
