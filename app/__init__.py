@@ -34,17 +34,17 @@ def create_app(test_config: dict | None = None) -> Flask:
     limiter.init_app(app)
 
     from . import models  # noqa: F401  (register every table with the metadata)
-    from . import reconcile  # noqa: F401  (its session events keep credentials in line with grants)
+    from .credentials import reconcile  # noqa: F401  (its session events keep credentials in line with grants)
     from .api import bp as api_bp
     from .web import bp as web_bp
 
-    from .mcp.client import UpstreamClient
-    from .mcp.sessions import SessionStore
+    from .upstream.client import UpstreamClient
+    from .mcp.sessions import McpSessionStore
     from .snapshot import Holder
 
     app.extensions["snapshot"] = Holder()
     app.extensions["mcp_client"] = UpstreamClient()
-    app.extensions["mcp_sessions"] = SessionStore()
+    app.extensions["mcp_sessions"] = McpSessionStore()
 
     app.register_blueprint(web_bp)
     app.register_blueprint(api_bp)

@@ -61,7 +61,7 @@ def register(app: Flask) -> None:
     @click.option("--name", "names", multiple=True, help="only these servers (default: every enabled one)")
     def refresh_tools_cmd(names):
         """Re-discover the tools of MCP servers (initialize + tools/list); for cron or by hand."""
-        from .mcp.discovery import DISCOVERABLE
+        from .credentials import DISCOVERABLE
         from .models import McpServer
         from .ops.errors import OpError
         from .ops.servers import refresh_tools

@@ -48,7 +48,7 @@ class ServerView:
         return frozenset(t.get("name") for t in self.tools)
 
     def endpoint(self, headers: tuple[tuple[str, str], ...]):
-        from .mcp.client import Endpoint
+        from .upstream.client import Endpoint
 
         return Endpoint(self.id, self.name, self.url, headers, self.connect_timeout, self.read_timeout)
 

@@ -14,13 +14,11 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 
-from sqlalchemy import delete, select, text
+from sqlalchemy import text
 
-from . import reconcile
+from .credentials import sweep as credentials
 from .extensions import db
-from .models import Credential, Flow
 from .models.base import utcnow
 
 log = logging.getLogger(__name__)
@@ -58,25 +56,15 @@ def sweep(app, flows: bool = True, orphans: bool = True, now=None) -> SweepRepor
             report.skipped = True
             return report
         # the reconcile lock first, then flow rows, then credential rows (id order): the one lock order
-        report.reconciled = reconcile.run_all().changed
+        report.reconciled = credentials.reconcile_all()
         if flows:
-            report.flows = db.session.execute(delete(Flow).where(Flow.id.in_(
-                select(Flow.id).where(Flow.expires_at <= now).order_by(Flow.id).with_for_update()))
-                .execution_options(synchronize_session=False)).rowcount
+            report.flows = credentials.expired_flows(now)
         if orphans:
-            cutoff = now - timedelta(days=retention_days(app))
-            report.orphans = db.session.execute(delete(Credential).where(Credential.id.in_(
-                select(Credential.id).where(Credential.status == "orphaned", Credential.status_changed_at < cutoff)
-                .order_by(Credential.id).with_for_update()))
-                .execution_options(synchronize_session=False)).rowcount
+            report.orphans = credentials.old_orphans(now, retention_days(app))
         db.session.commit()  # releases the lease
     except Exception:
         db.session.rollback()
         raise
-    if report.orphans:
-        from .credentials.per_user_headers import invalidate
-
-        invalidate()
     return report
 
 

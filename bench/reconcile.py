@@ -103,7 +103,7 @@ def build(app, n: int) -> dict:
 
 def timed(app, edit) -> tuple[float, int]:
     """One edit and its commit: (milliseconds, credential rows whose status changed)."""
-    from app import reconcile
+    from app.credentials import reconcile
 
     changed = []
     original = reconcile.run
@@ -168,7 +168,7 @@ def main() -> None:
                       "PORTCULLIS_SWEEP": False})
     import logging
 
-    logging.getLogger("app.reconcile").setLevel(logging.WARNING)
+    logging.getLogger("app.credentials.reconcile").setLevel(logging.WARNING)
     results = {}
     for n in sizes:
         reset(app)

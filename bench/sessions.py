@@ -74,8 +74,9 @@ def build(app, rng: random.Random) -> None:
             "CASE WHEN i <= :owned THEN 2 + (i % (:users - 1)) END, 'api', 60, true, now(), now() "
             "FROM generate_series(1, :n) i"), {"owned": OWNED_KEYS, "users": USERS, "n": OWNED_KEYS + FREE_KEYS})
         conn.execute(text(
-            "INSERT INTO mcp_sessions (id, protocol_version, client_info, capabilities, created_at) "
-            "SELECT 'sess-' || md5(i::text), '2025-11-25', '{}', '{}', now() FROM generate_series(1, :n) i"),
+            "INSERT INTO mcp_sessions (id, principal, protocol_version, client_info, capabilities, created_at) "
+            "SELECT 'sess-' || md5(i::text), 'anonymous', '2025-11-25', '{}', '{}', now() "
+            "FROM generate_series(1, :n) i"),
             {"n": MCP_SESSIONS})
         for name in ("users", "mcp_servers", "virtual_keys"):
             conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), (SELECT max(id) FROM {name}))"))

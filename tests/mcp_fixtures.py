@@ -136,7 +136,7 @@ def faulty():
 
 def add_server(app, name: str, url: str, **fields) -> int:
     """Register (and discover) an MCP server through the ops layer, as the API would."""
-    from app.mcp.discovery import refresh
+    from app.upstream.discovery import refresh
     from app.ops.servers import create_server
 
     with app.app_context():

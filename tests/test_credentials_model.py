@@ -24,7 +24,7 @@ def world(app, ctx):
     db.session.add_all([server, key, own])
     db.session.flush()
     db.session.add_all([VirtualKeyServerGrant(virtual_key_id=k.id, mcp_server_id=server.id) for k in (key, own)])
-    sess = McpSession(id="s" * 64, virtual_key_id=None, protocol_version="2025-11-25")
+    sess = McpSession(id="s" * 64, virtual_key_id=None, principal="anonymous", protocol_version="2025-11-25")
     db.session.add(sess)
     db.session.commit()
     return {"user": uid, "server": server.id, "vk": key.id, "session": sess.id}

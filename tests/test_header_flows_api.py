@@ -197,7 +197,8 @@ def test_concurrent_submissions_leave_one_row(app, urls, member_id):
     sid = make_server(app, urls["one"])
     add_key(app, {sid: None}, owner_id=member_id)
     with app.app_context():
-        from app.credentials.per_user_headers import Binding, start_flow
+        from app.credentials.bindings import Binding
+        from app.credentials.flows import start as start_flow
 
         flow_id, _ = start_flow(Binding("user", member_id, sid))
     token = token_for(app, member_id)

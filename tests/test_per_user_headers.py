@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from app.extensions import db
-from app.mcp.discovery import upstream_headers
+from app.credentials.store import headers_for as upstream_headers
 from app.models import AuditEvent, Credential, McpServer
 from tests.api_helpers import admin_api  # noqa: F401
 from tests.api_helpers import assert_error, count

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, text, update
 
-from app import reconcile
+from app.credentials import reconcile
 from app.extensions import db
 from app.models import AuditEvent, Credential, Flow, McpServer, VirtualKey, VirtualKeyServerGrant
 from app.models.base import utcnow
@@ -229,7 +229,7 @@ def test_session_bindings_and_other_statuses_are_left_alone(app, admin_api):
 
     s = server(app, "one")
     with app.app_context():
-        db.session.add(McpSession(id="s" * 64, protocol_version="2025-11-25"))
+        db.session.add(McpSession(id="s" * 64, principal="anonymous", protocol_version="2025-11-25"))
         db.session.commit()
     sess = cred(app, "session", "s" * 64, s)
     flow(app, "session", "s" * 64, s, "f-session")

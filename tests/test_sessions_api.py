@@ -85,7 +85,8 @@ def world(app, admin_id, member_id) -> World:
         keys = {"member-key": _key("member-key", member_id, (servers["github"], servers["linear"])),
                 "other-key": _key("other-key", other_id, (servers["jira"],)),
                 "ci-bot": _key("ci-bot", None, (servers["linear"], servers["jira"]))}
-        sess = McpSession(id="mcp-session-abcdef0123456789", virtual_key_id=None, protocol_version="2025-11-25")
+        sess = McpSession(id="mcp-session-abcdef0123456789", virtual_key_id=None, principal="anonymous",
+                          protocol_version="2025-11-25")
         db.session.add(sess)
         db.session.flush()
         creds = {
@@ -455,7 +456,7 @@ def test_admin_revokes_anything(app, admin_api, world):
 def test_many_matching_ids_fall_back_to_subqueries(admin_api, member_api, world, monkeypatch):
     """Search and member visibility resolve small id lists up front (so the planner can use the
     binding indexes); past MAX_INLINE_IDS they stay subqueries, with the same answers."""
-    from app.ops import sessions as ops
+    from app.ops import connections as ops
 
     inline = {q: listing(admin_api, f"q={q}") for q in ("example", "key", "git")}
     own = listing(member_api)

@@ -4,7 +4,7 @@
 token from the submit URL's fragment, sent in the X-Portcullis-Flow-Token header."""
 from flask import g, jsonify, request
 
-from ..ops import header_flows as ops
+from ..credentials import flows as ops
 from . import body, bp
 
 

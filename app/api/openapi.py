@@ -14,10 +14,10 @@ from ..models.users import ROLES
 from ..ops.fields import NAME_RE
 from ..ops.keys import MAX_RATE_LIMIT
 from ..ops.servers import MAX_TIMEOUT
-from ..ops.sessions import AUTH_KINDS as SESSION_AUTH_KINDS
-from ..ops.sessions import KINDS as SESSION_KINDS
-from ..ops.sessions import MAX_QUERY as SESSION_MAX_QUERY
-from ..ops.sessions import STATUSES as SESSION_STATUSES
+from ..ops.connections import AUTH_KINDS as SESSION_AUTH_KINDS
+from ..ops.connections import KINDS as SESSION_KINDS
+from ..ops.connections import MAX_QUERY as SESSION_MAX_QUERY
+from ..ops.connections import STATUSES as SESSION_STATUSES
 from ..ops.users import MIN_PASSWORD
 from . import bp
 

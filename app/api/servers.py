@@ -2,7 +2,6 @@ from flask import jsonify, request
 
 from ..extensions import db
 from ..models import McpServer
-from ..ops import credentials as credential_ops
 from ..ops import servers as ops
 from . import admin_only, body, bp, listing, page_params
 
@@ -36,7 +35,6 @@ def get_server(server_id):
 def update_server(server_id):
     result = ops.update_server(ops.get_server(server_id), body())
     db.session.commit()
-    credential_ops.after_server_update(result)
     return jsonify(result.server.to_dict())
 
 

@@ -1,8 +1,8 @@
 """Sessions: every stored per-user credential and pending flow the caller may see, to list,
-re-authenticate and revoke (the rules live in app/ops/sessions.py)."""
+re-authenticate and revoke (the rules live in app/ops/connections.py)."""
 from flask import g, jsonify, request
 
-from ..ops import sessions as ops
+from ..ops import connections as ops
 from ..ops.errors import BadRequest
 from . import bp, page_params
 

@@ -15,13 +15,15 @@ import mcp_types as types
 from flask import current_app
 from werkzeug.wrappers import Request, Response
 
-from ..credentials import AuthRequired, CredentialUnavailable, endpoint_for, wants_url_elicitation
+from ..credentials import DISCOVERABLE, AuthRequired, CredentialUnavailable, endpoint_for, wants_url_elicitation
 from ..extensions import db
-from ..identity import Caller, Unauthenticated, resolve_caller
+from .. import identity
+from ..identity import Caller
 from . import native
 from . import tools as toolnames
-from .client import UpstreamError
-from .sessions import SessionInfo
+from ..upstream.client import UpstreamError
+from ..upstream.discovery import refresh_stale
+from .sessions import McpSessionInfo
 
 SUPPORTED_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26")
 LATEST_VERSION = SUPPORTED_VERSIONS[0]
@@ -58,7 +60,7 @@ def tool_error(text: str) -> dict:
 class Exchange:
     """One request and what its answer must look like."""
 
-    def __init__(self, req: Request, req_id, caller: Caller, scope, session: SessionInfo | None):
+    def __init__(self, req: Request, req_id, caller: Caller, scope, session: McpSessionInfo | None):
         self.req, self.id, self.caller, self.scope, self.session = req, req_id, caller, scope, session
         accept = req.headers.get("Accept", "")
         self.takes_sse = "text/event-stream" in accept
@@ -123,10 +125,9 @@ def handle(req: Request, server_name: str | None) -> Response:
     req_id = message.get("id") if isinstance(message, dict) and _valid_id(message.get("id")) else None
 
     try:
-        caller = resolve_caller(req.headers)
-    except Unauthenticated as e:
-        return rpc_error(req_id, UNAUTHORIZED, f"unauthorized: {e}", 401,
-                         {"WWW-Authenticate": 'Bearer realm="portcullis"'})
+        caller = identity.resolve(req.environ, "mcp")
+    except identity.Refusal as e:
+        return _refused(req_id, e)
 
     scope = None
     if server_name is not None:
@@ -137,7 +138,7 @@ def handle(req: Request, server_name: str | None) -> Response:
     store = current_app.extensions["mcp_sessions"]
     if req.method == "DELETE":
         session = _session(req, store, caller, scope)
-        if not isinstance(session, SessionInfo):
+        if not isinstance(session, McpSessionInfo):
             return session
         store.end(session)
         return Response(status=204)
@@ -183,6 +184,17 @@ def handle(req: Request, server_name: str | None) -> Response:
     return METHODS[method](ex, params or {})
 
 
+# On /mcp an unknown, a revoked and an expired key look the same from outside.
+HIDDEN_REFUSALS = {"invalid_key": "invalid virtual key", "key_revoked": "invalid virtual key",
+                   "key_expired": "invalid virtual key"}
+
+
+def _refused(req_id, refusal: identity.Refusal) -> Response:
+    message = HIDDEN_REFUSALS.get(refusal.code, refusal.message)
+    return rpc_error(req_id, UNAUTHORIZED, f"unauthorized: {message}", refusal.status,
+                     {"WWW-Authenticate": 'Bearer realm="portcullis"'})
+
+
 def _session(req: Request, store, caller: Caller, scope, required: bool = True):
     sid = req.headers.get("Mcp-Session-Id")
     if sid is None:
@@ -190,7 +202,7 @@ def _session(req: Request, store, caller: Caller, scope, required: bool = True):
             return None
         return rpc_error(None, types.INVALID_REQUEST, "missing Mcp-Session-Id header; call initialize first", 400)
     info = store.get(sid)
-    if info is None or info.key_id != caller.key_id or info.server_id != (scope.id if scope else None):
+    if info is None or info.principal != caller.principal or info.server_id != (scope.id if scope else None):
         return rpc_error(None, SESSION_NOT_FOUND, "session not found; initialize a new one", 404)
     return info
 
@@ -204,7 +216,7 @@ def _initialize(ex: Exchange, params: dict, store) -> Response:
         return ex.error(types.INVALID_PARAMS, "invalid params: " + _first_error(e))
     version = init.protocol_version if init.protocol_version in SUPPORTED_VERSIONS else LATEST_VERSION
     scope = ex.scope
-    session = store.create(ex.caller.key_id, scope.id if scope else None, version,
+    session = store.create(ex.caller, scope.id if scope else None, version,
                            init.client_info.model_dump(mode="json", exclude_none=True),
                            init.capabilities.model_dump(mode="json", by_alias=True, exclude_none=True))
     result = types.InitializeResult(
@@ -232,9 +244,9 @@ def _ping(ex: Exchange, params: dict) -> Response:
 
 
 def _list_tools(ex: Exchange, params: dict) -> Response:
-    from .discovery import refresh_stale
-
-    refresh_stale(ex.caller, ex.scope)
+    servers = ex.caller.snapshot.servers
+    refresh_stale(s for sid in ex.caller.allowlist if (s := servers[sid]).auth_type in DISCOVERABLE
+                  and (ex.scope is None or s.id == ex.scope.id))
     tools = toolnames.visible(ex.caller, ex.scope)
     if ex.scope is None:
         tools += native.tools(ex.caller)  # portcullis__*: see app/mcp/native.py
@@ -257,7 +269,7 @@ def _call_tool(ex: Exchange, params: dict) -> Response:
         return ex.error(types.INVALID_PARAMS, f"Unknown tool: {name}")
     server, tool = found
     try:
-        endpoint = endpoint_for(server, ex.caller, ex.session)
+        endpoint = endpoint_for(server, ex.caller.in_session(ex.session))
     except AuthRequired as e:  # the call does not reach the upstream
         if wants_url_elicitation(ex.session):
             return ex.answer({"jsonrpc": "2.0", "id": ex.id, "error": e.rpc_error()})

@@ -18,9 +18,9 @@ MAX_CACHED = 20_000
 
 
 @dataclass
-class SessionInfo:
+class McpSessionInfo:
     id: str
-    key_id: int | None
+    principal: str  # whom it belongs to (Caller.principal)
     server_id: int | None
     protocol_version: str
     capabilities: dict
@@ -29,22 +29,23 @@ class SessionInfo:
     log_level: str | None = None
 
 
-class SessionStore:
+class McpSessionStore:
     def __init__(self):
-        self._cache: dict[str, SessionInfo] = {}
+        self._cache: dict[str, McpSessionInfo] = {}
         self._lock = threading.Lock()
 
-    def create(self, key_id, server_id, protocol_version, client_info, capabilities) -> SessionInfo:
+    def create(self, caller, server_id, protocol_version, client_info, capabilities) -> McpSessionInfo:
         sid = secrets.token_hex(32)
-        db.session.add(McpSession(id=sid, virtual_key_id=key_id, server_id=server_id,
-                                  protocol_version=protocol_version, client_info=client_info,
+        db.session.add(McpSession(id=sid, virtual_key_id=caller.key_id, principal=caller.principal,
+                                  server_id=server_id, protocol_version=protocol_version, client_info=client_info,
                                   capabilities=capabilities))
         db.session.commit()
-        info = SessionInfo(sid, key_id, server_id, protocol_version, capabilities, False, time.monotonic())
+        info = McpSessionInfo(sid, caller.principal, server_id, protocol_version, capabilities, False,
+                              time.monotonic())
         self._put(info)
         return info
 
-    def get(self, sid: str) -> SessionInfo | None:
+    def get(self, sid: str) -> McpSessionInfo | None:
         info = self._cache.get(sid)
         ttl = current_app.config["PORTCULLIS_CONFIG_CACHE_SECONDS"]
         if info is not None and (info.ended or time.monotonic() - info.checked_at < ttl):
@@ -54,23 +55,23 @@ class SessionStore:
         row = db.session.get(McpSession, sid)
         if row is None:
             return None
-        info = SessionInfo(row.id, row.virtual_key_id, row.server_id, row.protocol_version,
+        info = McpSessionInfo(row.id, row.principal, row.server_id, row.protocol_version,
                            row.capabilities or {}, row.ended_at is not None, time.monotonic(), row.log_level)
         self._put(info)
         return None if info.ended else info
 
-    def end(self, info: SessionInfo) -> None:
+    def end(self, info: McpSessionInfo) -> None:
         db.session.execute(update(McpSession).where(McpSession.id == info.id, McpSession.ended_at.is_(None))
                            .values(ended_at=utcnow()))
         db.session.commit()
         info.ended = True
 
-    def set_log_level(self, info: SessionInfo, level: str) -> None:
+    def set_log_level(self, info: McpSessionInfo, level: str) -> None:
         db.session.execute(update(McpSession).where(McpSession.id == info.id).values(log_level=level))
         db.session.commit()
         info.log_level = level
 
-    def _put(self, info: SessionInfo) -> None:
+    def _put(self, info: McpSessionInfo) -> None:
         with self._lock:
             if len(self._cache) >= MAX_CACHED:
                 self._cache.clear()

@@ -6,6 +6,9 @@ import secrets
 from datetime import UTC, datetime
 
 
+MAX_ID = 2**31 - 1  # ids are 32-bit integers on every database; larger ones are unknown ids
+
+
 def utcnow() -> datetime:
     """Naive UTC: stored the same way on SQLite and PostgreSQL."""
     return datetime.now(UTC).replace(tzinfo=None)

@@ -9,6 +9,7 @@ import re
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
+from ..models.base import MAX_ID
 from .errors import BadRequest, Invalid
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
@@ -23,7 +24,6 @@ def header_value_ok(value) -> bool:
     return isinstance(value, str) and len(value) <= MAX_HEADER_VALUE and not any(c in value for c in "\r\n\x00")
 
 _MISSING = object()
-MAX_ID = 2**31 - 1  # ids are 32-bit integers on every database
 
 
 def valid_id(value) -> bool:

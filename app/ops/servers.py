@@ -5,8 +5,10 @@ from sqlalchemy import select
 
 from ..audit import record
 from ..extensions import db
-from ..mcp.client import UpstreamError
-from ..mcp.discovery import DISCOVERABLE, refresh, refresh_with
+from ..upstream.client import UpstreamError
+from ..credentials import DISCOVERABLE
+from ..credentials.store import headers_for
+from ..upstream.discovery import refresh
 from ..models import McpServer
 from ..models.servers import AUTH_TYPES, OAUTH_TYPES
 from .errors import Conflict, Invalid, NotFound
@@ -149,7 +151,7 @@ def _verify_with_samples(server: McpServer, samples: dict) -> None:
     """initialize + tools/list with exactly the sample values (per-user keys win over shared
     headers); the discovered tools are stored, the samples are not."""
     try:
-        refresh_with(server, samples)
+        refresh(server, headers_for(server.shared_headers, server.per_user_header_keys or (), samples))
     except UpstreamError as e:
         raise Invalid(f"the upstream refused the sample headers or is unreachable: {e}",
                       {"sample_headers": f"verification failed: {e}"}) from None
@@ -289,10 +291,11 @@ def refresh_tools(server: McpServer) -> McpServer:
 
 
 class ServerUpdate:
-    """What an update changed, for the callers that react to it (credential status, audit)."""
+    """What an update changed (the page says whether anything did). Credentials react by
+    themselves: a change of the per-user keys is a reconciliation trigger."""
 
-    def __init__(self, server: McpServer, changed: list[str], header_keys_changed: bool):
-        self.server, self.changed, self.header_keys_changed = server, changed, header_keys_changed
+    def __init__(self, server: McpServer, changed: list[str]):
+        self.server, self.changed = server, changed
 
 
 def update_server(server: McpServer, data: dict) -> ServerUpdate:
@@ -367,7 +370,7 @@ def update_server(server: McpServer, data: dict) -> ServerUpdate:
         _verify_with_samples(server, samples)
     if changed:
         record("mcp_server.update", server, "changed " + ", ".join(changed))
-    return ServerUpdate(server, changed, keys_changed)
+    return ServerUpdate(server, changed)
 
 
 def delete_server(server: McpServer) -> None:

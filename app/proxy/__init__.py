@@ -29,10 +29,11 @@ from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from werkzeug.wrappers import Response
 from werkzeug.wsgi import get_input_stream
 
-from .. import snapshot
+from .. import identity
+from ..credentials import CredentialUnavailable, service_credential
 from ..extensions import db
-from ..models.base import digest, utcnow
-from ..models.keys import KEY_PREFIX, VirtualKey
+from ..models.base import utcnow
+from ..models.keys import VirtualKey
 from . import forward
 from .limits import KeyLimits, LimitsUnavailable
 
@@ -55,10 +56,6 @@ def error(status: int, code: str, message: str, headers: dict | None = None) -> 
     return Response(body, status=status, mimetype="application/json", headers=headers)
 
 
-def unauthorized(code: str, message: str) -> Response:
-    return error(401, code, message, {"WWW-Authenticate": 'Bearer realm="portcullis"'})
-
-
 # -- the route ------------------------------------------------------------------------------
 
 def handle(environ, service: str) -> Response:
@@ -70,25 +67,16 @@ def handle(environ, service: str) -> Response:
                      {"Allow": "GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE"})
     raw_query = environ.get("QUERY_STRING", "").encode("latin-1")
 
-    # 1. a key, known (401)
-    presented = _presented_keys(environ, raw_query)
-    if not presented:
-        return unauthorized("missing_key", "a virtual key is required: " + KEY_HINT)
-    if len(presented) > 1:
-        return unauthorized("invalid_key", "several different virtual keys were presented; send one")
-    secret = presented.pop()
-    snap = snapshot.current()
-    key = snap.key(digest(secret)) if secret.startswith(KEY_PREFIX) and len(secret) <= 200 else None
-    if key is None:
-        return unauthorized("invalid_key", "unknown virtual key")
-    # 2. active, not expired (401)
-    if not key.active:
-        return unauthorized("key_revoked", "this virtual key was revoked or its owner deactivated")
-    if key.expires_at is not None and key.expires_at <= utcnow():
-        return unauthorized("key_expired", "this virtual key has expired")
+    # 1-2. who is calling: a key, known, active, not expired (401; app/identity.py)
+    try:
+        caller = identity.resolve(environ, "proxy")
+    except identity.Refusal as e:
+        message = e.message + (": " + KEY_HINT if e.code == "missing_key" else "")
+        return error(e.status, e.code, message, {"WWW-Authenticate": 'Bearer realm="portcullis"'})
+    key = caller.key
     # 3. granted this service (403); an unknown service looks the same
-    svc = snap.services_by_name.get(service)
-    scope = key.service_grants.get(svc.id) if svc is not None else None
+    svc = caller.snapshot.services_by_name.get(service)
+    scope = caller.service_scope(svc.id) if svc is not None else None
     if scope is None:
         if not service:
             return error(403, "service_not_granted", "name a service: /proxy/<service>/<path>")
@@ -110,7 +98,7 @@ def handle(environ, service: str) -> Response:
         return error(429, "rate_limited", f"rate limit of {budget.limit} requests per minute reached for this "
                      f"key; retry in {budget.reset_in} s", limit_headers)
 
-    answer = _forward(cfg, environ, method, service, svc, key, secret, raw_query)
+    answer = _forward(cfg, environ, method, service, svc, caller, raw_query)
     answer.headers.update(limit_headers)
     usage: Usage = current_app.extensions["proxy_usage"]
     if usage.due(key.id):
@@ -118,21 +106,23 @@ def handle(environ, service: str) -> Response:
     return answer
 
 
-def _forward(cfg, environ, method, service, svc, key, secret, raw_query) -> Response:
-    if svc.credential is None:
-        return error(500, "decryption_failed", f"cannot decrypt services.secret of service {service}: "
-                     "the encryption key it was stored with is not configured")
+def _forward(cfg, environ, method, service, svc, caller, raw_query) -> Response:
+    try:
+        credential = service_credential(svc, caller)
+    except CredentialUnavailable as e:
+        return error(500, "decryption_failed", str(e))
+    key, secret = caller.key, caller.secret
     rest = _rest_of_path(environ, service)
     if forward.has_dot_segment(rest):
         return error(400, "invalid_path", "the path must not contain . or .. segments")
     url = forward.upstream_url(svc.url, rest, forward.forwarded_query(raw_query, secret))
 
     prefix = cfg["PORTCULLIS_IDENTITY_HEADER_PREFIX"]
-    identity = [(f"{prefix}-Key-ID", str(key.id))]
+    identity_headers = [(f"{prefix}-Key-ID", str(key.id))]
     if key.source == "mcp" and key.agent_id:
-        identity.append((f"{prefix}-Agent-ID", _header_value(key.agent_id)))
+        identity_headers.append((f"{prefix}-Agent-ID", _header_value(key.agent_id)))
     prefixes = tuple({prefix.lower() + "-", "x-portcullis-"})
-    headers = forward.request_headers(_headers(environ), secret, prefixes, svc.credential, identity)
+    headers = forward.request_headers(_headers(environ), secret, prefixes, credential, identity_headers)
 
     try:
         content = _request_body(environ, cfg["PORTCULLIS_PROXY_MAX_BODY_BYTES"] or None)
@@ -169,22 +159,6 @@ def _too_large(cfg) -> Response:
 
 
 # -- pieces ---------------------------------------------------------------------------------
-
-def _presented_keys(environ, raw_query: bytes) -> set[str]:
-    """Every virtual key the request carries: X-Virtual-Key, Authorization: Bearer vk_..., ?key=."""
-    found = set()
-    header = environ.get("HTTP_X_VIRTUAL_KEY", "").strip()
-    if header:
-        found.add(header)
-    scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() == "bearer" and token.startswith(KEY_PREFIX):
-        found.add(token)
-    for value in forward.query_keys(raw_query):
-        if value.strip():
-            found.add(value.strip())
-    return found
-
 
 def _headers(environ):
     """The request's headers from the WSGI environ, as (name, value) in latin-1 strings."""

@@ -10,9 +10,11 @@ from __future__ import annotations
 import errno
 import logging
 import re
-from urllib.parse import unquote, unquote_to_bytes
+from urllib.parse import unquote_to_bytes
 
 import httpx
+
+from ..identity import QUERY_KEY, query_pairs
 
 log = logging.getLogger("portcullis.proxy")
 CHUNK = 256 * 1024  # request body read size
@@ -67,26 +69,11 @@ def has_dot_segment(raw_path: bytes) -> bool:
     return False
 
 
-def _query_pairs(raw_query: bytes):
-    """(raw part, decoded name, decoded value) of each parameter."""
-    if not raw_query:
-        return
-    for part in raw_query.split(b"&"):
-        name, _, value = part.partition(b"=")
-        yield (part, unquote(name.replace(b"+", b" ").decode("latin-1")),
-               unquote(value.replace(b"+", b" ").decode("latin-1")))
-
-
-def query_keys(raw_query: bytes, param: str = "key") -> list[str]:
-    """The values of the ``key`` parameter (a virtual key may be given as ``?key=``)."""
-    return [value for _, name, value in _query_pairs(raw_query) if name == param]
-
-
-def forwarded_query(raw_query: bytes, secret: str | None, param: str = "key") -> bytes:
+def forwarded_query(raw_query: bytes, secret: str | None) -> bytes:
     """The query string without ``key`` parameters nor any value holding the key; the other
     parameters stay byte for byte, in order."""
-    return b"&".join(part for part, name, value in _query_pairs(raw_query)
-                     if name != param and not (secret and secret in value))
+    return b"&".join(part for part, name, value in query_pairs(raw_query)
+                     if name != QUERY_KEY and not (secret and secret in value))
 
 
 def upstream_url(base: httpx.URL, rest: bytes, query: bytes) -> str:

@@ -12,7 +12,7 @@ from flask import abort, g, make_response, redirect, render_template, request, u
 
 from ..extensions import db
 from ..models import McpServer
-from ..ops import header_flows as ops
+from ..credentials import flows as ops
 from ..ops.errors import BadRequest, Forbidden, OpError
 from . import bp, is_htmx
 

@@ -10,7 +10,6 @@ from ..auth import admin_required
 from ..extensions import db
 from ..models import McpServer
 from ..models.servers import AUTH_TYPES
-from ..ops import credentials as credential_ops
 from ..ops import servers as ops
 from ..ops.errors import Invalid, OpError
 from . import bp, is_htmx
@@ -131,7 +130,6 @@ def server_edit(server_id: int):
     try:
         result = ops.update_server(server, _data(server))
         db.session.commit()
-        credential_ops.after_server_update(result)
     except OpError as e:
         server = ops.get_server(server_id)  # reloaded after the rollback
         return form_error("web/server_form.html", e, values=_values_from_form(),

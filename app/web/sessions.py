@@ -1,6 +1,6 @@
 """/sessions: every stored credential and pending flow the person may see (admins: all), with
 live search, filter chips and pagination kept in the URL; re-authenticate, revoke, and connect
-a granted server that has no credential yet. The rules live in app/ops/sessions.py."""
+a granted server that has no credential yet. The rules live in app/ops/connections.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,7 +11,7 @@ from flask import flash, g, render_template, request, url_for
 from ..auth import login_required
 from ..extensions import db
 from ..models.base import utcnow
-from ..ops import sessions as ops
+from ..ops import connections as ops
 from ..ops.errors import Forbidden
 from . import bp, is_htmx
 from .forms import done, int_or_raw, text

@@ -1,4 +1,6 @@
-"""Sessions: every stored per-user credential and every pending flow, as one list of rows.
+"""The sessions list (public name: /sessions, /api/v1/sessions; internally "connections", since
+"session" also names MCP sessions and dashboard logins): every stored per-user credential and
+every pending flow, as one list of rows.
 
 One row shape for every kind of credential (``auth_kind``: ``headers`` now, ``oauth`` later) and
 for the pending flows that create them. The list is one SQL ``UNION ALL`` of the two tables,
@@ -29,13 +31,14 @@ from sqlalchemy import DateTime, Integer, String, and_, cast, exists, func, lite
 from sqlalchemy.orm.exc import StaleDataError
 
 from ..audit import record
-from ..credentials import per_user_headers
+from ..credentials import flows
+from ..credentials.bindings import Binding
+from ..credentials.resolvers import flow_resolver, resolver
 from ..extensions import db
 from ..models import Credential, Flow, McpServer, User, VirtualKey
-from ..models.base import iso, utcnow
+from ..models.base import MAX_ID, iso, utcnow
 from ..models.credentials import AUTH_MODES, IDENTITY_COLUMN
 from .errors import BadRequest, Forbidden, NotFound
-from .header_flows import revoke as revoke_credential
 
 CREDENTIAL_STATUSES = ("active", "needs_update", "orphaned", "needs_reauth")
 FLOW_STATUSES = ("pending",)
@@ -44,10 +47,6 @@ AUTH_KINDS = ("headers", "oauth")
 KINDS = ("credential", "flow")
 MAX_QUERY = 200
 FLOW_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # flow ids are url-safe random tokens
-MAX_ID = 2**31 - 1
-# The MCP server auth_type whose flows re-authenticate a credential of each auth_kind. Per-user
-# OAuth joins here (and in _start_flow) when its flows exist.
-FLOW_SERVER_TYPE = {"headers": "per_user_headers"}
 CHOICES = {"status": STATUSES, "auth_mode": AUTH_MODES, "auth_kind": AUTH_KINDS, "kind": KINDS}
 
 
@@ -266,7 +265,7 @@ def can_reauth(r, viewer) -> bool:
     ``session`` rows by whoever sees them (admins; a key's owner)."""
     if r["kind"] != "credential" or r["status"] == "orphaned":
         return False
-    if FLOW_SERVER_TYPE.get(r["auth_kind"]) != r["server_auth_type"]:
+    if flow_resolver(r["auth_kind"], r["server_auth_type"]) is None:
         return False
     if r["auth_mode"] == "user":
         return r["user_id"] == viewer.id
@@ -289,7 +288,7 @@ def _row(r, viewer) -> dict:
         "can_reauth": can_reauth(r, viewer),
         # for the page (not part of the API answer)
         "_created": r["created_at"], "_updated": r["updated_at"], "_expires": r["expires_at"],
-        "_cred_id": r["cred_id"], "_flow_id": r["flow_id"],
+        "_cred_id": r["cred_id"], "_flow_id": r["flow_id"], "_server_auth_type": r["server_auth_type"],
     }
 
 
@@ -340,18 +339,17 @@ def _target(row: dict) -> str:
     return f"{row['auth_mode']}:{identity}:{row['server']['id']}"
 
 
-def _binding(row: dict) -> per_user_headers.Binding:
+def _binding(row: dict) -> Binding:
     identity = {"user": lambda: row["user"]["id"], "vk": lambda: row["virtual_key"]["id"],
                 "session": lambda: row["session_id"]}[row["auth_mode"]]()
-    return per_user_headers.Binding(row["auth_mode"], identity, row["server"]["id"])
+    return Binding(row["auth_mode"], identity, row["server"]["id"])
 
 
-def _start_flow(binding: per_user_headers.Binding, auth_kind: str) -> dict:
-    if auth_kind != "headers":  # per-user OAuth flows arrive with their own issue
-        raise Forbidden(f"{auth_kind} credentials cannot be re-authenticated here yet")
-    flow_id, token = per_user_headers.start_flow(binding)
+def _start_flow(binding: Binding, auth_type: str) -> dict:
+    """The binding's flow through the server's resolver: {url, flow_id, expires_at, _token}."""
+    flow_id, token = resolver(auth_type).start_flow(binding)
     flow = db.session.get(Flow, flow_id)
-    return {"url": per_user_headers.submit_url(flow_id, token), "flow_id": flow_id,
+    return {"url": flows.link(flow_id, token), "flow_id": flow_id,
             "expires_at": iso(flow.expires_at), "_token": token}
 
 
@@ -368,7 +366,7 @@ def reauth(viewer, row_id) -> dict:
             raise Forbidden("only the person this credential belongs to can re-authenticate it")
         raise Forbidden("this server no longer takes credentials of this kind; revoke it instead")
     db.session.rollback()  # start_flow runs its own transaction
-    out = _start_flow(_binding(row), row["auth_kind"])
+    out = _start_flow(_binding(row), row["_server_auth_type"])
     record("session.reauth", db.session.get(Credential, row["_cred_id"]),
            f"flow started for the {_describe(row)}", target_name=_target(row))
     db.session.commit()
@@ -383,7 +381,8 @@ def revoke(viewer, row_id) -> None:
             cred = db.session.get(Credential, row["_cred_id"])
             if cred is None:
                 raise NotFound("no such session")
-            revoke_credential(cred, action="session.revoke", detail=f"revoked the {_describe(row)}")
+            resolver(row["_server_auth_type"]).revoke(cred, action="session.revoke",
+                                                     detail=f"revoked the {_describe(row)}")
             return
         flow = db.session.get(Flow, row["_flow_id"])
         if flow is None:
@@ -422,7 +421,7 @@ def connect(user, server_id) -> dict:
     if server is None:
         raise NotFound("no such server to connect")
     db.session.rollback()
-    out = _start_flow(per_user_headers.Binding("user", user.id, server.id), "headers")
+    out = _start_flow(Binding("user", user.id, server.id), server.auth_type)
     record("session.connect", db.session.get(McpServer, server.id), f"flow started for user {user.email}",
            target_name=server.name)
     db.session.commit()

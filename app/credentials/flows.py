@@ -1,28 +1,75 @@
-"""Header submission flows: who may use one, its form, the submission, revocation.
+"""Flows: the pending step that creates a binding's credential. Starting or refreshing one,
+its link, who may use it, its form, the submission, and revoking a credential.
+
+One pending flow per binding (a partial unique index), 15 minutes. ``user`` flows are used by
+that person's dashboard login or API token; ``vk``/``session`` flows by a temp token that
+travels only in the link's fragment (#t=...) and is stored hashed.
 
 The same rules serve the page (/connect/<flow_id>) and the JSON API (/api/v1/header-flows).
-A submission is verified at the upstream (initialize + tools/list) with exactly the values that
-will be stored; only then is the credential upserted on its binding (status active) and the flow
-marked used (its token gone). Values are never trimmed, changed, logged or echoed.
+A header submission is verified at the upstream (initialize + tools/list) with exactly the
+values that will be stored; only then is the credential upserted on its binding (status
+active) and the flow marked used (its token gone). Values are never trimmed, changed, logged
+or echoed.
 """
 from __future__ import annotations
 
 import hmac
+import secrets
 
+from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from ..audit import record
 from ..extensions import db
-from ..mcp.client import UpstreamError
-from ..mcp.discovery import discover_with
 from ..models import Credential, Flow, McpServer
 from ..models.base import digest, iso, utcnow
-from ..models.credentials import IDENTITY_COLUMN
-from .errors import BadRequest, Forbidden, NotFound, OpError  # noqa: F401 (used by the API)
-from .fields import HEADER_NAME_RE, MAX_HEADER_VALUE, header_value_ok
+from ..models.credentials import FLOW_TTL
+from ..ops.errors import BadRequest, Forbidden, NotFound, OpError  # noqa: F401 (used by the API)
+from ..ops.fields import HEADER_NAME_RE, MAX_HEADER_VALUE, header_value_ok
+from ..upstream.client import UpstreamError
+from ..upstream.discovery import list_tools
+from .bindings import Binding
+from .store import headers_for
 
 TOKEN_HEADER = "X-Portcullis-Flow-Token"
+FLOW_ID_BYTES = 24
+TOKEN_BYTES = 32
+
+
+def start(binding: Binding, kind: str = "headers") -> tuple[str, str | None]:
+    """Start or refresh the binding's one pending flow: (flow id, temp token or None for user
+    flows). A refresh extends the expiry; for vk/session flows it issues a new temp token (only
+    its hash is kept, so the previous link stops working)."""
+    for _ in range(3):
+        now = utcnow()
+        token = secrets.token_urlsafe(TOKEN_BYTES) if binding.auth_mode != "user" else None
+        flow = db.session.scalar(select(Flow).where(*binding.where(Flow), Flow.status == "pending")
+                                 .with_for_update())
+        if flow is not None and flow.expired(now):
+            db.session.delete(flow)
+            db.session.flush()
+            flow = None
+        if flow is None:
+            flow = Flow(id=secrets.token_urlsafe(FLOW_ID_BYTES), kind=kind, auth_mode=binding.auth_mode,
+                        mcp_server_id=binding.server_id, status="pending", **{binding.column: binding.identity})
+            db.session.add(flow)
+        flow.expires_at = now + FLOW_TTL
+        flow.token_hash = None if token is None else digest(token)
+        try:
+            db.session.commit()
+        except IntegrityError:  # another request created the binding's flow at the same moment
+            db.session.rollback()
+            continue
+        return flow.id, token
+    raise RuntimeError("could not start a submission flow")
+
+
+def link(flow_id: str, token: str | None) -> str:
+    """The page a person opens for a flow: ``{PORTCULLIS_BASE_URL}/connect/<flow_id>``, with
+    the temp token in the fragment for vk/session flows."""
+    base = current_app.config["PORTCULLIS_BASE_URL"]
+    return f"{base}/connect/{flow_id}" + (f"#t={token}" if token else "")
 
 
 class Gone(OpError):
@@ -60,10 +107,7 @@ def check_open(flow: Flow) -> None:
 
 
 def _credential(flow: Flow) -> Credential | None:
-    col = IDENTITY_COLUMN[flow.auth_mode]
-    return db.session.scalar(select(Credential).where(
-        Credential.auth_mode == flow.auth_mode, getattr(Credential, col) == getattr(flow, col),
-        Credential.mcp_server_id == flow.mcp_server_id))
+    return db.session.scalar(select(Credential).where(*Binding.of(flow).where(Credential)))
 
 
 def form(flow: Flow) -> dict:
@@ -118,27 +162,25 @@ def submit(flow: Flow, headers) -> Credential:
     absent = [k for k in required if k not in values]
     if absent:
         raise BadRequest("missing header values: " + ", ".join(absent), {"headers": "missing: " + ", ".join(absent)})
-    flow_id, binding = flow.id, (flow.auth_mode, IDENTITY_COLUMN[flow.auth_mode],
-                                 getattr(flow, IDENTITY_COLUMN[flow.auth_mode]), flow.mcp_server_id)
+    flow_id, binding = flow.id, Binding.of(flow)
     db.session.rollback()  # no transaction (or lock) held while the upstream is contacted
+    server = db.session.get(McpServer, binding.server_id)
     try:
-        discover_with(db.session.get(McpServer, binding[3]), values)
+        list_tools(server, headers_for(server.shared_headers, server.per_user_header_keys or (), values))
     except UpstreamError as e:
         raise Rejected(f"the upstream refused these values: {e}", {"headers": f"refused by the upstream: {e}"}) \
             from None
     return _store(flow_id, binding, values)
 
 
-def _store(flow_id: str, binding: tuple, values: dict) -> Credential:
-    mode, col, identity, server_id = binding
+def _store(flow_id: str, binding: Binding, values: dict) -> Credential:
+    mode, col, identity, server_id = binding.auth_mode, binding.column, binding.identity, binding.server_id
     for _ in range(3):
         flow = db.session.scalar(select(Flow).where(Flow.id == flow_id).with_for_update())
         if flow is None:
             raise Gone("this link is no longer valid")
         check_open(flow)
-        cred = db.session.scalar(select(Credential).where(
-            Credential.auth_mode == mode, getattr(Credential, col) == identity,
-            Credential.mcp_server_id == server_id).with_for_update())
+        cred = db.session.scalar(select(Credential).where(*binding.where(Credential)).with_for_update())
         now = utcnow()
         if cred is None:
             cred = Credential(auth_mode=mode, mcp_server_id=server_id, auth_kind="headers", **{col: identity})
@@ -170,20 +212,15 @@ def may_revoke(cred: Credential, user, token: str | None) -> bool:
     if user is not None and (user.is_admin or (cred.auth_mode == "user" and cred.user_id == user.id)):
         return True
     if token and cred.auth_mode != "user":
-        col = IDENTITY_COLUMN[cred.auth_mode]
-        flow = db.session.scalar(select(Flow).where(
-            Flow.auth_mode == cred.auth_mode, getattr(Flow, col) == getattr(cred, col),
-            Flow.mcp_server_id == cred.mcp_server_id, Flow.token_hash == digest(token), Flow.status == "pending"))
+        flow = db.session.scalar(select(Flow).where(*Binding.of(cred).where(Flow), Flow.token_hash == digest(token),
+                                                    Flow.status == "pending"))
         return flow is not None and not flow.expired()
     return False
 
 
 def revoke(cred: Credential, action: str = "credential.revoke", detail: str | None = None) -> None:
     """Deletes the binding's pending flows first, then the credential (audited as ``action``)."""
-    col = IDENTITY_COLUMN[cred.auth_mode]
-    for flow in db.session.scalars(select(Flow).where(
-            Flow.auth_mode == cred.auth_mode, getattr(Flow, col) == getattr(cred, col),
-            Flow.mcp_server_id == cred.mcp_server_id)):
+    for flow in db.session.scalars(select(Flow).where(*Binding.of(cred).where(Flow))):
         db.session.delete(flow)
     db.session.flush()
     record(action, cred, detail or f"{cred.auth_mode} binding, server {cred.mcp_server_id}",

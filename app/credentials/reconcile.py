@@ -17,7 +17,9 @@ one set-based pass over the touched bindings, in the same transaction:
   ``active`` again (nothing is re-submitted),
 - leaves ``needs_update`` (and later ``needs_reauth``) rows and ``session`` bindings alone,
 
-and writes one audit event with the counts when it changed anything. Handlers never call it:
+and writes one audit event with the counts when it changed anything. A real change of a
+server's per-user header keys (not case, spacing or order) is a trigger too: every ``active``
+credential of that server turns ``needs_update`` (each person resubmits, only the new keys). Handlers never call it:
 pages, the JSON API, the CLI and any ORM-level import all go through the same session events.
 A rolled-back edit rolls back its reconciliation with it.
 
@@ -34,12 +36,12 @@ from dataclasses import dataclass, field
 from sqlalchemy import ARRAY, and_, any_, bindparam, delete, event, false, inspect, or_, select, text, true, update
 from sqlalchemy.orm import Session
 
-from . import access
-from .audit import record
-from .credentials import per_user_headers
-from .extensions import db
-from .models import Credential, Flow, McpServer, User, VirtualKey, VirtualKeyServerGrant
-from .models.base import utcnow
+from .. import access
+from ..audit import record
+from ..extensions import db
+from ..models import Credential, Flow, McpServer, User, VirtualKey, VirtualKeyServerGrant
+from ..models.base import utcnow
+from . import store
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +75,10 @@ class Scope:
     users: set[int] = field(default_factory=set)
     servers: set[int] = field(default_factory=set)
     everything: bool = False
+    rekeyed: set[int] = field(default_factory=set)  # servers whose per-user header keys changed
 
     def __bool__(self):
-        return self.everything or bool(self.keys or self.users or self.servers)
+        return self.everything or bool(self.keys or self.users or self.servers or self.rekeyed)
 
     def describe(self) -> str:
         if self.everything:
@@ -90,10 +93,11 @@ class Result:
     orphaned: int = 0
     reactivated: int = 0
     flows_deleted: int = 0
+    needs_update: int = 0
 
     @property
     def changed(self) -> int:
-        return self.orphaned + self.reactivated + self.flows_deleted
+        return self.orphaned + self.reactivated + self.flows_deleted + self.needs_update
 
 
 # -- what an edit touched ------------------------------------------------------------------------
@@ -108,6 +112,16 @@ def _old_and_new(obj, attr) -> set:
     return {v for v in (*hist.added, *hist.deleted, *hist.unchanged) if v is not None}
 
 
+def _rekeyed(obj: McpServer) -> bool:
+    """Did the server's per-user header key set really change (not case, spacing or order)?"""
+    hist = inspect(obj).attrs["per_user_header_keys"].history
+    if not hist.added:
+        return False
+    old = (hist.deleted or hist.unchanged or [None])[0] or []
+    canon = lambda keys: {k.strip().lower() for k in keys or []}  # noqa: E731
+    return canon(old) != canon(hist.added[0])
+
+
 def _touches(obj, how: str) -> bool:
     """Does adding (``new``), changing (``dirty``) or deleting (``deleted``) this object change
     some binding's allowlist?"""
@@ -120,7 +134,7 @@ def _touches(obj, how: str) -> bool:
         # cascade deletes it during the flush
         return how != "dirty" or _changed(obj, ("virtual_key_id", "mcp_server_id", "virtual_key"))
     if isinstance(obj, McpServer):
-        return how == "deleted" or (how == "dirty" and _changed(obj, SERVER_ATTRS))
+        return how == "deleted" or (how == "dirty" and (_changed(obj, SERVER_ATTRS) or _rekeyed(obj)))
     if isinstance(obj, User):
         return how == "deleted" or (how == "dirty" and _changed(obj, USER_ATTRS))
     if isinstance(obj, Credential):
@@ -141,6 +155,8 @@ def _record(scope: Scope, obj) -> None:
         scope.keys |= {k.id for k in _old_and_new(obj, "virtual_key") if k.id is not None}
     elif isinstance(obj, McpServer):
         scope.servers.add(obj.id)
+        if _rekeyed(obj):
+            scope.rekeyed.add(obj.id)
     elif isinstance(obj, User):
         scope.users.add(obj.id)
     elif isinstance(obj, Credential):
@@ -211,7 +227,7 @@ def _after_commit(session):
     session.info.pop(LOCKED, None)
     session.info.pop(SCOPE, None)
     if session.info.pop(CHANGED, False):
-        per_user_headers.invalidate()  # bulk statements: no ORM object told the credential cache
+        store.invalidate()  # bulk statements: no ORM object told the credential cache
 
 
 @event.listens_for(Session, "after_rollback")
@@ -290,7 +306,7 @@ def run(scope: Scope, session=None) -> Result:
     lock(session)
     now = utcnow()
     if len(scope.keys) + len(scope.users) + len(scope.servers) > MAX_SCOPE_IDS:
-        scope = Scope(everything=True)  # a mass import: one pass over everything beats huge IN lists
+        scope = Scope(everything=True, rekeyed=scope.rekeyed)  # a mass import: one pass beats huge IN lists
     if not scope.everything:
         scope.keys |= _issued_by(session, scope.keys)
     owners = set() if scope.everything else _owners(session, scope.keys)
@@ -323,16 +339,34 @@ def run(scope: Scope, session=None) -> Result:
                                                              updated_at=now))
     result.orphaned = sum(1 for _, old in rows if old == "active")
     result.reactivated = len(rows) - result.orphaned
+    for server_id in sorted(scope.rekeyed):
+        result.needs_update += _needs_update(session, server_id, now)
 
     if result.changed:
         session.info[CHANGED] = True
         record("credentials.reconcile", None,
                f"orphaned={result.orphaned} reactivated={result.reactivated} "
-               f"pending_flows_deleted={result.flows_deleted} ({scope.describe()})",
+               f"pending_flows_deleted={result.flows_deleted} needs_update={result.needs_update} "
+               f"({scope.describe()})",
                target_name=scope.describe())
         log.info("reconciled %s: orphaned=%d reactivated=%d pending_flows_deleted=%d", scope.describe(),
                  result.orphaned, result.reactivated, result.flows_deleted)
     return result
+
+
+def _needs_update(session, server_id: int, now) -> int:
+    """A server's per-user header keys changed: its active credentials must be resubmitted."""
+    creds = Credential.__table__
+    ids = list(session.scalars(select(creds.c.id).where(creds.c.mcp_server_id == server_id, creds.c.status == "active")
+                               .order_by(creds.c.id).with_for_update()))
+    for where in _where_ids(session, creds.c.id, ids) if ids else ():
+        session.execute(update(creds).where(where).values(status="needs_update", status_changed_at=now,
+                                                         updated_at=now))
+    if ids:
+        server = session.get(McpServer, server_id)
+        record("credential.needs_update", server,
+               f"{len(ids)} credential(s) must be resubmitted: header keys changed")
+    return len(ids)
 
 
 def run_all(session=None) -> Result:

@@ -1,0 +1,121 @@
+"""One resolver per MCP server auth_type: what goes upstream for a caller, how a missing
+credential is obtained, how one is revoked. OAuth types arrive as two more resolvers.
+
+- ``endpoint(server, caller)``: the upstream endpoint (URL, headers, timeouts) to call for
+  this caller, or ``AuthRequired`` (a flow was started or refreshed; the answer says which URL
+  the person opens) or ``CredentialUnavailable`` (nothing the person can do).
+- ``start_flow(binding)``: start or refresh the binding's flow (re-authentication from the
+  sessions page or API): (flow id, temp token or None).
+- ``revoke(credential)``: delete it with its binding's pending flows (OAuth: also at the upstream).
+
+Shared types (``none``, ``headers``) are served from the snapshot without touching the database
+or decrypting anything; per-user types read the binding's credential through app/credentials/store.py.
+"""
+from __future__ import annotations
+
+from . import flows, store
+from .answers import AuthRequired, CredentialUnavailable
+from .bindings import Binding, binding_of
+
+
+class Resolver:
+    kind: str | None = None  # the kind of credential (and flow) stored per binding; None: shared
+    discoverable = False  # tools are discovered with the server's own configuration
+
+    def endpoint(self, server, caller):
+        raise NotImplementedError
+
+    def start_flow(self, binding: Binding) -> tuple[str, str | None]:
+        raise CredentialUnavailable("this server takes no per-person credentials")
+
+    def revoke(self, credential, **audit) -> None:
+        flows.revoke(credential, **audit)
+
+
+class Shared(Resolver):
+    """``none`` and ``headers``: the server's own configuration, the same for every caller."""
+
+    discoverable = True
+
+    def endpoint(self, server, caller):
+        return server.shared_endpoint
+
+
+class PerUserHeaders(Resolver):
+    """``per_user_headers``: each binding's own header values, typed into a browser form."""
+
+    kind = "headers"
+
+    def endpoint(self, server, caller):
+        binding = binding_of(caller, server.id)
+        if binding is None:
+            raise CredentialUnavailable(
+                f"{server.name}: per-user credentials are bound to an MCP session; initialize one first")
+        view = store.stored(server, binding)
+        if view.endpoint is not None:
+            return view.endpoint
+        required = list(server.per_user_header_keys)
+        stored = sorted(k for k in view.values if k in required)
+        if view.status is None:
+            reason = "none stored yet"
+        elif view.status == "needs_update":
+            reason = "the server's required headers changed"
+        elif view.status != "active":
+            reason = f"the stored credential is {view.status}"
+        else:
+            reason = "a required header is missing: " + ", ".join(k for k in required if k not in stored)
+        flow_id, token = self.start_flow(binding)
+        raise AuthRequired("headers", server.name, flow_id, flows.link(flow_id, token), required, stored, reason)
+
+    def start_flow(self, binding: Binding) -> tuple[str, str | None]:
+        return flows.start(binding, self.kind)
+
+
+class NotYet(Resolver):
+    """``oauth`` and ``per_user_oauth``: configurable, not connectable yet."""
+
+    def endpoint(self, server, caller):
+        raise CredentialUnavailable(
+            f"{server.name}: this server uses {server.auth_type} credentials, which this Portcullis "
+            "version cannot supply yet")
+
+
+RESOLVERS: dict[str, Resolver] = {
+    "none": Shared(),
+    "headers": Shared(),
+    "oauth": NotYet(),
+    "per_user_headers": PerUserHeaders(),
+    "per_user_oauth": NotYet(),
+}
+
+
+def resolver(auth_type: str) -> Resolver:
+    return RESOLVERS[auth_type]
+
+
+def endpoint_for(server, caller):
+    """The upstream endpoint for this caller (see Resolver.endpoint)."""
+    return RESOLVERS[server.auth_type].endpoint(server, caller)
+
+
+def discoverable(auth_type: str) -> bool:
+    return RESOLVERS[auth_type].discoverable
+
+
+DISCOVERABLE = tuple(t for t, r in RESOLVERS.items() if r.discoverable)
+
+
+def flow_resolver(auth_kind: str, server_auth_type: str) -> Resolver | None:
+    """The resolver that re-authenticates a credential of ``auth_kind`` on a server that now
+    has ``server_auth_type`` (None when the server no longer takes that kind)."""
+    r = RESOLVERS.get(server_auth_type)
+    return r if r is not None and r.kind == auth_kind else None
+
+
+def service_credential(service, caller) -> tuple[str, str]:
+    """The (header, value) the proxy injects for a service (its root credential, the same for
+    every caller granted it); ``CredentialUnavailable`` when it cannot be decrypted."""
+    if service.credential is None:
+        raise CredentialUnavailable(f"cannot decrypt services.secret of service {service.name}: "
+                                    "the encryption key it was stored with is not configured")
+    return service.credential
