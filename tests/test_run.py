@@ -68,8 +68,15 @@ def test_first_run_login_with_printed_password_and_no_secret_in_logs(served):
         assert r.status_code == 302 and r.headers["location"].endswith("/account/password")
         cookie = r.headers["set-cookie"].lower()
         assert "httponly" in cookie and "samesite=lax" in cookie
+        # no API token for a one-time password: it is changed on the dashboard first
+        r = web.post("/api/v1/tokens", json={"email": email, "password": password})
+        assert (r.status_code, r.json()["error"]["code"]) == (403, "password_change_required")
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', web.get("/account/password").text).group(1)
+        r = web.post("/account/password", data={"current_password": password, "new_password": CANARY + "-pw",
+                                                "confirm_password": CANARY + "-pw", "csrf_token": csrf})
+        assert r.status_code == 302
     with httpx.Client(base_url=base, timeout=5) as api:
-        token = api.post("/api/v1/tokens", json={"email": email, "password": password}).json()["token"]
+        token = api.post("/api/v1/tokens", json={"email": email, "password": CANARY + "-pw"}).json()["token"]
         auth = {"Authorization": f"Bearer {token}"}
         r = api.post("/api/v1/services", headers=auth,
                      json={"name": "billing", "base_url": "http://127.0.0.1:9", "secret": CANARY})
