@@ -8,7 +8,7 @@ from flask import Flask
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from .config import load_config
+from .config import load_config, private_sqlite_file
 from .extensions import csrf, db, limiter, migrate
 
 log = logging.getLogger("portcullis")
@@ -29,6 +29,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.session_interface = DashboardCookieSessions()
 
     db.init_app(app)
+    with app.app_context():
+        private_sqlite_file(db.engine.url, app.instance_path)  # before anything connects
     migrate.init_app(app, db, directory=os.path.join(os.path.dirname(app.root_path), "migrations"))
     csrf.init_app(app)
     limiter.init_app(app)

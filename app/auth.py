@@ -4,17 +4,42 @@
 """
 from __future__ import annotations
 
+import hmac
 from datetime import timedelta
 from functools import wraps
 
 from flask import abort, current_app, g, redirect, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
+from werkzeug.security import check_password_hash
 
+from .audit import record
 from .extensions import db
 from .models import ApiToken, DashboardSession, User
 from .models.base import digest, utcnow
+from .models.users import dummy_password_hash
 
 TOUCH_EVERY = timedelta(seconds=60)  # write last_seen/last_used at most this often
+
+
+def check_login(email: str, password: str) -> tuple[User | None, bool]:
+    """The user ``email`` names (or None) and whether ``password`` logs them in (active users
+    only). Exactly one password hash is verified whatever the outcome, a dummy one for an unknown
+    e-mail, so the time an answer takes does not tell existing addresses from unknown ones."""
+    dummy = dummy_password_hash()  # made on the first attempt of any kind, not only unknown ones
+    user = db.session.scalar(db.select(User).where(User.email == email)) if email else None
+    ok = check_password_hash(user.password_hash if user is not None else dummy, password)
+    return user, ok and user is not None and user.active
+
+
+def record_failed_login(action: str, email: str, user: User | None, detail: str = "") -> None:
+    """Audit a refused login. The typed e-mail is kept only when it is a known user's address;
+    anything else (a password typed into the wrong field) is stored as a short keyed hash, which
+    still shows repeated attempts with the same text."""
+    if user is not None:
+        record(action, user, detail)
+        return
+    mac = hmac.new(current_app.config["SECRET_KEY"].encode(), email.encode(), "sha256").hexdigest()[:12]
+    record(action, target_name=f"unknown e-mail #{mac}", detail=detail)
 
 
 def start_session(user: User) -> DashboardSession:
@@ -58,7 +83,7 @@ def load_api_user() -> User | None:
         return None
     row = db.session.scalar(db.select(ApiToken).where(ApiToken.token_hash == digest(token.strip())))
     now = utcnow()
-    if row is None or row.revoked_at is not None or row.expires_at <= now or not row.user.active:
+    if row is None or not row.usable(now):
         return None
     if row.last_used_at is None or now - row.last_used_at > TOUCH_EVERY:
         row.last_used_at = now

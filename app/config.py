@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import secrets
+import stat
 from pathlib import Path
 
 from cryptography.fernet import Fernet
@@ -62,13 +63,52 @@ def _header_prefix(env: dict) -> str:
     return prefix
 
 
+def _tighten(path: Path, mode: int) -> None:
+    """Take away what others may do with a file or directory of ours, saying so in the log."""
+    current = stat.S_IMODE(path.stat().st_mode)
+    if not current & ~mode:
+        return
+    try:
+        path.chmod(current & mode)
+    except OSError as e:
+        log.warning("%s is open to others (mode %03o) and could not be narrowed: %s", path, current, e)
+    else:
+        log.warning("%s was open to others (mode %03o): changed to %03o", path, current, current & mode)
+
+
+def private_dir(path: Path) -> None:
+    """Create a directory only its owner can use (0700), or narrow an existing one to that."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _tighten(path, 0o700)
+
+
+def private_sqlite_file(url, instance_path: str) -> None:
+    """A SQLite database file (given the engine's URL) is made 0600, in a 0700 instance folder,
+    before the first connection would create it with the process's umask (world-readable);
+    an existing one, and its journal files, are narrowed to that. Not SQLite: nothing to do."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:") or url.query.get("uri"):
+        return
+    path = Path(url.database)
+    if path.parent == Path(instance_path):
+        private_dir(path.parent)
+    else:  # a folder of the operator's choosing: created private when missing, else left alone
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # an empty file is an empty database
+    except FileExistsError:
+        pass
+    for name in (path.name, path.name + "-wal", path.name + "-shm", path.name + "-journal"):
+        if (path.parent / name).exists():
+            _tighten(path.parent / name, 0o600)
+
+
 def ensure_instance_secrets(instance_path: str) -> tuple[dict[str, str], list[str]]:
-    """Return the generated secrets kept in the instance folder, creating missing ones.
+    """Return the generated secrets kept in the instance folder (0700), creating missing ones.
 
     Creation uses O_EXCL so that several gunicorn workers starting at once agree on one file.
     """
     path = Path(instance_path) / SECRETS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     created: list[str] = []
     if not path.exists():
         values = {
@@ -86,6 +126,7 @@ def ensure_instance_secrets(instance_path: str) -> tuple[dict[str, str], list[st
                 for k, v in values.items():
                     fh.write(f"{k}={v}\n")
             created = list(values)
+    _tighten(path, 0o600)
     stored = {k: v for k, v in dotenv_values(path).items() if v}
     return stored, created
 

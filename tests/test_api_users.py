@@ -11,7 +11,7 @@ from app.models import ApiToken, AuditEvent, DashboardSession, User, VirtualKey
 from app.models.base import digest, utcnow
 from tests.api_helpers import admin_api, member_api  # noqa: F401 (answers checked against the OpenAPI document)
 from tests.api_helpers import assert_error, audit_actions, count, new_key, new_user, unchanged
-from tests.conftest import PASSWORD, make_user
+from tests.conftest import PASSWORD, Api, make_user, token_for
 
 
 def login(client, email, password):
@@ -204,11 +204,12 @@ def test_last_admin_change_is_all_or_nothing(admin_api, admin_id):
                      409)
 
 
-def test_admin_can_step_down_when_another_admin_is_active(app, admin_api, admin_id):
+def test_admin_can_step_down_when_another_admin_is_active(app, client, admin_api, admin_id):
     make_user(app, "second@example.com", "admin")
     assert admin_api.patch(f"/users/{admin_id}", json={"role": "member"}).status_code == 200
-    # the token now belongs to a member
-    assert_error(admin_api.get("/users"), 403)
+    # a role change ends the user's logins, this token included; a new one is a member's
+    assert_error(admin_api.get("/virtual-keys"), 401)
+    assert_error(Api(client, token_for(app, admin_id)).get("/users"), 403)
 
 
 def test_cannot_delete_yourself(app, admin_api, admin_id):

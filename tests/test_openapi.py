@@ -94,6 +94,7 @@ def test_operations_document_their_errors(doc):
         assert any(code.startswith("2") for code in responses), (path, method)
         if op.get("security") != []:
             assert "401" in responses, (path, method)
+            assert "403" in responses, (path, method)  # at least password_change_required
         if op["operationId"].startswith(("create_", "update_")):
             assert {"400", "422"} <= set(responses), (path, method)
             assert op["requestBody"]["content"]["application/json"]["schema"]["$ref"].startswith(
@@ -108,11 +109,11 @@ def test_operations_document_their_errors(doc):
 def test_components_cover_the_resources(doc):
     schemas = doc["components"]["schemas"]
     for name in ("User", "McpServer", "VirtualKey", "VirtualKeyCreated", "Service", "AuditEvent", "Error",
-                 "UserList", "McpServerList", "VirtualKeyList", "ServiceList", "AuditEventList"):
+                 "UserList", "McpServerList", "VirtualKeyList", "ServiceList", "AuditEventList", "ApiTokenList"):
         assert name in schemas, name
     for name, items in (("UserList", "users"), ("McpServerList", "mcp_servers"),
                         ("VirtualKeyList", "virtual_keys"), ("ServiceList", "services"),
-                        ("AuditEventList", "audit_events")):
+                        ("AuditEventList", "audit_events"), ("ApiTokenList", "tokens")):
         assert set(schemas[name]["required"]) == {items, "count", "total_count", "limit", "offset"}
     # write-only secrets are in the request schemas and absent from the answers
     assert "key" in schemas["VirtualKeyCreated"]["properties"]
@@ -120,6 +121,7 @@ def test_components_cover_the_resources(doc):
     assert schemas["ServiceCreate"]["properties"]["secret"]["writeOnly"] is True
     assert "secret" not in schemas["Service"]["properties"]
     assert schemas["McpServerCreate"]["properties"]["headers"]["writeOnly"] is True
+    assert "token" not in schemas["ApiToken"]["properties"] and schemas["ApiToken"]["additionalProperties"] is False
 
 
 def test_schemas_reject_secrets_in_answers():

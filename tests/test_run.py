@@ -57,6 +57,36 @@ def served(tmp_path):
         log.close()
 
 
+def test_a_fresh_instance_is_private(tmp_path):
+    """`flask db upgrade` on a fresh SQLite instance (as `make run`), under the usual umask 022:
+    instance/ is 0700, the database, its journal files and secrets.env 0600. A database left
+    readable by others is narrowed at the next start, and the log says so."""
+    instance = tmp_path / "instance"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("SECRET_KEY", "PORTCULLIS_ENCRYPTION_KEY", "DATABASE_URL", "REDIS_URL")}
+    env["PORTCULLIS_INSTANCE_PATH"] = str(instance)
+
+    def upgrade() -> str:
+        run = subprocess.run([str(BIN / "flask"), "--app", "wsgi", "db", "upgrade"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=60, umask=0o022)
+        assert run.returncode == 0, run.stderr
+        return run.stderr
+
+    def mode(path: Path) -> int:
+        return path.stat().st_mode & 0o777
+
+    upgrade()
+    assert mode(instance) == 0o700
+    files = sorted(p.name for p in instance.iterdir())
+    assert "portcullis.db" in files and "secrets.env" in files
+    assert {name: mode(instance / name) for name in files} == {name: 0o600 for name in files}
+    (instance / "portcullis.db").chmod(0o644)
+    instance.chmod(0o755)
+    log = upgrade()
+    assert mode(instance) == 0o700 and mode(instance / "portcullis.db") == 0o600
+    assert f"{instance / 'portcullis.db'} was open to others (mode 644): changed to 600" in log
+
+
 def test_first_run_login_with_printed_password_and_no_secret_in_logs(served):
     base, printed, log_path = served
     email = re.search(r"e-mail:\s+(\S+)", printed).group(1)
@@ -68,8 +98,15 @@ def test_first_run_login_with_printed_password_and_no_secret_in_logs(served):
         assert r.status_code == 302 and r.headers["location"].endswith("/account/password")
         cookie = r.headers["set-cookie"].lower()
         assert "httponly" in cookie and "samesite=lax" in cookie
+        # no API token for a one-time password: it is changed on the dashboard first
+        r = web.post("/api/v1/tokens", json={"email": email, "password": password})
+        assert (r.status_code, r.json()["error"]["code"]) == (403, "password_change_required")
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', web.get("/account/password").text).group(1)
+        r = web.post("/account/password", data={"current_password": password, "new_password": CANARY + "-pw",
+                                                "confirm_password": CANARY + "-pw", "csrf_token": csrf})
+        assert r.status_code == 302
     with httpx.Client(base_url=base, timeout=5) as api:
-        token = api.post("/api/v1/tokens", json={"email": email, "password": password}).json()["token"]
+        token = api.post("/api/v1/tokens", json={"email": email, "password": CANARY + "-pw"}).json()["token"]
         auth = {"Authorization": f"Bearer {token}"}
         r = api.post("/api/v1/services", headers=auth,
                      json={"name": "billing", "base_url": "http://127.0.0.1:9", "secret": CANARY})

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from functools import wraps
 
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from ..auth import load_api_user
@@ -21,6 +21,12 @@ def error(status: int, code: str, message: str, fields: dict | None = None):
     if fields:
         body["error"]["fields"] = fields
     return jsonify(body), status
+
+
+def password_change_required():
+    """The answer to a user who still holds a one-time password: no API until they chose their own."""
+    return error(403, "password_change_required", "this account must choose a new password on the dashboard "
+                 f"first: {current_app.config['PORTCULLIS_BASE_URL']}/account/password")
 
 
 @bp.before_app_request
@@ -51,6 +57,8 @@ def authenticate():
         resp, status = error(401, "unauthorized", "a valid API token is required (Authorization: Bearer <token>)")
         resp.headers["WWW-Authenticate"] = 'Bearer realm="portcullis"'
         return resp, status
+    if user.must_change_password:
+        return password_change_required()
     return None
 
 

@@ -171,6 +171,16 @@ SCHEMAS = {
     "Token": obj({"token": {"type": "string", "pattern": "^pct_",
                             "description": "Send as 'Authorization: Bearer <token>'. Shown once."},
                   "expires_at": TIMESTAMP}, ["token", "expires_at"]),
+    "ApiToken": obj({
+        "id": ID, "user_id": ID,
+        "prefix": {"type": "string", "pattern": "^pct_", "description": "The visible start of the token."},
+        "created_at": TIMESTAMP, "expires_at": TIMESTAMP, "last_used_at": nullable(TIMESTAMP),
+        "revoked_at": nullable({**TIMESTAMP, "description": "Set when the token was revoked, by DELETE or "
+                                                            "because its user's logins ended."}),
+        "active": {"type": "boolean", "description": "Not revoked, not expired, its user active."},
+    }, ["id", "user_id", "prefix", "created_at", "expires_at", "last_used_at", "revoked_at", "active"],
+        description="A personal API token, never the token itself (only its hash is stored)."),
+    "ApiTokenList": listing("tokens", "ApiToken"),
 
     "User": obj({"id": ID, "email": USER_FIELDS["email"], "role": {"type": "string", "enum": list(ROLES)},
                  "active": BOOL, "created_at": TIMESTAMP, "updated_at": TIMESTAMP,
@@ -331,7 +341,11 @@ RESPONSES = {
     "Unauthorized": error_response(
         "No valid API token (missing, unknown, expired or revoked, or the user is inactive).",
         headers={"WWW-Authenticate": {"schema": STR, "description": 'Bearer realm="portcullis"'}}),
-    "Forbidden": error_response("The token's user is not an admin."),
+    "Forbidden": error_response("The token's user is not an admin (code forbidden), or must first change "
+                                "a one-time password (code password_change_required)."),
+    "PasswordChangeRequired": error_response(
+        "password_change_required: the token's user still has a one-time password and must choose their own "
+        "on the dashboard (/account/password) first."),
     "NotFound": error_response("No such object (or, for a member, not one of their own keys)."),
     "Conflict": error_response("The change clashes with existing data (a taken name or e-mail, the last admin)."),
     "ValidationFailed": error_response("A field is missing, unknown or invalid; error.fields says which."),
@@ -378,6 +392,14 @@ def op(endpoint: str, tag: str, summary: str, responses: dict, *, body: str | No
         operation["parameters"] = params
     if body:
         operation["requestBody"] = json_body(body)
+    if security != []:  # a token of a user who must change their password is refused everywhere
+        refused = responses.get("403")
+        if refused is None:
+            refused = {"$ref": "#/components/responses/PasswordChangeRequired"}
+        elif "$ref" not in refused:
+            refused = {**refused, "description": refused["description"] + " Or password_change_required: "
+                       "the token's user must first change a one-time password on the dashboard."}
+        responses = {**responses, "403": refused}
     operation["responses"] = responses
     if security is not None:
         operation["security"] = security
@@ -428,14 +450,35 @@ PATHS = {
             "description": "The OpenAPI 3.1 description of this API.",
             "content": {"application/json": {"schema": {"type": "object"}}}}}, security=[])},
 
-    "/tokens": {"post": op(
-        "create_token", "tokens", "Get an API token",
-        {**ok(201, "A new token; store it, it is not shown again.", "Token"),
-         **problems("BadRequest", "ValidationFailed", "RateLimited"),
-         "401": error_response("Wrong e-mail or password, or the user is inactive.")},
-        body="TokenRequest", security=[],
-        description="Exchanges the e-mail and password of any active user for a personal bearer token. "
-                    "Failed attempts are audited (token.denied) and rate-limited per client address.")},
+    "/tokens": {
+        "post": op(
+            "create_token", "tokens", "Get an API token",
+            {**ok(201, "A new token; store it, it is not shown again.", "Token"),
+             **problems("BadRequest", "ValidationFailed", "RateLimited"),
+             "401": error_response("Wrong e-mail or password, or the user is inactive."),
+             "403": {"$ref": "#/components/responses/PasswordChangeRequired"}},
+            body="TokenRequest", security=[],
+            description="Exchanges the e-mail and password of any active user for a personal bearer token, "
+                        "valid for PORTCULLIS_API_TOKEN_HOURS. Every token of a user ends with their dashboard "
+                        "logins: on a password change or reset, deactivation, a role change or deletion. Failed "
+                        "attempts are audited (token.denied) and rate-limited per client address."),
+        "get": op(
+            "list_tokens", "tokens", "List API tokens, newest first",
+            {**ok(200, "One page.", "ApiTokenList"), **problems("BadRequest", "Unauthorized"),
+             "403": error_response("A member asked for another user's tokens."),
+             "404": error_response("No user with this user_id (admins).")},
+            params=[{"$ref": "#/components/parameters/limit"}, {"$ref": "#/components/parameters/offset"},
+                    {"name": "user_id", "in": "query", "schema": ID,
+                     "description": "Whose tokens (default: your own). Admins may name any user."}],
+            description="Ended tokens are listed too (revoked_at, active). Never the token itself."),
+    },
+    "/tokens/{token_id}": {
+        "parameters": [path_id("token_id", "token")],
+        "delete": op("delete_token", "tokens", "Revoke an API token",
+                     {**ok(204, "Revoked (also when it already was)."), **problems("Unauthorized", "NotFound")},
+                     description="Your own tokens; admins any user's. Another user's token is not found. "
+                                 "Audited as token.revoke."),
+    },
 
     **resource("users", "user", "users", "users", id_name="user_id", schema="User", notes={
         "list": "q matches part of the e-mail address.",

@@ -1,7 +1,9 @@
 """People, their dashboard sessions and personal API tokens."""
 from __future__ import annotations
 
+import secrets
 from datetime import datetime, timedelta
+from functools import cache
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -9,6 +11,13 @@ from ..extensions import db
 from .base import digest, iso, new_secret, utcnow
 
 ROLES = ("admin", "member")
+
+
+@cache
+def dummy_password_hash() -> str:
+    """The hash of a random password, made like every real one (same method and cost), once per
+    process: a login for an unknown e-mail is verified against it and costs what a real one costs."""
+    return generate_password_hash(secrets.token_urlsafe(16))
 
 
 class User(db.Model):
@@ -95,3 +104,15 @@ class ApiToken(db.Model):
         row = cls(token_hash=digest(token), prefix=token[:12], user=user,
                   expires_at=utcnow() + timedelta(hours=hours))
         return row, token
+
+    def usable(self, now: datetime) -> bool:
+        return self.revoked_at is None and self.expires_at > now and self.user.active
+
+    def to_dict(self) -> dict:
+        """Never the token itself (only its hash is stored): its prefix tells it apart."""
+        return {
+            "id": self.id, "user_id": self.user_id, "prefix": self.prefix,
+            "created_at": iso(self.created_at), "expires_at": iso(self.expires_at),
+            "last_used_at": iso(self.last_used_at), "revoked_at": iso(self.revoked_at),
+            "active": self.usable(utcnow()),
+        }

@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 
 from ..audit import record
 from ..extensions import db
-from ..models import DashboardSession, User
+from ..models import ApiToken, DashboardSession, User
 from ..models.base import utcnow
 from ..models.users import ROLES
 from .errors import Conflict, Invalid, NotFound
@@ -90,16 +90,17 @@ def update_user(user: User, data: dict) -> User:
     if not missing(role) and role != user.role:
         user.role = role
         changes.append(f"role={role}")
+        end_logins(user)
     if not missing(active) and active != user.active:
         user.active = active
         changes.append(f"active={active}")
         if not active:
-            end_sessions(user)
+            end_logins(user)
     if not missing(password):
         user.set_password(password)
         user.must_change_password = False
         changes.append("password")
-        end_sessions(user)
+        end_logins(user)
     if changes:
         record("user.update", user, ", ".join(changes))
     return user
@@ -112,14 +113,20 @@ def delete_user(user: User) -> None:
     db.session.delete(user)
 
 
-def end_sessions(user: User, keep: DashboardSession | None = None) -> None:
-    """Revoke every dashboard session of a user (password change, deactivation)."""
+def end_logins(user: User, keep: DashboardSession | None = None) -> None:
+    """End every login of a user, dashboard sessions and API tokens alike, whenever what they
+    were granted for changes: a password change or reset, deactivation, a role change (deletion
+    cascades). ``keep`` is the dashboard session making the change, when it stays logged in."""
+    if user.id is None:
+        return  # not stored yet: nothing was issued to it
     now = utcnow()
-    q = db.update(DashboardSession).where(DashboardSession.user_id == user.id,
-                                          DashboardSession.revoked_at.is_(None))
+    sessions = db.update(DashboardSession).where(DashboardSession.user_id == user.id,
+                                                 DashboardSession.revoked_at.is_(None))
     if keep is not None and keep.id is not None:
-        q = q.where(DashboardSession.id != keep.id)
-    db.session.execute(q.values(revoked_at=now))
+        sessions = sessions.where(DashboardSession.id != keep.id)
+    db.session.execute(sessions.values(revoked_at=now))
+    db.session.execute(db.update(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
+                       .values(revoked_at=now))
 
 
 def ensure_admin(email: str, password: str | None) -> tuple[User, str | None]:
@@ -139,6 +146,7 @@ def ensure_admin(email: str, password: str | None) -> tuple[User, str | None]:
         user = admins[0]
         generated = secrets.token_urlsafe(12)
         user.set_password(generated)
+        end_logins(user)
         record("user.bootstrap_admin", user, "new one-time password")
         return user, generated
     generated = None
@@ -151,6 +159,7 @@ def ensure_admin(email: str, password: str | None) -> tuple[User, str | None]:
     user.role, user.active = "admin", True
     user.set_password(password)
     user.must_change_password = generated is not None
+    end_logins(user)  # an existing user promoted and given a new password
     db.session.flush()
     record("user.bootstrap_admin", user, "generated password" if generated else "password from environment")
     return user, generated

@@ -1,27 +1,23 @@
 """Log in, log out, change password."""
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from flask import current_app, flash, g, redirect, render_template, request, url_for
-from sqlalchemy import select
 
 from ..audit import record
-from ..auth import end_session, login_required, start_session
+from ..auth import check_login, end_session, login_required, record_failed_login, start_session
 from ..extensions import db, limiter
-from ..models import User
-from ..ops.users import MIN_PASSWORD, end_sessions
+from ..ops.users import MIN_PASSWORD, end_logins
 from . import bp
 
 
 def _safe_next(target: str | None) -> str:
-    """Only local paths: never redirect a fresh login to another site."""
-    if not target:
+    """Only local paths: never redirect a fresh login to another site. Backslashes (browsers
+    read ``/\\host`` as ``//host``) and control or other unprintable characters (a Location
+    header cannot carry them) are refused too."""
+    if (not target or not target.startswith("/") or target.startswith("//") or "\\" in target
+            or not target.isprintable()):
         return url_for("web.index")
-    parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
-        return url_for("web.index")
-    return target
+    return target  # a path: no scheme, no host
 
 
 @bp.get("/")
@@ -40,10 +36,10 @@ def login():
     if request.method == "POST":
         email = (request.form.get("email") or "").strip().lower()[:254]
         password = request.form.get("password") or ""
-        user = db.session.scalar(select(User).where(User.email == email)) if email else None
-        if user is None or not user.active or not user.check_password(password):
+        user, ok = check_login(email, password)
+        if not ok:
             error = "Wrong e-mail or password."
-            record("login.failure", target_name=email)
+            record_failed_login("login.failure", email, user)
             db.session.commit()
         else:
             start_session(user)
@@ -85,7 +81,7 @@ def change_password():
         if not errors:
             g.user.set_password(new)
             g.user.must_change_password = False
-            end_sessions(g.user, keep=g.dashboard_session)  # log out everywhere else
+            end_logins(g.user, keep=g.dashboard_session)  # this login stays, every other one ends
             record("user.password_change", g.user)
             db.session.commit()
             flash("Password changed.", "success")
