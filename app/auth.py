@@ -1,6 +1,7 @@
-"""Who is using the dashboard or the JSON API: server-side sessions and personal API tokens.
+"""Who is using the dashboard or the JSON API: server-side logins (``Login``, kept in a signed
+cookie's random token) and personal API tokens.
 
-(Agents are identified elsewhere, by virtual keys on /mcp and the proxy route.)
+(Agents are identified elsewhere, by app/identity.py, on /mcp and the proxy route.)
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from werkzeug.security import check_password_hash
 
 from .audit import record
 from .extensions import db
-from .models import ApiToken, DashboardSession, User
+from .models import ApiToken, Login, User
 from .models.base import digest, utcnow
 from .models.users import dummy_password_hash
 
@@ -42,20 +43,20 @@ def record_failed_login(action: str, email: str, user: User | None, detail: str 
     record(action, target_name=f"unknown e-mail #{mac}", detail=detail)
 
 
-def start_session(user: User) -> DashboardSession:
-    row, token = DashboardSession.start(user, current_app.config["PORTCULLIS_SESSION_HOURS"],
+def start_login(user: User) -> Login:
+    row, token = Login.start(user, current_app.config["PORTCULLIS_SESSION_HOURS"],
                                         request.remote_addr, request.headers.get("User-Agent"))
     db.session.add(row)
     user.last_login_at = utcnow()
     session.clear()
     session["sid"] = token
     session.permanent = False
-    g.user, g.dashboard_session = user, row
+    g.user, g.login = user, row
     return row
 
 
-def end_session() -> None:
-    row = g.get("dashboard_session")
+def end_login() -> None:
+    row = g.get("login")
     if row is not None and row.revoked_at is None:
         row.revoked_at = utcnow()
     session.clear()
@@ -65,7 +66,7 @@ def load_dashboard_user() -> None:
     token = session.get("sid")
     if not token:
         return
-    row = db.session.scalar(db.select(DashboardSession).where(DashboardSession.token_hash == digest(token)))
+    row = db.session.scalar(db.select(Login).where(Login.token_hash == digest(token)))
     now = utcnow()
     if row is None or not row.usable(now):
         session.clear()
@@ -73,7 +74,7 @@ def load_dashboard_user() -> None:
     if now - row.last_seen_at > TOUCH_EVERY:
         row.last_seen_at = now
         db.session.commit()
-    g.user, g.dashboard_session = row.user, row
+    g.user, g.login = row.user, row
 
 
 def load_api_user() -> User | None:

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from app.extensions import db
-from app.models import ApiToken, AuditEvent, DashboardSession, User
+from app.models import ApiToken, AuditEvent, Login, User
 from tests.api_helpers import admin_api, member_api  # noqa: F401 (answers checked against the OpenAPI document)
 from tests.api_helpers import CheckedApi, assert_error, audit_actions, check_against_doc, count
 from tests.conftest import PASSWORD, Api, make_user, token_for
@@ -120,7 +120,7 @@ def test_deleting_the_user_deletes_their_tokens(app, admin_api, victim):
     assert admin_api.delete(f"/users/{victim.id}").status_code == 204
     assert not victim.token_works() and not victim.dashboard_works()
     assert count(app, ApiToken, ApiToken.user_id == victim.id) == 0
-    assert count(app, DashboardSession, DashboardSession.user_id == victim.id) == 0
+    assert count(app, Login, Login.user_id == victim.id) == 0
 
 
 def test_an_email_change_ends_nothing(admin_api, victim):

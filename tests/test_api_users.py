@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import select
 
 from app.extensions import db
-from app.models import ApiToken, AuditEvent, DashboardSession, User, VirtualKey
+from app.models import ApiToken, AuditEvent, Login, User, VirtualKey
 from app.models.base import digest, utcnow
 from tests.api_helpers import admin_api, member_api  # noqa: F401 (answers checked against the OpenAPI document)
 from tests.api_helpers import assert_error, audit_actions, count, new_key, new_user, unchanged
@@ -138,7 +138,7 @@ def test_change_password(app, admin_api, member_id, client):
 
 def _dashboard_session(app, user_id) -> int:
     with app.app_context():
-        row = DashboardSession(token_hash=digest(f"s-{user_id}-{utcnow()}"), user_id=user_id,
+        row = Login(token_hash=digest(f"s-{user_id}-{utcnow()}"), user_id=user_id,
                                expires_at=utcnow() + timedelta(hours=1))
         db.session.add(row)
         db.session.commit()
@@ -147,7 +147,7 @@ def _dashboard_session(app, user_id) -> int:
 
 def _session_revoked(app, sid) -> bool:
     with app.app_context():
-        revoked = db.session.get(DashboardSession, sid).revoked_at is not None
+        revoked = db.session.get(Login, sid).revoked_at is not None
         db.session.remove()
         return revoked
 

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from app.extensions import db
-from app.models import AuditEvent, DashboardSession, User
+from app.models import AuditEvent, Login, User
 from tests.api_helpers import CheckedApi, assert_error
 from tests.conftest import PASSWORD, Api, make_user, token_for
 from tests.test_api_tokens import mint
@@ -53,8 +53,8 @@ def test_password_change_keeps_this_login_and_ends_every_other(app, member_id):
     with app.app_context():
         user = db.session.get(User, member_id)
         assert user.check_password(NEW_PASSWORD) and not user.check_password(PASSWORD)
-        live = db.session.scalars(select(DashboardSession).where(DashboardSession.user_id == member_id,
-                                                                 DashboardSession.revoked_at.is_(None))).all()
+        live = db.session.scalars(select(Login).where(Login.user_id == member_id,
+                                                                 Login.revoked_at.is_(None))).all()
         assert len(live) == 1
         event = db.session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc())).first()
         assert (event.action, event.actor) == ("user.password_change", "member@example.com")

@@ -2,7 +2,7 @@
 import re
 
 from app.extensions import db
-from app.models import DashboardSession
+from app.models import Login
 from tests.conftest import PASSWORD
 
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -31,7 +31,7 @@ def test_logout_revokes_the_server_side_session(app, client, admin_id):
     token = CSRF_RE.search(client.get("/servers").get_data(as_text=True)).group(1)
     assert client.post("/logout", data={"csrf_token": token}).status_code == 302
     with app.app_context():
-        assert db.session.scalar(db.select(DashboardSession.revoked_at)) is not None
+        assert db.session.scalar(db.select(Login.revoked_at)) is not None
     # Replaying the old cookie after logout does not log anyone in.
     client.set_cookie("portcullis_session", cookie.value)
     r = client.get("/servers")

@@ -91,7 +91,10 @@ def _whole_number(text: str, lo: int, hi: int) -> bool:
     return text.isascii() and text.isdigit() and lo <= int(text) <= hi
 
 
-def page_params(default: int = 50, maximum: int = 500) -> tuple[int, int]:
+MAX_LIMIT, DEFAULT_LIMIT = 500, 50  # list pages
+
+
+def page_params(default: int = DEFAULT_LIMIT, maximum: int = MAX_LIMIT) -> tuple[int, int]:
     limit, offset = request.args.get("limit", str(default)), request.args.get("offset", "0")
     fields = {}
     if not _whole_number(limit, 1, maximum):

@@ -8,20 +8,22 @@ from __future__ import annotations
 
 from flask import jsonify
 
-from ..models.keys import SCOPES, SOURCES
+from ..models.base import MAX_ID
+from ..models.credentials import AUTH_KINDS, AUTH_MODES, FLOW_KINDS, STATUSES
+from ..models.keys import KEY_PREFIX, SCOPES, SOURCES
 from ..models.servers import AUTH_TYPES
-from ..models.users import ROLES
-from ..ops.fields import NAME_RE
-from ..ops.keys import MAX_RATE_LIMIT
-from ..ops.servers import MAX_TIMEOUT
+from ..models.users import ROLES, TOKEN_PREFIX
 from ..ops.connections import AUTH_KINDS as SESSION_AUTH_KINDS
 from ..ops.connections import KINDS as SESSION_KINDS
 from ..ops.connections import MAX_QUERY as SESSION_MAX_QUERY
+from ..ops.connections import ROW_ID_RE
 from ..ops.connections import STATUSES as SESSION_STATUSES
-from ..ops.users import MIN_PASSWORD
-from . import bp
-
-MAX_LIMIT, DEFAULT_LIMIT = 500, 50
+from ..ops.fields import HEADER_NAME_RE, MAX_HEADER_NAME, MAX_HEADER_VALUE, MAX_NAME, MAX_URL, NAME_RE
+from ..ops.keys import MAX_AGENT_ID, MAX_KEY_NAME, MAX_RATE_LIMIT
+from ..ops.servers import MAX_OAUTH_VALUE, MAX_TIMEOUT
+from ..ops.services import MAX_DESCRIPTION
+from ..ops.users import MAX_EMAIL, MAX_PASSWORD, MIN_PASSWORD
+from . import DEFAULT_LIMIT, MAX_LIMIT, bp
 
 
 # --- small schema builders -------------------------------------------------------------
@@ -47,13 +49,13 @@ def nullable(schema: dict) -> dict:
 
 STR = {"type": "string"}
 BOOL = {"type": "boolean"}
-ID = {"type": "integer", "minimum": 1}
+ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
 TIMESTAMP = {"type": "string", "format": "date-time", "examples": ["2030-01-31T12:00:00Z"]}
-NAME = {"type": "string", "pattern": NAME_RE.pattern, "maxLength": 40,
+NAME = {"type": "string", "pattern": NAME_RE.pattern, "maxLength": MAX_NAME,
         "description": "Lower-case letters, digits and dashes, starting with a letter."}
-HTTP_URL = {"type": "string", "format": "uri", "maxLength": 2048,
+HTTP_URL = {"type": "string", "format": "uri", "maxLength": MAX_URL,
             "description": "An http:// or https:// URL without user info."}
-HEADER_NAME = {"type": "string", "pattern": r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}$"}
+HEADER_NAME = {"type": "string", "pattern": HEADER_NAME_RE.pattern}
 
 
 def listing(items_key: str, item: str) -> dict:
@@ -69,16 +71,16 @@ def listing(items_key: str, item: str) -> dict:
 # --- component schemas ------------------------------------------------------------------
 
 USER_FIELDS = {
-    "email": {"type": "string", "format": "email", "maxLength": 254,
+    "email": {"type": "string", "format": "email", "maxLength": MAX_EMAIL,
               "description": "Unique, compared case-insensitively; stored lower-case."},
-    "password": {"type": "string", "minLength": MIN_PASSWORD, "maxLength": 200, "writeOnly": True},
+    "password": {"type": "string", "minLength": MIN_PASSWORD, "maxLength": MAX_PASSWORD, "writeOnly": True},
     "role": {"type": "string", "enum": list(ROLES), "default": "member"},
     "active": {**BOOL, "default": True},
 }
 
 OAUTH_SETTINGS = {
-    "client_id": {"type": "string", "maxLength": 512},
-    "client_secret": {"type": "string", "maxLength": 512, "writeOnly": True},
+    "client_id": {"type": "string", "maxLength": MAX_OAUTH_VALUE},
+    "client_secret": {"type": "string", "maxLength": MAX_OAUTH_VALUE, "writeOnly": True},
     "scopes": {"oneOf": [{"type": "array", "items": {"type": "string"}},
                          {"type": "string", "description": "Space-separated scope names."}]},
     "authorization_server": HTTP_URL,
@@ -89,13 +91,13 @@ SERVER_WRITE = {
     "url": HTTP_URL,
     "auth_type": {"type": "string", "enum": list(AUTH_TYPES), "default": "none"},
     "per_user_header_keys": {
-        "type": ["array", "null"], "items": {"type": "string", "maxLength": 64},
+        "type": ["array", "null"], "items": {"type": "string", "maxLength": MAX_HEADER_NAME},
         "description": "Header names each member supplies (auth_type per_user_headers only, then "
                        "at least one). Stored canonical: trimmed, lower-case, sorted; duplicates "
                        "after canonicalisation are refused. A change of case, spacing or order "
                        "alone is not a change."},
     "sample_headers": {
-        "type": ["object", "null"], "additionalProperties": {"type": "string", "maxLength": 8192},
+        "type": ["object", "null"], "additionalProperties": {"type": "string", "maxLength": MAX_HEADER_VALUE},
         "writeOnly": True,
         "description": "per_user_headers only: one working value for every per-user key (names "
                        "case-insensitive). Portcullis verifies the server with exactly these values "
@@ -116,9 +118,9 @@ SERVER_WRITE = {
 }
 
 VK_WRITE = {
-    "name": {"type": "string", "minLength": 1, "maxLength": 100},
+    "name": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_NAME},
     "owner_id": nullable({**ID, "description": "The user the key acts for (members see their own keys)."}),
-    "agent_id": nullable({"type": "string", "maxLength": 200}),
+    "agent_id": nullable({"type": "string", "maxLength": MAX_AGENT_ID}),
     "rate_limit_per_minute": {"type": "integer", "minimum": 1, "maximum": MAX_RATE_LIMIT, "default": 60},
     "expires_at": nullable({**TIMESTAMP, "description": "Must be in the future; without an offset UTC is meant."}),
     "active": BOOL,
@@ -148,12 +150,12 @@ VK_READ = {
 
 SERVICE_WRITE = {
     "name": NAME,
-    "description": {"type": "string", "maxLength": 500},
+    "description": {"type": "string", "maxLength": MAX_DESCRIPTION},
     "base_url": HTTP_URL,
     "credential_header": {**HEADER_NAME, "default": "X-API-Key", "description": (
         "The header the secret goes in: Authorization sends 'Bearer <secret>', any other "
         "name carries the secret literally.")},
-    "secret": {"type": "string", "minLength": 1, "maxLength": 8192, "writeOnly": True,
+    "secret": {"type": "string", "minLength": 1, "maxLength": MAX_HEADER_VALUE, "writeOnly": True,
                "description": "The root credential. Write-only: never returned."},
 }
 
@@ -165,15 +167,15 @@ SCHEMAS = {
                    "description": "Field name to what is wrong with it."},
     }, ["code", "message"])}, ["error"]),
 
-    "TokenRequest": obj({"email": {"type": "string", "maxLength": 254},
-                         "password": {"type": "string", "maxLength": 200, "writeOnly": True}},
+    "TokenRequest": obj({"email": {"type": "string", "maxLength": MAX_EMAIL},
+                         "password": {"type": "string", "maxLength": MAX_PASSWORD, "writeOnly": True}},
                         ["email", "password"]),
-    "Token": obj({"token": {"type": "string", "pattern": "^pct_",
+    "Token": obj({"token": {"type": "string", "pattern": "^" + TOKEN_PREFIX,
                             "description": "Send as 'Authorization: Bearer <token>'. Shown once."},
                   "expires_at": TIMESTAMP}, ["token", "expires_at"]),
     "ApiToken": obj({
         "id": ID, "user_id": ID,
-        "prefix": {"type": "string", "pattern": "^pct_", "description": "The visible start of the token."},
+        "prefix": {"type": "string", "pattern": "^" + TOKEN_PREFIX, "description": "The visible start of the token."},
         "created_at": TIMESTAMP, "expires_at": TIMESTAMP, "last_used_at": nullable(TIMESTAMP),
         "revoked_at": nullable({**TIMESTAMP, "description": "Set when the token was revoked, by DELETE or "
                                                             "because its user's logins ended."}),
@@ -211,7 +213,7 @@ SCHEMAS = {
     "McpServerCreate": obj({
         **SERVER_WRITE,
         "headers": {"type": "object", "propertyNames": HEADER_NAME,
-                    "additionalProperties": {"type": "string", "minLength": 1, "maxLength": 8192},
+                    "additionalProperties": {"type": "string", "minLength": 1, "maxLength": MAX_HEADER_VALUE},
                     "writeOnly": True,
                     "description": "Shared headers sent on every upstream call (auth_type headers). "
                                    "A header may not also be a per-user key."},
@@ -219,7 +221,7 @@ SCHEMAS = {
     "McpServerUpdate": obj({
         **SERVER_WRITE,
         "headers": {"type": ["object", "null"], "propertyNames": HEADER_NAME,
-                    "additionalProperties": {"type": ["string", "null"], "maxLength": 8192},
+                    "additionalProperties": {"type": ["string", "null"], "maxLength": MAX_HEADER_VALUE},
                     "writeOnly": True,
                     "description": "Merged into the stored headers: a string sets that header, "
                                    "null removes it, headers not named are kept."},
@@ -237,7 +239,7 @@ SCHEMAS = {
                         ["service_id", "scope"]),
     "VirtualKey": obj(VK_READ, list(VK_READ)),
     "VirtualKeyCreated": obj({**VK_READ, "key": {
-        "type": "string", "pattern": "^vk_",
+        "type": "string", "pattern": "^" + KEY_PREFIX,
         "description": "The secret. Returned by the create call only, never again."}},
         [*VK_READ, "key"]),
     "VirtualKeyCreate": obj(VK_WRITE, ["name"]),
@@ -267,8 +269,8 @@ SCHEMAS = {
     "AuditEventList": listing("audit_events", "AuditEvent"),
 
     "HeaderFlow": obj({
-        "id": STR, "kind": {"type": "string", "enum": ["headers"]},
-        "auth_mode": {"type": "string", "enum": ["user", "vk", "session"]},
+        "id": STR, "kind": {"type": "string", "enum": list(FLOW_KINDS)},
+        "auth_mode": {"type": "string", "enum": list(AUTH_MODES)},
         "server": obj({"id": ID, "name": STR}, ["id", "name"]),
         "reason": {"type": "string", "description": "Why the values are asked for."},
         "required_header_keys": {"type": "array", "items": STR},
@@ -280,27 +282,27 @@ SCHEMAS = {
     }, ["id", "kind", "auth_mode", "server", "reason", "required_header_keys", "stored_header_keys",
         "missing_header_keys", "expires_at"]),
     "HeaderFlowSubmit": obj({"headers": {
-        "type": "object", "additionalProperties": {"type": ["string", "null"], "maxLength": 8192},
+        "type": "object", "additionalProperties": {"type": ["string", "null"], "maxLength": MAX_HEADER_VALUE},
         "writeOnly": True,
         "description": "Header name (case-insensitive) to value (kept exactly as given, never "
                        "trimmed). A blank or null value keeps the stored one."}}, ["headers"]),
     "Credential": obj({
-        "id": ID, "auth_mode": {"type": "string", "enum": ["user", "vk", "session"]},
+        "id": ID, "auth_mode": {"type": "string", "enum": list(AUTH_MODES)},
         "user_id": nullable({"type": "integer"}), "virtual_key_id": nullable({"type": "integer"}),
-        "mcp_server_id": ID, "auth_kind": {"type": "string", "enum": ["headers"]},
-        "status": {"type": "string", "enum": ["active", "needs_update", "orphaned"]},
+        "mcp_server_id": ID, "auth_kind": {"type": "string", "enum": list(AUTH_KINDS)},
+        "status": {"type": "string", "enum": list(STATUSES)},
         "header_keys": {"type": "array", "items": STR, "description": "Names only; values never leave."},
         "created_at": TIMESTAMP, "updated_at": TIMESTAMP,
     }, ["id", "auth_mode", "user_id", "virtual_key_id", "mcp_server_id", "auth_kind", "status", "header_keys",
         "created_at", "updated_at"]),
 
     "Session": obj({
-        "id": {"type": "string", "pattern": "^(cred_[1-9][0-9]*|flow_.+)$",
+        "id": {"type": "string", "pattern": ROW_ID_RE.pattern,
                "description": "cred_<credential id> or flow_<flow id>: unique across both kinds."},
         "kind": {"type": "string", "enum": list(SESSION_KINDS),
                  "description": "credential: stored; flow: a pending step that creates one."},
         "auth_kind": {"type": "string", "enum": list(SESSION_AUTH_KINDS)},
-        "auth_mode": {"type": "string", "enum": ["user", "vk", "session"]},
+        "auth_mode": {"type": "string", "enum": list(AUTH_MODES)},
         "user": nullable(obj({"id": ID, "email": STR}, ["id", "email"],
                              description="auth_mode user: the person the credential belongs to.")),
         "virtual_key": nullable(obj({"id": ID, "name": STR}, ["id", "name"],

@@ -9,6 +9,7 @@ from ..models.base import iso
 from ..ops import tokens as ops
 from ..ops.errors import BadRequest
 from ..ops.fields import Fields, valid_id
+from ..ops.users import MAX_EMAIL, MAX_PASSWORD
 from . import body, bp, error, listing, page_params, password_change_required
 
 
@@ -22,8 +23,8 @@ def create_token():
     """Exchange e-mail and password for a personal API token (any active user who has no
     one-time password left to change)."""
     f = Fields(body(), {"email", "password"})
-    email = f.string("email", required=True, max_len=254)
-    password = f.string("password", required=True, max_len=200, strip=False)
+    email = f.string("email", required=True, max_len=MAX_EMAIL)
+    password = f.string("password", required=True, max_len=MAX_PASSWORD, strip=False)
     f.done()
     user, ok = check_login(email.lower(), password)
     if not ok:

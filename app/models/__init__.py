@@ -5,9 +5,9 @@ from .mcp_sessions import McpSession
 from .keys import VirtualKey, VirtualKeyServerGrant, VirtualKeyServiceGrant
 from .servers import McpServer
 from .services import Service
-from .users import ApiToken, DashboardSession, User
+from .users import ApiToken, Login, User
 
 __all__ = [
-    "ApiToken", "AuditEvent", "Credential", "DashboardSession", "Flow", "McpServer", "McpSession", "Service", "User",
+    "ApiToken", "AuditEvent", "Credential", "Login", "Flow", "McpServer", "McpSession", "Service", "User",
     "VirtualKey", "VirtualKeyServerGrant", "VirtualKeyServiceGrant",
 ]

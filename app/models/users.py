@@ -11,6 +11,7 @@ from ..extensions import db
 from .base import digest, iso, new_secret, utcnow
 
 ROLES = ("admin", "member")
+TOKEN_PREFIX = "pct_"
 
 
 @cache
@@ -54,8 +55,10 @@ class User(db.Model):
         }
 
 
-class DashboardSession(db.Model):
-    """A server-side login: the cookie holds only a random token whose hash is stored here."""
+class Login(db.Model):
+    """A dashboard login (table ``dashboard_sessions``): the signed cookie holds only a random
+    token whose hash is stored here. Called a login, not a session, in the code: "session" is
+    the MCP session of an agent, and the product's list of credentials is named sessions."""
 
     __tablename__ = "dashboard_sessions"
 
@@ -72,7 +75,7 @@ class DashboardSession(db.Model):
     user = db.relationship("User", lazy="joined")
 
     @classmethod
-    def start(cls, user: User, hours: int, ip: str | None, user_agent: str | None) -> tuple[DashboardSession, str]:
+    def start(cls, user: User, hours: int, ip: str | None, user_agent: str | None) -> tuple[Login, str]:
         token = new_secret("", 32)
         row = cls(token_hash=digest(token), user=user, expires_at=utcnow() + timedelta(hours=hours),
                   ip=(ip or "")[:64], user_agent=(user_agent or "")[:256])
@@ -100,7 +103,7 @@ class ApiToken(db.Model):
 
     @classmethod
     def issue(cls, user: User, hours: int) -> tuple[ApiToken, str]:
-        token = new_secret("pct_", 32)
+        token = new_secret(TOKEN_PREFIX, 32)
         row = cls(token_hash=digest(token), prefix=token[:12], user=user,
                   expires_at=utcnow() + timedelta(hours=hours))
         return row, token

@@ -47,6 +47,7 @@ AUTH_KINDS = ("headers", "oauth")
 KINDS = ("credential", "flow")
 MAX_QUERY = 200
 FLOW_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # flow ids are url-safe random tokens
+ROW_ID_RE = re.compile(r"^(cred_[1-9][0-9]*|flow_[A-Za-z0-9_-]{1,64})$")  # public row ids
 CHOICES = {"status": STATUSES, "auth_mode": AUTH_MODES, "auth_kind": AUTH_KINDS, "kind": KINDS}
 
 

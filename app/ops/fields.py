@@ -12,9 +12,13 @@ from urllib.parse import urlsplit
 from ..models.base import MAX_ID
 from .errors import BadRequest, Invalid
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+# The limits of what is accepted, in one place (the OpenAPI document takes them from here).
+MAX_NAME = 40  # server and service names
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,%d}$" % (MAX_NAME - 1))
+MAX_URL = 2048
+MAX_HEADER_NAME = 64
 # RFC 9110 token characters
-HEADER_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}$")
+HEADER_NAME_RE = re.compile(r"^[!#$%%&'*+\-.^_`|~0-9A-Za-z]{1,%d}$" % MAX_HEADER_NAME)
 MAX_HEADER_VALUE = 8192
 
 
@@ -83,14 +87,14 @@ class Fields:
         return v
 
     def name(self, name="name", *, required=True):
-        v = self.string(name, required=required, max_len=40)
+        v = self.string(name, required=required, max_len=MAX_NAME)
         if v is not _MISSING and not NAME_RE.match(v):
             self.fail(name, "must match ^[a-z][a-z0-9-]{0,39}$ (lower-case letters, digits, dashes)")
             return _MISSING
         return v
 
     def url(self, name, *, required=True):
-        v = self.string(name, required=required, max_len=2048)
+        v = self.string(name, required=required, max_len=MAX_URL)
         if v is _MISSING:
             return v
         parts = urlsplit(v)

@@ -14,6 +14,8 @@ from .fields import Fields, missing, valid_id
 FIELDS = {"name", "owner_id", "agent_id", "rate_limit_per_minute", "expires_at", "active",
           "mcp_servers", "services"}
 MAX_RATE_LIMIT = 100_000
+MAX_KEY_NAME = 100
+MAX_AGENT_ID = 200
 
 
 def get_key(key_id: int, viewer: User | None = None) -> VirtualKey:
@@ -92,9 +94,9 @@ def _service_grants(f: Fields):
 
 def _read(f: Fields, creating: bool):
     values = {
-        "name": f.string("name", required=creating, max_len=100, min_len=1),
+        "name": f.string("name", required=creating, max_len=MAX_KEY_NAME, min_len=1),
         "owner_id": f.integer("owner_id", nullable=True),
-        "agent_id": f.string("agent_id", max_len=200, nullable=True),
+        "agent_id": f.string("agent_id", max_len=MAX_AGENT_ID, nullable=True),
         "rate_limit_per_minute": f.integer("rate_limit_per_minute", lo=1, hi=MAX_RATE_LIMIT),
         "expires_at": f.future_datetime("expires_at", utcnow()),
         "active": f.boolean("active"),

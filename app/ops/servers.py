@@ -18,6 +18,7 @@ FIELDS = {"name", "url", "auth_type", "headers", "per_user_header_keys", "sample
           "allow_on_all_virtual_keys", "enabled", "connect_timeout", "read_timeout"}
 MAX_TIMEOUT = 600.0
 OAUTH_FIELDS = {"client_id", "client_secret", "scopes", "authorization_server"}
+MAX_OAUTH_VALUE = 512  # client_id, client_secret
 # Headers Portcullis itself controls on upstream requests; an admin may not override them.
 RESERVED_HEADERS = {"host", "content-length", "content-type", "accept", "connection", "transfer-encoding",
                     "keep-alive", "upgrade", "te", "trailer", "proxy-authorization", "proxy-connection",
@@ -173,7 +174,7 @@ def _oauth(f: Fields):
     sub = Fields(raw, OAUTH_FIELDS, partial=True)
     out = {}
     for name in ("client_id", "client_secret"):
-        v = sub.string(name, max_len=512)
+        v = sub.string(name, max_len=MAX_OAUTH_VALUE)
         if not missing(v) and v:
             out[name] = v
     v = sub.url("authorization_server", required=False)

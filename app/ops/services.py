@@ -7,10 +7,11 @@ from ..audit import record
 from ..extensions import db
 from ..models import Service
 from .errors import Conflict, NotFound
-from .fields import HEADER_NAME_RE, Fields, missing, valid_id
+from .fields import HEADER_NAME_RE, MAX_HEADER_NAME, MAX_HEADER_VALUE, Fields, missing, valid_id
 from .servers import RESERVED_HEADERS
 
 FIELDS = {"name", "description", "base_url", "credential_header", "secret"}
+MAX_DESCRIPTION = 500
 
 
 def get_service(service_id: int) -> Service:
@@ -23,10 +24,10 @@ def get_service(service_id: int) -> Service:
 def _read(f: Fields, creating: bool):
     values = {
         "name": f.name(required=creating),
-        "description": f.string("description", max_len=500),
+        "description": f.string("description", max_len=MAX_DESCRIPTION),
         "base_url": f.url("base_url", required=creating),
-        "credential_header": f.string("credential_header", max_len=64),
-        "secret": f.string("secret", required=creating, max_len=8192, strip=False),
+        "credential_header": f.string("credential_header", max_len=MAX_HEADER_NAME),
+        "secret": f.string("secret", required=creating, max_len=MAX_HEADER_VALUE, strip=False),
     }
     header = values["credential_header"]
     if not missing(header):

@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 
 from ..audit import record
 from ..extensions import db
-from ..models import ApiToken, DashboardSession, User
+from ..models import ApiToken, Login, User
 from ..models.base import utcnow
 from ..models.users import ROLES
 from .errors import Conflict, Invalid, NotFound
@@ -15,6 +15,8 @@ from .fields import Fields, missing, valid_id
 
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
 MIN_PASSWORD = 10
+MAX_PASSWORD = 200
+MAX_EMAIL = 254
 
 
 def get_user(user_id: int) -> User:
@@ -25,7 +27,7 @@ def get_user(user_id: int) -> User:
 
 
 def _email(f: Fields, required: bool):
-    v = f.string("email", required=required, max_len=254)
+    v = f.string("email", required=required, max_len=MAX_EMAIL)
     if missing(v):
         return v
     v = v.lower()
@@ -35,7 +37,7 @@ def _email(f: Fields, required: bool):
 
 
 def _password(f: Fields, required: bool, name: str = "password"):
-    v = f.string(name, required=required, max_len=200, strip=False)
+    v = f.string(name, required=required, max_len=MAX_PASSWORD, strip=False)
     if not missing(v) and len(v) < MIN_PASSWORD:
         f.fail(name, f"must be at least {MIN_PASSWORD} characters")
     return v
@@ -113,17 +115,17 @@ def delete_user(user: User) -> None:
     db.session.delete(user)
 
 
-def end_logins(user: User, keep: DashboardSession | None = None) -> None:
+def end_logins(user: User, keep: Login | None = None) -> None:
     """End every login of a user, dashboard sessions and API tokens alike, whenever what they
     were granted for changes: a password change or reset, deactivation, a role change (deletion
     cascades). ``keep`` is the dashboard session making the change, when it stays logged in."""
     if user.id is None:
         return  # not stored yet: nothing was issued to it
     now = utcnow()
-    sessions = db.update(DashboardSession).where(DashboardSession.user_id == user.id,
-                                                 DashboardSession.revoked_at.is_(None))
+    sessions = db.update(Login).where(Login.user_id == user.id,
+                                                 Login.revoked_at.is_(None))
     if keep is not None and keep.id is not None:
-        sessions = sessions.where(DashboardSession.id != keep.id)
+        sessions = sessions.where(Login.id != keep.id)
     db.session.execute(sessions.values(revoked_at=now))
     db.session.execute(db.update(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
                        .values(revoked_at=now))

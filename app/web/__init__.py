@@ -12,7 +12,7 @@ bp = Blueprint("web", __name__)
 def identify():
     # Only the dashboard reads the session cookie; the API and /mcp have credentials of their own.
     g.user = None
-    g.dashboard_session = None
+    g.login = None
     load_dashboard_user()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import current_app, flash, g, redirect, render_template, request, url_for
 
 from ..audit import record
-from ..auth import check_login, end_session, login_required, record_failed_login, start_session
+from ..auth import check_login, end_login, login_required, record_failed_login, start_login
 from ..extensions import db, limiter
 from ..ops.users import MIN_PASSWORD, end_logins
 from . import bp
@@ -42,7 +42,7 @@ def login():
             record_failed_login("login.failure", email, user)
             db.session.commit()
         else:
-            start_session(user)
+            start_login(user)
             record("login.success", user)
             db.session.commit()
             if user.must_change_password:
@@ -57,7 +57,7 @@ def login():
 def logout():
     if g.get("user") is not None:
         record("logout", g.user)
-    end_session()
+    end_login()
     db.session.commit()
     return redirect(url_for("web.login"))
 
@@ -81,7 +81,7 @@ def change_password():
         if not errors:
             g.user.set_password(new)
             g.user.must_change_password = False
-            end_logins(g.user, keep=g.dashboard_session)  # this login stays, every other one ends
+            end_logins(g.user, keep=g.login)  # this login stays, every other one ends
             record("user.password_change", g.user)
             db.session.commit()
             flash("Password changed.", "success")
