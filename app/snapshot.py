@@ -1,4 +1,4 @@
-"""What the hot path (/mcp, later the proxy) reads instead of the database.
+"""What the hot paths (/mcp and /proxy) read instead of the database.
 
 A ``Snapshot`` holds every MCP server's configuration (shared headers decrypted once), every
 HTTP service of the proxy route (root credential decrypted once) and the virtual keys seen so

@@ -1,2 +1,3 @@
-"""Portcullis's MCP endpoint (/mcp, /mcp/<server-name>) and its client side towards upstream
-MCP servers. The endpoint is mounted by ``app.mcp.wsgi.mount`` in create_app()."""
+"""Portcullis's own MCP endpoint for agents (/mcp, /mcp/<server-name>): mounted in front of
+Flask's dispatch by ``app.mcp.wsgi.mount`` in create_app(). The client side towards upstream
+MCP servers lives below, in app/upstream."""
