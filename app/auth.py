@@ -30,9 +30,13 @@ def start_session(user: User) -> DashboardSession:
 
 
 def end_session() -> None:
+    """Log out: this login ends, and so do the OAuth refresh tokens issued under it."""
+    from .oauth_server.consents import end_refresh_tokens
+
     row = g.get("dashboard_session")
     if row is not None and row.revoked_at is None:
         row.revoked_at = utcnow()
+        end_refresh_tokens(login_ids=[row.id])
     session.clear()
 
 

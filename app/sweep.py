@@ -36,6 +36,7 @@ class SweepReport:
     orphans: int = 0
     skipped: bool = False
     reconciled: int = 0
+    oauth: int = 0  # expired codes, refresh tokens, ended consents and retired signing keys
 
 
 def retention_days(app) -> int:
@@ -69,6 +70,7 @@ def sweep(app, flows: bool = True, orphans: bool = True, now=None) -> SweepRepor
                 select(Credential.id).where(Credential.status == "orphaned", Credential.status_changed_at < cutoff)
                 .order_by(Credential.id).with_for_update()))
                 .execution_options(synchronize_session=False)).rowcount
+        report.oauth = _sweep_oauth(app, now)
         db.session.commit()  # releases the lease
     except Exception:
         db.session.rollback()
@@ -78,6 +80,25 @@ def sweep(app, flows: bool = True, orphans: bool = True, now=None) -> SweepRepor
 
         invalidate()
     return report
+
+
+def _sweep_oauth(app, now) -> int:
+    """What the authorization server no longer needs: codes a day after they expired (a reuse
+    within that day is still recognised), expired refresh tokens, consents revoked longer ago
+    than the retention or without any refresh token left for longer than a refresh token
+    lives, signing keys whose tokens have all expired."""
+    from .models import OAuthCode, OAuthConsent, OAuthRefreshToken, SigningKey
+
+    n = db.session.execute(delete(OAuthCode).where(OAuthCode.expires_at < now - timedelta(days=1))).rowcount
+    n += db.session.execute(delete(OAuthRefreshToken).where(OAuthRefreshToken.expires_at < now)).rowcount
+    idle = now - timedelta(days=app.config.get("PORTCULLIS_REFRESH_TOKEN_DAYS", 30))
+    n += db.session.execute(delete(OAuthConsent).where(
+        (OAuthConsent.revoked_at < now - timedelta(days=retention_days(app)))
+        | ((OAuthConsent.created_at < idle) & (OAuthConsent.last_used_at < idle)
+           & ~select(OAuthRefreshToken.id).where(OAuthRefreshToken.consent_id == OAuthConsent.id).exists()))
+    ).rowcount
+    n += db.session.execute(delete(SigningKey).where(SigningKey.remove_after < now)).rowcount
+    return n
 
 
 def start_background(app) -> threading.Thread | None:

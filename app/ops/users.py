@@ -113,7 +113,11 @@ def delete_user(user: User) -> None:
 
 
 def end_sessions(user: User, keep: DashboardSession | None = None) -> None:
-    """Revoke every dashboard session of a user (password change, deactivation)."""
+    """Revoke every dashboard session of a user (password change, deactivation), and every
+    OAuth refresh token issued under their logins."""
+    from ..oauth_server.consents import end_refresh_tokens
+
+    end_refresh_tokens(user_id=user.id)
     now = utcnow()
     q = db.update(DashboardSession).where(DashboardSession.user_id == user.id,
                                           DashboardSession.revoked_at.is_(None))
