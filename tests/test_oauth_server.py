@@ -401,3 +401,126 @@ def test_logout_revokes_refresh_tokens_of_that_login(app, client, member):
     r = refresh(client, app_client["client_id"], tok["refresh_token"])
     assert r.status_code == 400 and r.get_json()["error"] == "invalid_grant"
 
+
+
+# -- Connected apps and OAuth clients: API and pages -------------------------------------------
+
+def test_connected_apps_api_lists_own_and_revokes(app, client, member, member_api, admin_api):
+    app_client, tok = tokens_for(client, member)
+    other_id = make_user(app, "other@example.com")
+    body = member_api.get("/oauth-consents").get_json()
+    assert body["total_count"] == 1
+    row = body["oauth_consents"][0]
+    assert row["client"]["client_id"] == app_client["client_id"] and row["mode"] == "user"
+    assert row["scopes"] == ["mcp"] and row["resource"] == MCP and row["signed_in"] is True
+    assert row["user"]["email"] == "member@example.com"
+    assert admin_api.get("/oauth-consents").get_json()["total_count"] == 1  # admins see everyone's
+    from tests.conftest import Api, token_for
+
+    other = Api(client, token_for(app, other_id))
+    assert other.get("/oauth-consents").get_json()["total_count"] == 0
+    assert other.delete(f"/oauth-consents/{row['id']}").status_code == 404  # not theirs: not found
+    assert member_api.delete(f"/oauth-consents/{row['id']}").status_code == 204
+    assert member_api.get("/oauth-consents").get_json()["total_count"] == 0
+    assert member_api.delete(f"/oauth-consents/{row['id']}").status_code == 404
+    assert refresh(client, app_client["client_id"], tok["refresh_token"]).status_code == 400
+    with app.app_context():
+        assert db.session.scalar(select(AuditEvent).where(AuditEvent.action == "oauth.consent_revoke"))
+
+
+def test_signed_out_consent_is_shown_so(client, member, member_api):
+    tokens_for(client, member)
+    member.post("/logout")
+    assert member_api.get("/oauth-consents").get_json()["oauth_consents"][0]["signed_in"] is False
+
+
+def test_oauth_clients_api_is_for_admins(app, client, member, admin_api, member_api):
+    app_client, tok = tokens_for(client, member)
+    assert member_api.get("/oauth-clients").status_code == 403
+    body = admin_api.get("/oauth-clients").get_json()
+    assert body["total_count"] == 1 and body["oauth_clients"][0]["client_id"] == app_client["client_id"]
+    pk = body["oauth_clients"][0]["id"]
+    assert admin_api.get(f"/oauth-clients/{pk}").get_json()["kind"] == "dcr"
+    assert member_api.delete(f"/oauth-clients/{pk}").status_code == 403
+    assert admin_api.delete(f"/oauth-clients/{pk}").status_code == 204
+    assert admin_api.get(f"/oauth-clients/{pk}").status_code == 404
+    assert refresh(client, app_client["client_id"], tok["refresh_token"]).get_json()["error"] == "invalid_client"
+    with app.app_context():
+        assert db.session.scalar(select(OAuthConsent.id)) is None  # its consents went with it
+
+
+def test_connected_apps_page_lists_and_revokes_in_place(client, member):
+    app_client, tok = tokens_for(client, member)
+    page = member.get("/connected-apps").get_data(as_text=True)
+    assert "Test App" in page and "Connected apps" in page and 'aria-current="page"' in page
+    fragment = member.get("/connected-apps?q=test", htmx=True).get_data(as_text=True)
+    assert "<html" not in fragment and "Test App" in fragment
+    import re
+
+    consent_id = re.search(r'id="consent-(\d+)"', page).group(1)
+    r = member.post(f"/connected-apps/{consent_id}/revoke", htmx=True)
+    assert r.status_code == 200 and "revoked" in r.get_data(as_text=True)
+    assert "Test App" not in member.get("/connected-apps").get_data(as_text=True)
+    assert refresh(client, app_client["client_id"], tok["refresh_token"]).status_code == 400
+
+
+def test_oauth_clients_page_for_admins(client, member, admin_id):
+    tokens_for(client, member)
+    assert member.get("/oauth-clients").status_code == 403
+    member.post("/logout")
+    admin = Web(client).login("admin@example.com")
+    page = admin.get("/oauth-clients").get_data(as_text=True)
+    assert "Test App" in page and REDIRECT in page
+    import re
+
+    pk = re.search(r'id="oauth-client-(\d+)"', page).group(1)
+    assert admin.post(f"/oauth-clients/{pk}/delete").status_code == 303
+    page = admin.get("/oauth-clients").get_data(as_text=True)
+    assert "client Test App deleted" in page and f'id="oauth-client-{pk}"' not in page
+
+
+# -- signing keys ------------------------------------------------------------------------------
+
+def test_rotation_keeps_old_tokens_valid_until_they_expire(app, client, member):
+    app_client, tok = tokens_for(client, member)
+    runner = app.test_cli_runner()
+    try:
+        out = runner.invoke(args=["rotate-signing-key"])
+        assert out.exit_code == 0, out.output
+        assert "signing with" in out.output and "retired" in out.output
+        old_kid = jwt.decode(tok["access_token"], keys_set()).header["kid"]
+        with app.app_context():
+            assert tokens.verify(tok["access_token"], MCP).user_id  # the old key is still accepted
+            new_kid = keys.cache().signing_key()[0]
+        assert new_kid != old_kid
+        jwks = [k["kid"] for k in client.get("/oauth/jwks").get_json()["keys"]]
+        assert old_kid in jwks and new_kid in jwks
+        second = refresh(client, app_client["client_id"], tok["refresh_token"]).get_json()
+        assert jwt.decode(second["access_token"], keys_set()).header["kid"] == new_kid
+        # once every token of the old key has expired, the sweeper removes it
+        with app.app_context():
+            old = db.session.scalar(select(SigningKey).where(SigningKey.kid == old_kid))
+            assert old.remove_after - old.retired_at >= timedelta(seconds=600)
+            old.remove_after = utcnow() - timedelta(seconds=1)
+            db.session.commit()
+        assert runner.invoke(args=["sweep"]).exit_code == 0
+        tokens._verified.clear()
+        app.extensions["signing_keys"].invalidate()
+        assert old_kid not in [k["kid"] for k in client.get("/oauth/jwks").get_json()["keys"]]
+        with app.app_context():
+            with pytest.raises(tokens.InvalidToken, match="unknown key"):
+                tokens.verify(tok["access_token"], MCP)
+    finally:
+        with app.app_context():  # one signing key again for the other tests
+            db.session.execute(SigningKey.__table__.delete().where(SigningKey.retired_at.is_not(None)))
+            db.session.commit()
+        app.extensions["signing_keys"].invalidate()
+
+
+def test_setup_creates_the_first_key_once(app):
+    runner = app.test_cli_runner()
+    out = runner.invoke(args=["setup"])
+    assert out.exit_code == 0, out.output
+    assert "signing key" not in out.output  # the test session's key exists already
+    with app.app_context():
+        assert db.session.scalar(select(db.func.count(SigningKey.id))) == 1
