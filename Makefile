@@ -22,10 +22,10 @@ $(VENV)/.installed-test: requirements.txt requirements-test.txt $(VENV)/.install
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-## make run: install, upgrade the database, create missing secrets and the first admin, serve on :8080
+## make run: install, upgrade the database, create missing secrets, the first admin and signing key, serve on :8080
 run: install
 	$(FLASK) db upgrade
-	$(FLASK) ensure-admin
+	$(FLASK) setup
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 ## make test: install with test requirements, then the whole suite (TEST_DATABASE_URL picks PostgreSQL)

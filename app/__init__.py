@@ -51,7 +51,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(web_bp)
     app.register_blueprint(api_bp)
     csrf.exempt(api_bp)  # bearer tokens, not cookies: no CSRF exposure
-    _scope_limiter(app, ("web", "api"))
+    from .oauth_server import register as register_oauth_server
+    register_oauth_server(app)  # discovery, /oauth/* and the consent page (app/oauth_server)
+    _scope_limiter(app, ("web", "api", "oauth"))
 
     from .mcp.wsgi import mount
     mount(app)  # /mcp is answered in front of Flask's dispatch (see app/mcp/wsgi.py)

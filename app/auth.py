@@ -56,9 +56,13 @@ def start_login(user: User) -> Login:
 
 
 def end_login() -> None:
+    """Log out: this login ends, and so do the OAuth refresh tokens issued under it."""
+    from .oauth_server.consents import end_refresh_tokens
+
     row = g.get("login")
     if row is not None and row.revoked_at is None:
         row.revoked_at = utcnow()
+        end_refresh_tokens(login_ids=[row.id])
     session.clear()
 
 

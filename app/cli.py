@@ -57,6 +57,36 @@ def register(app: Flask) -> None:
         else:
             click.echo(f"  Admin account exists ({user.email}); log in at {url}/login.")
 
+    @app.cli.command("setup")
+    @click.pass_context
+    def setup_cmd(ctx):
+        """What `make run` runs before the server starts: the first admin (ensure-admin) and the
+        first key that signs OAuth access tokens, created once here rather than by several
+        workers racing."""
+        from .oauth_server import keys
+
+        ctx.invoke(ensure_admin_cmd)
+        key = keys.ensure()
+        db.session.commit()
+        if key is not None:
+            click.echo(f"  Created the OAuth signing key {key.kid}.")
+
+    @app.cli.command("rotate-signing-key")
+    def rotate_signing_key():
+        """A new key signs OAuth access tokens from now on; the old ones stay published and
+        accepted until every token they signed has expired, then the sweeper removes them."""
+        from .audit import record
+        from .oauth_server import keys
+
+        g.actor_name = "cli"
+        new, retired = keys.rotate()
+        record("oauth.rotate_signing_key", detail=f"new kid {new.kid}; retired {len(retired)}")
+        db.session.commit()
+        keys.cache().invalidate()
+        for old in retired:
+            click.echo(f"retired {old.kid}: published until {old.remove_after.isoformat()}Z")
+        click.echo(f"signing with {new.kid}")
+
     @app.cli.command("refresh-tools")
     @click.option("--name", "names", multiple=True, help="only these servers (default: every enabled one)")
     def refresh_tools_cmd(names):
@@ -94,8 +124,8 @@ def register(app: Flask) -> None:
         if report.skipped:
             click.echo("another instance is sweeping; skipped")
         else:
-            click.echo(f"deleted {report.flows} expired flow(s), {report.orphans} old orphaned credential(s); "
-                       f"reconciliation changed {report.reconciled} row(s)")
+            click.echo(f"deleted {report.flows} expired flow(s), {report.orphans} old orphaned credential(s), "
+                       f"{report.oauth} ended OAuth row(s); reconciliation changed {report.reconciled} row(s)")
 
     @app.cli.command("rotate-encryption-key")
     def rotate_encryption_key():

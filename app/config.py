@@ -55,6 +55,16 @@ def _float(env: dict, name: str, default: float) -> float:
     return value
 
 
+MCP_AUTH_MODES = ("any", "oauth", "keys")
+
+
+def _choice(env: dict, name: str, choices: tuple[str, ...], default: str) -> str:
+    value = (env.get(name) or default).strip().lower()
+    if value not in choices:
+        raise RuntimeError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def _header_prefix(env: dict) -> str:
     prefix = (env.get("PORTCULLIS_IDENTITY_HEADER_PREFIX") or "X-Portcullis").strip()
     if not HEADER_PREFIX_RE.match(prefix):
@@ -194,6 +204,14 @@ def load_config(instance_path: str, overrides: dict | None = None) -> dict:
         "PORTCULLIS_PROXY_MAX_BODY_BYTES": _int(env, "PORTCULLIS_PROXY_MAX_BODY_BYTES", 0, lo=0),
         # The longest lifetime a key issued by the portcullis__request_key tool may ask for.
         "PORTCULLIS_REQUEST_KEY_MAX_TTL_SECONDS": _int(env, "PORTCULLIS_REQUEST_KEY_MAX_TTL_SECONDS", 86400, lo=1),
+        # Portcullis as OAuth authorization server for its own /mcp (app/oauth_server): which
+        # credentials /mcp takes (virtual keys and JWTs, JWTs only, keys only), token lifetimes,
+        # the dynamic registration limit, loopback client metadata documents (development).
+        "PORTCULLIS_MCP_AUTH": _choice(env, "PORTCULLIS_MCP_AUTH", MCP_AUTH_MODES, "any"),
+        "PORTCULLIS_ACCESS_TOKEN_SECONDS": _int(env, "PORTCULLIS_ACCESS_TOKEN_SECONDS", 600, lo=1),
+        "PORTCULLIS_REFRESH_TOKEN_DAYS": _int(env, "PORTCULLIS_REFRESH_TOKEN_DAYS", 30, lo=1),
+        "PORTCULLIS_REGISTRATION_RATE_LIMIT": env.get("PORTCULLIS_REGISTRATION_RATE_LIMIT") or "20 per minute",
+        "PORTCULLIS_CIMD_ALLOW_LOOPBACK": _bool(env.get("PORTCULLIS_CIMD_ALLOW_LOOPBACK"), False),
         "RATELIMIT_STORAGE_URI": redis_url or "memory://",
         # Prefix of every rate-limit counter (several deployments sharing one Redis database).
         "RATELIMIT_KEY_PREFIX": (env.get("PORTCULLIS_RATE_LIMIT_PREFIX") or "").strip(),

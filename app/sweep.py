@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from sqlalchemy import text
 
 from .credentials import sweep as credentials
+from .oauth_server import sweep as oauth
+
 from .extensions import db
 from .models.base import utcnow
 
@@ -34,6 +36,7 @@ class SweepReport:
     orphans: int = 0
     skipped: bool = False
     reconciled: int = 0
+    oauth: int = 0  # expired codes, refresh tokens, ended consents and retired signing keys
 
 
 def retention_days(app) -> int:
@@ -61,6 +64,7 @@ def sweep(app, flows: bool = True, orphans: bool = True, now=None) -> SweepRepor
             report.flows = credentials.expired_flows(now)
         if orphans:
             report.orphans = credentials.old_orphans(now, retention_days(app))
+        report.oauth = oauth.sweep(now, retention_days(app), app.config["PORTCULLIS_REFRESH_TOKEN_DAYS"])
         db.session.commit()  # releases the lease
     except Exception:
         db.session.rollback()

@@ -17,6 +17,7 @@ from app.models import ApiToken, User
 pytest_plugins = ["tests.mcp_fixtures"]
 
 PASSWORD = "correct horse battery"
+KEPT_TABLES = {"signing_keys"}  # made once per test session (an RSA key takes a while); see reset_schema
 
 
 def _database_url(tmp_path_factory) -> str:
@@ -40,6 +41,10 @@ def reset_schema(app) -> None:
             with db.engine.begin() as conn:
                 conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
         upgrade()
+        from app.oauth_server import keys
+
+        keys.ensure()  # what `flask setup` does before the server starts
+        db.session.commit()
 
 
 @pytest.fixture(scope="session")
@@ -71,8 +76,10 @@ def _clean_tables(app):
         db.session.remove()
         with db.engine.begin() as conn:
             for table in reversed(db.metadata.sorted_tables):
-                conn.execute(table.delete())
+                if table.name not in KEPT_TABLES:
+                    conn.execute(table.delete())
     limiter.reset()
+    app.extensions["signing_keys"].invalidate()
 
 
 @pytest.fixture

@@ -136,7 +136,7 @@ def test_change_password(app, admin_api, member_id, client):
         assert event.detail == "password"
 
 
-def _dashboard_session(app, user_id) -> int:
+def _login(app, user_id) -> int:
     with app.app_context():
         row = Login(token_hash=digest(f"s-{user_id}-{utcnow()}"), user_id=user_id,
                                expires_at=utcnow() + timedelta(hours=1))
@@ -154,7 +154,7 @@ def _session_revoked(app, sid) -> bool:
 
 @pytest.mark.parametrize("payload", [{"active": False}, {"password": "another long one"}])
 def test_deactivation_and_password_change_end_dashboard_sessions(app, admin_api, member_id, payload):
-    sid = _dashboard_session(app, member_id)
+    sid = _login(app, member_id)
     assert admin_api.patch(f"/users/{member_id}", json=payload).status_code == 200
     assert _session_revoked(app, sid)
 

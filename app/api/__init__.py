@@ -143,4 +143,4 @@ def http_error(e: HTTPException):
     return resp, status
 
 
-from . import audit, header_flows, keys, openapi, servers, services, sessions, tokens, users  # noqa: E402,F401
+from . import audit, header_flows, keys, oauth, openapi, servers, services, sessions, tokens, users  # noqa: E402,F401

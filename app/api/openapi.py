@@ -11,6 +11,7 @@ from flask import jsonify
 from ..models.base import MAX_ID
 from ..models.credentials import AUTH_KINDS, AUTH_MODES, FLOW_KINDS, STATUSES
 from ..models.keys import KEY_PREFIX, SCOPES, SOURCES
+from ..models.oauth import CLIENT_KINDS, CONSENT_MODES
 from ..models.servers import AUTH_TYPES
 from ..models.users import ROLES, TOKEN_PREFIX
 from ..ops.connections import AUTH_KINDS as SESSION_AUTH_KINDS
@@ -324,6 +325,38 @@ SCHEMAS = {
     }, ["id", "kind", "auth_kind", "auth_mode", "user", "virtual_key", "session_id", "server", "status",
         "header_keys", "created_at", "updated_at", "expires_at", "can_reauth"]),
     "SessionList": listing("sessions", "Session"),
+
+    "OAuthClient": obj({
+        "id": ID,
+        "client_id": {"type": "string", "description": "Random for registered clients; the HTTPS URL of the "
+                                                      "client ID metadata document otherwise."},
+        "kind": {"type": "string", "enum": list(CLIENT_KINDS),
+                 "description": "dcr: registered dynamically (RFC 7591); cimd: a client ID metadata document."},
+        "client_name": STR, "client_uri": nullable(STR),
+        "redirect_uris": {"type": "array", "items": STR},
+        "grant_types": {"type": "array", "items": {"type": "string", "enum": ["authorization_code", "refresh_token"]}},
+        "token_endpoint_auth_method": {"type": "string",
+                                       "enum": ["none", "client_secret_basic", "client_secret_post"]},
+        "scope": STR, "created_at": TIMESTAMP, "fetched_at": nullable(TIMESTAMP), "last_used_at": nullable(TIMESTAMP),
+    }, ["id", "client_id", "kind", "client_name", "client_uri", "redirect_uris", "grant_types",
+        "token_endpoint_auth_method", "scope", "created_at", "fetched_at", "last_used_at"]),
+    "OAuthClientList": listing("oauth_clients", "OAuthClient"),
+    "OAuthConsent": obj({
+        "id": ID,
+        "client": obj({"id": ID, "client_id": STR, "client_name": STR}, ["id", "client_id", "client_name"]),
+        "user": obj({"id": ID, "email": STR}, ["id", "email"], description="The person who consented."),
+        "mode": {"type": "string", "enum": list(CONSENT_MODES),
+                 "description": "As whom the client acts: the person (user), one of their keys (vk), or an "
+                                "anonymous development session (session)."},
+        "virtual_key": nullable(obj({"id": ID, "name": STR}, ["id", "name"], description="vk mode: the key.")),
+        "scopes": {"type": "array", "items": STR},
+        "resource": {"type": "string", "description": "The MCP endpoint the tokens are for (their aud)."},
+        "created_at": TIMESTAMP, "last_used_at": nullable(TIMESTAMP),
+        "signed_in": {"type": "boolean", "description": "false when its refresh tokens ended (logout, password "
+                                                         "change): the app must sign in again."},
+    }, ["id", "client", "user", "mode", "virtual_key", "scopes", "resource", "created_at", "last_used_at",
+        "signed_in"]),
+    "OAuthConsentList": listing("oauth_consents", "OAuthConsent"),
     "SessionReauth": obj({
         "url": {"type": "string", "description": "The submission page to open: "
                                                  "{PORTCULLIS_BASE_URL}/connect/<flow_id>, plus #t=<token> for "
@@ -601,6 +634,33 @@ PATHS = {
                    description="For the row's binding. Audited as session.reauth."),
     },
 
+    "/oauth-clients": {"get": op(
+        "list_oauth_clients", "oauth", "List OAuth clients of the authorization server",
+        {**ok(200, "One page.", "OAuthClientList"), **problems("BadRequest", "Unauthorized", "Forbidden")},
+        params=[{"$ref": "#/components/parameters/limit"}, {"$ref": "#/components/parameters/offset"},
+                {**PARAMETERS["q"], "description": "Part of the client name or client id."}])},
+    "/oauth-clients/{client_pk}": {
+        "parameters": [path_id("client_pk", "OAuth client")],
+        "get": op("get_oauth_client", "oauth", "Get an OAuth client",
+                  {**ok(200, "The client.", "OAuthClient"), **problems("Unauthorized", "Forbidden", "NotFound")}),
+        "delete": op("delete_oauth_client", "oauth", "Delete an OAuth client",
+                     {**ok(204, "Deleted, with every consent and token it holds."),
+                      **problems("Unauthorized", "Forbidden", "NotFound")}),
+    },
+    "/oauth-consents": {"get": op(
+        "list_oauth_consents", "oauth", "List connected apps (live consents)",
+        {**ok(200, "One page.", "OAuthConsentList"), **problems("BadRequest", "Unauthorized")},
+        params=[{"$ref": "#/components/parameters/limit"}, {"$ref": "#/components/parameters/offset"},
+                {**PARAMETERS["q"], "description": "Part of the client name or the person's e-mail."}],
+        description="Any user: their own consents; admins: everyone's.")},
+    "/oauth-consents/{consent_id}": {
+        "parameters": [path_id("consent_id", "consent")],
+        "delete": op("revoke_oauth_consent", "oauth", "Revoke a connected app",
+                     {**ok(204, "Revoked: its refresh tokens at once, its access tokens on the next call."),
+                      **problems("Unauthorized", "NotFound")},
+                     description="Your own consents; admins any. Others' are not found."),
+    },
+
     "/audit-events": {"get": op(
         "list_audit_events", "audit", "List audit events, newest first",
         {**ok(200, "One page.", "AuditEventList"), **problems("BadRequest", "Unauthorized", "Forbidden")},
@@ -625,7 +685,7 @@ DOCUMENT = {
     "servers": [{"url": "/api/v1"}],
     "security": [{"bearerAuth": []}],
     "tags": [{"name": t} for t in ("tokens", "users", "mcp-servers", "virtual-keys", "services", "credentials", "sessions",
-                                         "audit", "meta")],
+                                         "oauth", "audit", "meta")],
     "paths": PATHS,
     "components": {
         "securitySchemes": {"bearerAuth": {

@@ -2,12 +2,14 @@
 from .audit import AuditEvent
 from .credentials import Credential, Flow
 from .mcp_sessions import McpSession
+from .oauth import OAuthClient, OAuthCode, OAuthConsent, OAuthRefreshToken, SigningKey
 from .keys import VirtualKey, VirtualKeyServerGrant, VirtualKeyServiceGrant
 from .servers import McpServer
 from .services import Service
 from .users import ApiToken, Login, User
 
 __all__ = [
-    "ApiToken", "AuditEvent", "Credential", "Login", "Flow", "McpServer", "McpSession", "Service", "User",
+    "ApiToken", "AuditEvent", "Credential", "Flow", "Login", "McpServer", "McpSession", "OAuthClient", "OAuthCode",
+    "OAuthConsent", "OAuthRefreshToken", "Service", "SigningKey", "User",
     "VirtualKey", "VirtualKeyServerGrant", "VirtualKeyServiceGrant",
 ]

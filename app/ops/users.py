@@ -116,11 +116,15 @@ def delete_user(user: User) -> None:
 
 
 def end_logins(user: User, keep: Login | None = None) -> None:
-    """End every login of a user, dashboard sessions and API tokens alike, whenever what they
-    were granted for changes: a password change or reset, deactivation, a role change (deletion
-    cascades). ``keep`` is the dashboard session making the change, when it stays logged in."""
+    """End every login of a user, dashboard sessions and API tokens alike, and the OAuth refresh
+    tokens issued under them, whenever what they were granted for changes: a password change or
+    reset, deactivation, a role change (deletion cascades). ``keep`` is the dashboard session
+    making the change, when it stays logged in."""
     if user.id is None:
         return  # not stored yet: nothing was issued to it
+    from ..oauth_server.consents import end_refresh_tokens
+
+    end_refresh_tokens(user_id=user.id)
     now = utcnow()
     sessions = db.update(Login).where(Login.user_id == user.id,
                                                  Login.revoked_at.is_(None))
