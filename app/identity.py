@@ -1,12 +1,17 @@
 """Who is calling, for every door agents use (/mcp and /proxy): the credential presented, the
-virtual key or token it stands for, the binding mode its credentials are stored under and the
-effective allowlist. The answer is a ``Caller`` or a ``Refusal`` with its code; each door only
-renders it (/mcp as JSON-RPC, /proxy as JSON). Resolved from the in-memory snapshot: no
-database query per request once a key has been seen.
+virtual key or OAuth access token it stands for, the binding mode its credentials are stored
+under and the effective allowlist. The answer is a ``Caller`` or a ``Refusal`` with its code;
+each door only renders it (/mcp as JSON-RPC, /proxy as JSON). Resolved from the in-memory
+snapshot: no database query per request once a key (or a token's consent) has been seen.
+
+Credentials: a virtual key (both doors), or on /mcp a JWT that Portcullis's authorization
+server signed (told from a key by its shape; PORTCULLIS_MCP_AUTH says which are accepted).
 
 Binding modes: a key with an owner binds credentials as ``user`` (that person), a key without
 owner as ``vk``, an anonymous development caller (PORTCULLIS_ENFORCE_AUTH=false) as
-``session`` (its MCP session).
+``session`` (its MCP session). A token binds as its consent says: ``user`` (the person who
+consented; tools: the union of their usable keys' allowlists), ``vk`` (exactly one of their
+keys, which then binds as its owner like any key) or ``session``.
 """
 from __future__ import annotations
 
@@ -17,8 +22,12 @@ from flask import current_app
 
 from . import snapshot
 from .access import Allowlist, KeyView
+from .extensions import db
 from .models.base import digest, utcnow
 from .models.keys import KEY_PREFIX
+from .oauth_server.metadata import resource_url
+from .oauth_server.tokens import SCOPE, Claims, InvalidToken, looks_like_jwt
+from .oauth_server.tokens import verify as verify_token
 from .snapshot import Snapshot
 
 MAX_KEY_LENGTH = 200
@@ -38,10 +47,11 @@ class Refusal(Exception):
 class Caller:
     snapshot: Snapshot
     allowlist: Allowlist
-    key: KeyView | None = None  # the virtual key presented (None: anonymous)
+    key: KeyView | None = None  # the virtual key presented or named by a vk-mode token
     mcp_session: object | None = None  # /mcp: the caller's Mcp-Session-Id session, once known
     # the credential as presented: the proxy removes it from everything it forwards
     secret: str | None = field(default=None, repr=False)
+    token: Claims | None = None  # an OAuth access token's verified claims
 
     @property
     def key_id(self) -> int | None:
@@ -49,8 +59,13 @@ class Caller:
 
     @property
     def user_id(self) -> int | None:
-        """The person the caller acts for (the key's owner), if any."""
-        return None if self.key is None else self.key.owner_id
+        """The person whose credentials the caller uses: the key's owner, or the person who
+        consented to a user-mode token."""
+        if self.key is not None:
+            return self.key.owner_id
+        if self.token is not None and self.token.mode == "user":
+            return self.token.user_id
+        return None
 
     @property
     def mode(self) -> str:
@@ -72,15 +87,50 @@ class Caller:
 
     @property
     def principal(self) -> str:
-        """Whom an MCP session belongs to: another principal never gets to use it."""
+        """Whom an MCP session belongs to: another principal never gets to use it (a token's
+        consent, a key, or nobody)."""
+        if self.token is not None:
+            return f"grant:{self.token.grant_id}"
         return f"key:{self.key.id}" if self.key is not None else "anonymous"
+
+    def signed_in(self) -> bool:
+        """The session gate (a user-mode token may use stored credentials, but starting a flow
+        that asks the person for new ones needs the dashboard login that consented to be still
+        active): False only for a user-mode token whose login has ended."""
+        if self.token is None or self.token.mode != "user":
+            return True
+        from .models import Login
+
+        login = db.session.get(Login, self.token.login_id)
+        return login is not None and login.user_id == self.token.user_id and login.usable(utcnow())
 
     def service_scope(self, service_id: int) -> str | None:
         """read or write for a service this caller is granted (issuer limits applied); None."""
-        return None if self.key is None else self.key.service_grants.get(service_id)
+        issuer = self.service_keys().get(service_id)
+        return None if issuer is None else issuer.service_grants[service_id]
+
+    def service_keys(self) -> dict[int, KeyView]:
+        """For each service the caller may reach through the proxy, the key it does so with:
+        its own key, or for a user-mode token the person's usable key with the widest grant
+        (write before read, then the higher rate limit, then the later expiry)."""
+        if self.key is not None:
+            return {sid: self.key for sid in self.key.service_grants}
+        if self.token is None or self.token.mode != "user":
+            return {}
+        best: dict[int, KeyView] = {}
+        for key in self.snapshot.user_keys(self.token.user_id, utcnow()):
+            for sid in key.service_grants:
+                if sid not in best or _rank(key, sid) > _rank(best[sid], sid):
+                    best[sid] = key
+        return best
 
     def in_session(self, mcp_session) -> Caller:
         return replace(self, mcp_session=mcp_session)
+
+
+def _rank(key: KeyView, service_id: int) -> tuple:
+    return (key.service_grants[service_id] == "write", key.rate_limit_per_minute,
+            key.expires_at is None, key.expires_at or 0)
 
 
 def presented(environ, door: str) -> set[str]:
@@ -117,19 +167,60 @@ def query_pairs(raw_query: bytes):
                unquote(value.replace(b"+", b" ").decode("latin-1")))
 
 
-def resolve(environ, door: str) -> Caller:
-    """The caller at ``door``, or ``Refusal``."""
+def resolve(environ, door: str, server_name: str | None = None) -> Caller:
+    """The caller at ``door`` (/mcp: the endpoint of ``server_name``, or the aggregate one),
+    or ``Refusal``."""
     tokens = presented(environ, door)
     snap = snapshot.current()
+    accepts = current_app.config["PORTCULLIS_MCP_AUTH"] if door == "mcp" else "keys"
+    if door == "mcp" and "access_token" in {name for _, name, _ in query_pairs(
+            environ.get("QUERY_STRING", "").encode("latin-1"))}:
+        raise Refusal(401, "invalid_request", "access tokens go in the Authorization header, never in the URL")
     if not tokens:
         if door == "mcp" and not current_app.config["PORTCULLIS_ENFORCE_AUTH"]:
             return Caller(snap, snap.allowlist(None))
-        raise Refusal(401, "missing_key", "a virtual key is required")
+        raise Refusal(401, "missing_key", "a virtual key is required" if accepts == "keys" else
+                      "a virtual key or an OAuth access token is required" if accepts == "any" else
+                      "an OAuth access token is required")
     if len(tokens) > 1:
         raise Refusal(401, "invalid_key", "several different virtual keys were presented; send one")
     secret = tokens.pop()
+    if door == "mcp" and looks_like_jwt(secret):
+        if accepts == "keys":
+            raise Refusal(401, "invalid_token", "this server takes virtual keys only (PORTCULLIS_MCP_AUTH=keys)")
+        return _token_caller(snap, secret, server_name)
+    if accepts == "oauth":
+        raise Refusal(401, "invalid_token", "this endpoint takes OAuth access tokens only")
     key = _key(snap, secret)
     return Caller(snap, snap.allowlist(key), key, secret=secret)
+
+
+def _token_caller(snap: Snapshot, token: str, server_name: str | None) -> Caller:
+    """A verified access token for this endpoint whose consent is live: the caller its consent
+    chose (``invalid_token`` / ``insufficient_scope`` otherwise)."""
+    try:
+        claims = verify_token(token, resource_url(server_name))
+    except InvalidToken as e:
+        raise Refusal(401, "invalid_token", str(e)) from None
+    if SCOPE not in claims.scopes:
+        raise Refusal(403, "insufficient_scope", f"the token lacks the {SCOPE} scope")
+    consent = snap.consent(claims.grant_id)
+    if consent is None or (consent.user_id, consent.mode, consent.key_id) != (claims.user_id, claims.mode,
+                                                                              claims.key_id):
+        raise Refusal(401, "invalid_token", "the authorization behind this token was revoked")
+    if not consent.user_active:
+        raise Refusal(401, "invalid_token", "the person who authorized this token is deactivated")
+    now = utcnow()
+    if claims.mode == "vk":
+        key = snap.key_by_id(claims.key_id)
+        if key is None or not key.usable(now):
+            raise Refusal(401, "invalid_token", "the virtual key this token acts as was revoked or has expired")
+        return Caller(snap, snap.allowlist(key), key, token=claims)
+    if claims.mode == "session":
+        if current_app.config["PORTCULLIS_ENFORCE_AUTH"]:
+            raise Refusal(401, "invalid_token", "development sessions are off (PORTCULLIS_ENFORCE_AUTH)")
+        return Caller(snap, snap.allowlist(None), token=claims)
+    return Caller(snap, snap.user_allowlist(claims.user_id, now), token=claims)
 
 
 def _key(snap: Snapshot, secret: str) -> KeyView:

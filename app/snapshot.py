@@ -22,9 +22,9 @@ from sqlalchemy.orm import Session, selectinload
 from . import access
 from .access import Allowlist, KeyView
 from .extensions import db
-from .models import McpServer, Service, User, VirtualKey, VirtualKeyServerGrant, VirtualKeyServiceGrant
+from .models import McpServer, OAuthConsent, Service, User, VirtualKey, VirtualKeyServerGrant, VirtualKeyServiceGrant
 
-WATCHED = (McpServer, Service, VirtualKey, VirtualKeyServerGrant, VirtualKeyServiceGrant, User)
+WATCHED = (McpServer, Service, VirtualKey, VirtualKeyServerGrant, VirtualKeyServiceGrant, User, OAuthConsent)
 MAX_KEYS = 50_000  # cached key lookups (found or not) per snapshot
 
 
@@ -77,6 +77,16 @@ class ServiceView:
         return httpx.URL(self.base_url)
 
 
+@dataclass(frozen=True)
+class ConsentView:
+    """A live OAuth consent (what every access token names in ``portcullis_grant``)."""
+    id: int
+    user_id: int
+    user_active: bool
+    mode: str
+    key_id: int | None
+
+
 @dataclass
 class Snapshot:
     generation: int
@@ -89,6 +99,8 @@ class Snapshot:
     _by_id: dict[int, KeyView | None] = field(default_factory=dict)
     _allowlists: dict[int, Allowlist] = field(default_factory=dict)
     _user_allowlists: dict[int, Allowlist] = field(default_factory=dict)
+    _user_keys: dict[int, tuple[KeyView, ...]] = field(default_factory=dict)
+    _consents: dict[int, ConsentView | None] = field(default_factory=dict)
 
     def key(self, key_hash: str) -> KeyView | None:
         """The key with this secret hash (None: unknown). One query the first time."""
@@ -128,13 +140,39 @@ class Snapshot:
             cached = self._allowlists[key.id] = access.key_allowlist(key, self.servers)
         return cached
 
+    def consent(self, consent_id: int) -> ConsentView | None:
+        """The consent if it is live (not revoked, not deleted); None otherwise. One query the
+        first time; revoking a consent is a commit that replaces the snapshot."""
+        try:
+            return self._consents[consent_id]
+        except KeyError:
+            pass
+        row = db.session.execute(
+            select(OAuthConsent.id, OAuthConsent.user_id, User.active, OAuthConsent.mode, OAuthConsent.virtual_key_id)
+            .join(User, User.id == OAuthConsent.user_id)
+            .where(OAuthConsent.id == consent_id, OAuthConsent.revoked_at.is_(None))).first()
+        view = None if row is None else ConsentView(*row)
+        if len(self._consents) >= MAX_KEYS:
+            self._consents.clear()
+        self._consents[consent_id] = view
+        return view
+
+    def user_keys(self, user_id: int, now: datetime) -> tuple[KeyView, ...]:
+        """The usable keys a person owns (one query for their ids the first time)."""
+        cached = self._user_keys.get(user_id)
+        if cached is None:
+            ids = db.session.scalars(select(VirtualKey.id).where(VirtualKey.owner_id == user_id)
+                                     .order_by(VirtualKey.id)).all()
+            cached = self._user_keys[user_id] = tuple(v for v in map(self.key_by_id, ids)
+                                                      if v is not None and v.usable(now))
+        return cached
+
     def user_allowlist(self, user_id: int, now: datetime) -> Allowlist:
-        """A person's allowlist: the union over the usable keys they own (one query for their
-        key ids the first time, then cached with this snapshot)."""
+        """A person's allowlist: the union over the usable keys they own, cached with this
+        snapshot."""
         cached = self._user_allowlists.get(user_id)
         if cached is None:
-            ids = db.session.scalars(select(VirtualKey.id).where(VirtualKey.owner_id == user_id)).all()
-            keys = [v for v in map(self.key_by_id, ids) if v is not None and v.usable(now)]
+            keys = self.user_keys(user_id, now)
             cached = self._user_allowlists[user_id] = access.union(self.allowlist(k) for k in keys)
         return cached
 

@@ -8,6 +8,15 @@ class CredentialUnavailable(Exception):
     """No usable credential for this call; ``str()`` is safe to show the agent."""
 
 
+class SignInAgain(Exception):
+    """The session gate: a user-mode OAuth token may call tools with stored credentials, but
+    starting a flow that asks its person for new ones needs the dashboard login that consented
+    to be active still. The client must sign in again (HTTP 401, ``invalid_token``)."""
+
+    def __init__(self):
+        super().__init__("the sign-in session that authorized this token has ended; sign in again")
+
+
 class AuthRequired(CredentialUnavailable):
     """The caller's binding has no usable credential: the answer tells the agent which URL its
     person opens (a pending flow was started or refreshed). ``str()`` is the text for a person."""

@@ -14,7 +14,7 @@ or decrypting anything; per-user types read the binding's credential through app
 from __future__ import annotations
 
 from . import flows, store
-from .answers import AuthRequired, CredentialUnavailable
+from .answers import AuthRequired, CredentialUnavailable, SignInAgain
 from .bindings import Binding, binding_of
 
 
@@ -64,6 +64,8 @@ class PerUserHeaders(Resolver):
             reason = f"the stored credential is {view.status}"
         else:
             reason = "a required header is missing: " + ", ".join(k for k in required if k not in stored)
+        if not caller.signed_in():
+            raise SignInAgain()
         flow_id, token = self.start_flow(binding)
         raise AuthRequired("headers", server.name, flow_id, flows.link(flow_id, token), required, stored, reason)
 

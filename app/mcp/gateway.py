@@ -15,7 +15,9 @@ import mcp_types as types
 from flask import current_app
 from werkzeug.wrappers import Request, Response
 
-from ..credentials import DISCOVERABLE, AuthRequired, CredentialUnavailable, endpoint_for, wants_url_elicitation
+from ..credentials import (DISCOVERABLE, AuthRequired, CredentialUnavailable, SignInAgain, endpoint_for,
+                           wants_url_elicitation)
+from ..oauth_server import metadata as oauth_metadata
 from ..extensions import db
 from .. import identity
 from ..identity import Caller
@@ -125,9 +127,9 @@ def handle(req: Request, server_name: str | None) -> Response:
     req_id = message.get("id") if isinstance(message, dict) and _valid_id(message.get("id")) else None
 
     try:
-        caller = identity.resolve(req.environ, "mcp")
+        caller = identity.resolve(req.environ, "mcp", server_name)
     except identity.Refusal as e:
-        return _refused(req_id, e)
+        return _refused(req_id, e, server_name)
 
     scope = None
     if server_name is not None:
@@ -189,10 +191,18 @@ HIDDEN_REFUSALS = {"invalid_key": "invalid virtual key", "key_revoked": "invalid
                    "key_expired": "invalid virtual key"}
 
 
-def _refused(req_id, refusal: identity.Refusal) -> Response:
+def _refused(req_id, refusal: identity.Refusal, server_name: str | None) -> Response:
+    """401 (403 for a token without the mcp scope), with a challenge that points an OAuth
+    client at this endpoint's protected resource metadata (RFC 9728), unless the
+    authorization server is off."""
     message = HIDDEN_REFUSALS.get(refusal.code, refusal.message)
+    if current_app.config["PORTCULLIS_MCP_AUTH"] == "keys":
+        challenge = 'Bearer realm="portcullis"'
+    else:
+        error = refusal.code if refusal.code in ("invalid_token", "insufficient_scope", "invalid_request") else None
+        challenge = oauth_metadata.challenge(server_name, error, message if error else None)
     return rpc_error(req_id, UNAUTHORIZED, f"unauthorized: {message}", refusal.status,
-                     {"WWW-Authenticate": 'Bearer realm="portcullis"'})
+                     {"WWW-Authenticate": challenge})
 
 
 def _session(req: Request, store, caller: Caller, scope, required: bool = True):
@@ -270,6 +280,9 @@ def _call_tool(ex: Exchange, params: dict) -> Response:
     server, tool = found
     try:
         endpoint = endpoint_for(server, ex.caller.in_session(ex.session))
+    except SignInAgain as e:  # the session gate: no new flow for a token whose login ended
+        return _refused(ex.id, identity.Refusal(401, "invalid_token", str(e)),
+                        ex.scope.name if ex.scope else None)
     except AuthRequired as e:  # the call does not reach the upstream
         if wants_url_elicitation(ex.session):
             return ex.answer({"jsonrpc": "2.0", "id": ex.id, "error": e.rpc_error()})

@@ -5,10 +5,13 @@
 - ``portcullis__request_key``: a new short-lived virtual key (source ``mcp``) for one of those
   services, never with more access than the caller's own key (scope, rate limit, lifetime).
 
-They are offered to callers that present a virtual key, on the aggregate endpoint only
-(``/mcp``, not ``/mcp/<server>``). Anonymous development callers (PORTCULLIS_ENFORCE_AUTH=false)
-hold no key, hence no services: the tools are not listed for them and calling them is an
-unknown tool. Refusals are tool errors (``isError``) whose text says what to change.
+They are offered to callers that act with virtual keys, on the aggregate endpoint only
+(``/mcp``, not ``/mcp/<server>``): a key, or an OAuth token of a person (``user`` mode), whose
+services are those of their usable keys and whose issued keys are issued by the key that grants
+the service most widely (so never wider than the person's union, and cut to that key for
+life). Anonymous development callers hold no key, hence no services: the tools are not listed
+for them and calling them is an unknown tool. Refusals are tool errors (``isError``) whose text
+says what to change.
 """
 from __future__ import annotations
 
@@ -61,9 +64,13 @@ def is_native(name: str) -> bool:
     return name.startswith(PREFIX)
 
 
+def _holds_keys(caller: Caller) -> bool:
+    return caller.key is not None or (caller.token is not None and caller.token.mode == "user")
+
+
 def tools(caller: Caller) -> list[dict]:
     """The native tools this caller sees (none for an anonymous caller)."""
-    if caller.key is None:
+    if not _holds_keys(caller):
         return []
     max_ttl = current_app.config["PORTCULLIS_REQUEST_KEY_MAX_TTL_SECONDS"]
     return [
@@ -107,7 +114,7 @@ def tools(caller: Caller) -> list[dict]:
 
 def call(caller: Caller, name: str, arguments: dict) -> dict | None:
     """The CallToolResult of a native tool, or None when there is no such tool for this caller."""
-    if caller.key is None:
+    if not _holds_keys(caller):
         return None
     if name == LIST_SERVICES:
         return _list_services(caller, arguments)
@@ -134,8 +141,8 @@ def _proxy_url(service_name: str) -> str:
 
 def _granted(caller: Caller) -> list[tuple]:
     services = caller.snapshot.services
-    return sorted(((services[sid], scope) for sid, scope in caller.key.service_grants.items() if sid in services),
-                  key=lambda pair: pair[0].name)
+    return sorted(((services[sid], key.service_grants[sid]) for sid, key in caller.service_keys().items()
+                   if sid in services), key=lambda pair: pair[0].name)
 
 
 def _list_services(caller: Caller, arguments: dict) -> dict:
@@ -157,7 +164,6 @@ def _integer(value) -> bool:
 
 
 def _request_key(caller: Caller, args: dict) -> dict:
-    parent = caller.key
     unknown = sorted(set(args) - set(ARGUMENTS))
     if unknown:
         return _refuse("unknown argument(s): " + ", ".join(unknown) + "; expected " + ", ".join(ARGUMENTS))
@@ -169,7 +175,8 @@ def _request_key(caller: Caller, args: dict) -> dict:
         return _refuse("service_name must be a non-empty string")
     name = name.strip()
     svc = caller.snapshot.services_by_name.get(name)
-    own_scope = parent.service_grants.get(svc.id) if svc is not None else None
+    parent = caller.service_keys().get(svc.id) if svc is not None else None  # the key that issues it
+    own_scope = parent.service_grants[svc.id] if parent is not None else None
     if own_scope is None:  # unknown and not granted look the same
         return _refuse(f"no service named {name[:60]!r} is granted to this key; {LIST_SERVICES} lists yours")
 

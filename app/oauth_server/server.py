@@ -188,7 +188,8 @@ class RefreshGrant(grants.RefreshTokenGrant):
 
     def authenticate_user(self, refresh_token: OAuthRefreshToken):
         consent = refresh_token.consent
-        consent.last_used_at = utcnow()
+        # a statement, not an ORM change: a refresh must not replace every instance's snapshot
+        db.session.execute(update(OAuthConsent).where(OAuthConsent.id == consent.id).values(last_used_at=utcnow()))
         return consent
 
     def revoke_old_credential(self, refresh_token):
