@@ -55,14 +55,6 @@ def _float(env: dict, name: str, default: float) -> float:
     return value
 
 
-def _header_prefix(env: dict) -> str:
-    prefix = (env.get("PORTCULLIS_IDENTITY_HEADER_PREFIX") or "X-Portcullis").strip()
-    if not HEADER_PREFIX_RE.match(prefix):
-        raise RuntimeError("PORTCULLIS_IDENTITY_HEADER_PREFIX must be a header name prefix such as X-Portcullis "
-                           f"(letters, digits, inner dashes), got {prefix!r}")
-    return prefix
-
-
 def _proxy_base_url(env: dict, base_url: str) -> str | None:
     """PORTCULLIS_PROXY_BASE_URL: an http(s) origin on another host than the dashboard's, or None."""
     raw = (env.get("PORTCULLIS_PROXY_BASE_URL") or "").strip()
@@ -81,6 +73,14 @@ def _proxy_base_url(env: dict, base_url: str) -> str | None:
         raise RuntimeError("PORTCULLIS_PROXY_BASE_URL must name another host than PORTCULLIS_BASE_URL "
                            f"({parts.hostname}): proxied answers must not share the dashboard's origin")
     return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+
+
+def _header_prefix(env: dict) -> str:
+    prefix = (env.get("PORTCULLIS_IDENTITY_HEADER_PREFIX") or "X-Portcullis").strip()
+    if not HEADER_PREFIX_RE.match(prefix):
+        raise RuntimeError("PORTCULLIS_IDENTITY_HEADER_PREFIX must be a header name prefix such as X-Portcullis "
+                           f"(letters, digits, inner dashes), got {prefix!r}")
+    return prefix
 
 
 def ensure_instance_secrets(instance_path: str) -> tuple[dict[str, str], list[str]]:
