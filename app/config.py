@@ -12,6 +12,7 @@ import re
 import secrets
 import stat
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
 from dotenv import dotenv_values, load_dotenv
@@ -63,6 +64,26 @@ def _choice(env: dict, name: str, choices: tuple[str, ...], default: str) -> str
     if value not in choices:
         raise RuntimeError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value
+
+
+def _proxy_base_url(env: dict, base_url: str) -> str | None:
+    """PORTCULLIS_PROXY_BASE_URL: an http(s) origin on another host than the dashboard's, or None."""
+    raw = (env.get("PORTCULLIS_PROXY_BASE_URL") or "").strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    try:
+        parts.port  # noqa: B018  (raises on a port that is not a number or out of range)
+    except ValueError:
+        parts = None
+    if (parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname
+            or "@" in parts.netloc or parts.path not in ("", "/") or parts.query or parts.fragment):
+        raise RuntimeError("PORTCULLIS_PROXY_BASE_URL must be an http(s) origin such as https://proxy.example.com "
+                           f"(no path, query or user), got {raw!r}")
+    if parts.hostname == urlsplit(base_url).hostname:
+        raise RuntimeError("PORTCULLIS_PROXY_BASE_URL must name another host than PORTCULLIS_BASE_URL "
+                           f"({parts.hostname}): proxied answers must not share the dashboard's origin")
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
 
 
 def _header_prefix(env: dict) -> str:
@@ -199,6 +220,8 @@ def load_config(instance_path: str, overrides: dict | None = None) -> dict:
         # The proxy route (app/proxy): identity headers set on every forwarded request
         # (<prefix>-Key-ID, <prefix>-Agent-ID), upstream timeouts, request body limit (0: none).
         "PORTCULLIS_IDENTITY_HEADER_PREFIX": _header_prefix(env),
+        # The proxy's own origin (None: /proxy is served beside the dashboard).
+        "PORTCULLIS_PROXY_BASE_URL": _proxy_base_url(env, base_url),
         "PORTCULLIS_PROXY_CONNECT_TIMEOUT": _float(env, "PORTCULLIS_PROXY_CONNECT_TIMEOUT", 5.0),
         "PORTCULLIS_PROXY_READ_TIMEOUT": _float(env, "PORTCULLIS_PROXY_READ_TIMEOUT", 60.0),
         "PORTCULLIS_PROXY_MAX_BODY_BYTES": _int(env, "PORTCULLIS_PROXY_MAX_BODY_BYTES", 0, lo=0),

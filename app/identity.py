@@ -31,6 +31,8 @@ from .oauth_server.tokens import verify as verify_token
 from .snapshot import Snapshot
 
 MAX_KEY_LENGTH = 200
+# Sec-Fetch-Dest values of a browser loading a document (a page, a frame, a plugin).
+NAVIGATION_DESTS = frozenset({"document", "iframe", "frame", "embed", "object"})
 QUERY_KEY = "key"  # /proxy: ?key=vk_... (a link for tools); /mcp takes credentials in headers only
 
 
@@ -136,7 +138,9 @@ def _rank(key: KeyView, service_id: int) -> tuple:
 def presented(environ, door: str) -> set[str]:
     """Every credential the request carries. /mcp: ``Authorization: Bearer <token>`` (any other
     scheme is refused) or ``X-Virtual-Key``. /proxy: ``X-Virtual-Key``, ``Authorization: Bearer
-    vk_...`` (other Authorization values belong to the upstream) or ``?key=``."""
+    vk_...`` (other Authorization values belong to the upstream) or ``?key=``, the last never
+    from a browser opening a link (``key_in_link``: a proxied page must not run beside the
+    dashboard's login)."""
     found = set()
     header = environ.get("HTTP_X_VIRTUAL_KEY", "").strip()
     scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").strip().partition(" ")
@@ -151,10 +155,20 @@ def presented(environ, door: str) -> set[str]:
         found.add(header)
     if scheme.lower() == "bearer" and token.startswith(KEY_PREFIX):
         found.add(token)
+    in_header = bool(found)
     for _, name, value in query_pairs(environ.get("QUERY_STRING", "").encode("latin-1")):
         if name == QUERY_KEY and value.strip():
             found.add(value.strip())
+    if found and not in_header and len(found) == 1 and is_navigation(environ):
+        raise Refusal(403, "key_in_link", "keys in links are for tools, not browsers")
     return found
+
+
+def is_navigation(environ) -> bool:
+    """A browser loading a page or a frame (Fetch Metadata). Browsers cannot add X-Virtual-Key
+    or Authorization to a navigation, so a navigation carries its key in the link."""
+    return (environ.get("HTTP_SEC_FETCH_MODE", "").lower() == "navigate"
+            or environ.get("HTTP_SEC_FETCH_DEST", "").lower() in NAVIGATION_DESTS)
 
 
 def query_pairs(raw_query: bytes):

@@ -26,6 +26,7 @@ from ..extensions import db
 from ..identity import Caller
 from ..models.base import iso, utcnow
 from ..models.keys import SCOPES
+from ..proxy import public_url
 
 log = logging.getLogger("portcullis.mcp")
 PREFIX = "portcullis__"
@@ -134,7 +135,7 @@ def _refuse(text: str) -> dict:
 
 
 def _proxy_url(service_name: str) -> str:
-    return f"{current_app.config['PORTCULLIS_BASE_URL']}/proxy/{service_name}"
+    return public_url(current_app.config, service_name)
 
 
 # -- the tools ------------------------------------------------------------------------------

@@ -1,10 +1,16 @@
 """The credential-injecting HTTP proxy: ANY /proxy/<service>/<path> (query string kept).
 
 A request flows one way: virtual key (``X-Virtual-Key``, ``Authorization: Bearer vk_...`` or
-``?key=``) -> key known (401) -> key active and not expired (401) -> grant for this service
-(403) -> the grant's scope allows the method (403) -> the key's rate limit (429) -> upstream,
-with the key removed from all three places, the root credential injected and the identity
-headers set -> the answer, streamed back.
+``?key=``) -> not a browser opening a link with the key (403) -> key known (401) -> key active
+and not expired (401) -> grant for this service (403) -> the grant's scope allows the method
+(403) -> the key's rate limit (429) -> upstream, with the key removed from all three places,
+the root credential injected and the identity headers set -> the answer, streamed back.
+
+Whatever an upstream returns never runs as the dashboard: every answer on /proxy carries a
+sandboxing Content-Security-Policy, nosniff and CORP (``forward.ANSWER_HEADERS``); a browser
+navigation with the key only in ``?key=`` is refused, so a link cannot open a proxied page in
+an admin's browser; and with PORTCULLIS_PROXY_BASE_URL the proxy has a host of its own, which
+serves nothing else, while the dashboard's host refuses /proxy.
 
 Like /mcp, /proxy is answered in front of Flask's request dispatch (``ProxyEndpoint``): a plain
 WSGI call inside an app context, without Flask's request context, URL routing, cookie session
@@ -20,7 +26,7 @@ import json
 import logging
 import threading
 import time
-from urllib.parse import quote, unquote, urljoin
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from flask import Flask, current_app
 from sqlalchemy import update
@@ -43,6 +49,9 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 REFUSED_METHODS = frozenset({"TRACE", "CONNECT"})  # TRACE would echo the injected credential back
 LAST_USED_INTERVAL = 60.0  # seconds between two last_used_at writes of one key (per process)
 KEY_HINT = "send a virtual key in X-Virtual-Key, Authorization: Bearer vk_... or ?key="
+KEY_IN_LINK = ("keys in links are for tools, not browsers: a browser opening a /proxy link with ?key= is "
+               "refused, so that no proxied page runs beside your dashboard login; call it from a tool, with "
+               "the key in X-Virtual-Key or Authorization: Bearer")
 
 
 class Relayed(Response):
@@ -71,6 +80,8 @@ def handle(environ, service: str) -> Response:
     try:
         caller = identity.resolve(environ, "proxy")
     except identity.Refusal as e:
+        if e.code == "key_in_link":
+            return error(403, e.code, KEY_IN_LINK)
         message = e.message + (": " + KEY_HINT if e.code == "missing_key" else "")
         return error(e.status, e.code, message, {"WWW-Authenticate": 'Bearer realm="portcullis"'})
     key = caller.key
@@ -81,10 +92,14 @@ def handle(environ, service: str) -> Response:
         if not service:
             return error(403, "service_not_granted", "name a service: /proxy/<service>/<path>")
         return error(403, "service_not_granted", f"this key has no grant for service {service[:60]!r}")
-    # 4. the scope allows the method (403)
-    if scope == "read" and method not in READ_METHODS:
-        return error(403, "read_only", f"this key's grant for {service} is read-only: "
-                     "GET, HEAD and OPTIONS only")
+    # 4. the scope allows the method (403), also through a method override
+    if scope == "read":
+        if method not in READ_METHODS:
+            return error(403, "read_only", f"this key's grant for {service} is read-only: "
+                         "GET, HEAD and OPTIONS only")
+        if raw_query and forward.has_method_override(raw_query):
+            return error(403, "read_only", f"this key's grant for {service} is read-only: "
+                         f"a {forward.METHOD_OVERRIDE_PARAM} query parameter is not allowed")
     # 5. rate limit (429)
     try:
         budget = current_app.extensions["proxy_limits"].hit_all(key.budgets)
@@ -98,7 +113,7 @@ def handle(environ, service: str) -> Response:
         return error(429, "rate_limited", f"rate limit of {budget.limit} requests per minute reached for this "
                      f"key; retry in {budget.reset_in} s", limit_headers)
 
-    answer = _forward(cfg, environ, method, service, svc, caller, raw_query)
+    answer = _forward(cfg, environ, method, service, svc, caller, scope, raw_query)
     answer.headers.update(limit_headers)
     usage: Usage = current_app.extensions["proxy_usage"]
     if usage.due(key.id):
@@ -106,7 +121,7 @@ def handle(environ, service: str) -> Response:
     return answer
 
 
-def _forward(cfg, environ, method, service, svc, caller, raw_query) -> Response:
+def _forward(cfg, environ, method, service, svc, caller, scope, raw_query) -> Response:
     try:
         credential = service_credential(svc, caller)
     except CredentialUnavailable as e:
@@ -122,7 +137,8 @@ def _forward(cfg, environ, method, service, svc, caller, raw_query) -> Response:
     if key.source == "mcp" and key.agent_id:
         identity_headers.append((f"{prefix}-Agent-ID", _header_value(key.agent_id)))
     prefixes = tuple({prefix.lower() + "-", "x-portcullis-"})
-    headers = forward.request_headers(_headers(environ), secret, prefixes, credential, identity_headers)
+    overrides = forward.METHOD_OVERRIDE_HEADERS if scope == "read" else frozenset()
+    headers = forward.request_headers(_headers(environ), secret, prefixes, credential, identity_headers, overrides)
 
     try:
         content = _request_body(environ, cfg["PORTCULLIS_PROXY_MAX_BODY_BYTES"] or None)
@@ -207,8 +223,25 @@ def _proxied_location(cfg, service: str, svc, url, location: str) -> str:
     absolute = urljoin(str(url), location)
     base = str(svc.url).rstrip("/")
     if absolute == base or absolute.startswith(base + "/") or absolute.startswith(base + "?"):
-        return cfg["PORTCULLIS_BASE_URL"] + PREFIX + "/" + service + absolute[len(base):]
+        return public_url(cfg, service) + absolute[len(base):]
     return location
+
+
+def public_url(cfg, service: str) -> str:
+    """Where agents call a service: on the proxy's own host when PORTCULLIS_PROXY_BASE_URL is set."""
+    return (cfg["PORTCULLIS_PROXY_BASE_URL"] or cfg["PORTCULLIS_BASE_URL"]) + PREFIX + "/" + service
+
+
+def host_values(base_url: str) -> frozenset[str]:
+    """The Host header values that name the origin ``base_url`` (with and without its default port)."""
+    parts = urlsplit(base_url)
+    netloc = parts.netloc.lower()
+    default = 443 if parts.scheme == "https" else 80
+    if parts.port is None:
+        return frozenset({netloc, f"{netloc}:{default}"})
+    if parts.port == default:
+        return frozenset({netloc, netloc.rpartition(":")[0]})
+    return frozenset({netloc})
 
 
 def _header_value(value: str) -> str:
@@ -255,14 +288,34 @@ class Usage:
 # -- wiring ---------------------------------------------------------------------------------
 
 class ProxyEndpoint:
-    """/proxy and /proxy/<service>[/<path>] answered in front of Flask; other paths go on."""
+    """/proxy and /proxy/<service>[/<path>] answered in front of Flask; other paths go on.
+
+    With PORTCULLIS_PROXY_BASE_URL set, the request's host decides first: /proxy is answered on
+    the proxy's host only (421 elsewhere), and that host answers nothing but /proxy (404)."""
 
     def __init__(self, app: Flask, wrapped):
         self.app, self.wrapped = app, wrapped
+        self._hosts: tuple[str | None, frozenset[str] | None] = (None, None)  # (proxy base URL, its hosts)
+
+    def proxy_hosts(self) -> frozenset[str] | None:
+        url = self.app.config["PORTCULLIS_PROXY_BASE_URL"]
+        known, hosts = self._hosts
+        if url != known:  # computed once per configured value
+            hosts = host_values(url) if url else None
+            self._hosts = (url, hosts)
+        return hosts
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
-        if path == PREFIX or path.startswith(PREFIX + "/"):
+        proxied = path == PREFIX or path.startswith(PREFIX + "/")
+        hosts = self.proxy_hosts()
+        if hosts is not None and proxied != (environ.get("HTTP_HOST", "").lower() in hosts):
+            if proxied:
+                response = error(421, "wrong_host", "the proxy is served on its own host: "
+                                 f"{self.app.config['PORTCULLIS_PROXY_BASE_URL']}{PREFIX}/<service>/<path>")
+            else:
+                response = error(404, "not_found", f"this host serves the proxy only: {PREFIX}/<service>/<path>")
+        elif proxied:
             service = path[len(PREFIX) + 1:].partition("/")[0]
             with self.app.app_context():  # its teardown returns any database session
                 try:
@@ -270,8 +323,13 @@ class ProxyEndpoint:
                 except Exception:
                     log.exception("unhandled error on %s %s", PREFIX, service[:40])  # never the query
                     response = error(500, "internal_error", "internal error")
-            return response(environ, start_response)
-        return self.wrapped(environ, start_response)
+        else:
+            return self.wrapped(environ, start_response)
+
+        def sandboxed(status, headers, exc_info=None):  # every answer here; a list extend, no re-validation
+            headers.extend(forward.ANSWER_HEADERS)
+            return start_response(status, headers, exc_info)
+        return response(environ, sandboxed)
 
 
 def register(app: Flask) -> None:

@@ -32,9 +32,28 @@ REQUEST_DROPPED = HOP_BY_HOP | frozenset({
     "forwarded", "x-real-ip",  # the upstream's client is Portcullis
 })
 RESPONSE_DROPPED = HOP_BY_HOP | frozenset({
-    "set-cookie",  # an upstream must not set cookies on Portcullis's origin
+    "set-cookie", "set-cookie2",  # an upstream must not set cookies on Portcullis's origin
+    "service-worker-allowed",  # nor widen a service worker's scope beyond its own path
+    "clear-site-data",  # nor wipe the dashboard's storage and logins
+    "x-content-type-options", "cross-origin-resource-policy",  # ours (ANSWER_HEADERS) win
     "server", "date",  # the WSGI server answering sets its own (gunicorn always does)
 })
+# On every answer served on /proxy, relayed or our own: the answer is never a document of the
+# dashboard's origin. ``sandbox`` gives a browser-rendered answer an opaque origin without
+# scripts, forms or plugins; the fetch directives allow it to load nothing. An upstream's own
+# Content-Security-Policy is relayed beside this one: browsers enforce every policy, so it can
+# only restrict further. Tools (curl, SDKs, fetch() with CORS) ignore all three headers.
+SANDBOX_POLICY = ("sandbox; default-src 'none'; frame-ancestors 'none'; base-uri 'none'; "
+                  "form-action 'none'")
+ANSWER_HEADERS = (
+    ("Content-Security-Policy", SANDBOX_POLICY),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Cross-Origin-Resource-Policy", "same-origin"),
+)
+# Method-override channels that some frameworks (Rails, Laravel, Express, Spring, ASP.NET)
+# honour: a read grant must not turn a GET into a DELETE through them.
+METHOD_OVERRIDE_HEADERS = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
+METHOD_OVERRIDE_PARAM = "_method"
 _NOT_ASCII_PRINTABLE = re.compile(rb"[^\x21-\x7e]")
 
 
@@ -60,13 +79,19 @@ def _escape(raw: bytes) -> str:
 
 
 def has_dot_segment(raw_path: bytes) -> bool:
-    """``.`` or ``..`` as a path segment, also percent-encoded (%2e%2e) or beside an encoded slash:
-    refused, so that no request climbs out of the service's base path."""
+    """``.`` or ``..`` as a path segment, also percent-encoded (%2e%2e), beside an encoded slash
+    or with path parameters (``..;x``: Tomcat, Jetty and Spring drop ``;params`` before resolving
+    dot segments): refused, so that no request climbs out of the service's base path."""
     for segment in raw_path.split(b"/"):
         for part in re.split(rb"[/\\]", unquote_to_bytes(segment)):
-            if part in (b".", b".."):
+            if part.partition(b";")[0] in (b".", b".."):
                 return True
     return False
+
+
+def has_method_override(raw_query: bytes) -> bool:
+    """A ``_method`` query parameter (any case, also percent-encoded)."""
+    return any(name.lower() == METHOD_OVERRIDE_PARAM for _, name, _ in query_pairs(raw_query))
 
 
 def forwarded_query(raw_query: bytes, secret: str | None) -> bytes:
@@ -94,12 +119,14 @@ def upstream_url(base: httpx.URL, rest: bytes, query: bytes) -> str:
 
 
 def request_headers(items, secret: str | None, identity_prefixes: tuple[str, ...],
-                    credential: tuple[str, str], identity: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    """What goes upstream: the client's headers minus what must not pass, then the root
-    credential and the identity headers (set by Portcullis only)."""
+                    credential: tuple[str, str], identity: list[tuple[str, str]],
+                    also_dropped: frozenset[str] = frozenset()) -> list[tuple[bytes, bytes]]:
+    """What goes upstream: the client's headers minus what must not pass (and ``also_dropped``),
+    then the root credential and the identity headers (set by Portcullis only)."""
     items = list(items)
     dropped = set(REQUEST_DROPPED)
     dropped.add(credential[0].lower())
+    dropped.update(also_dropped)
     for name, value in items:
         if name.lower() == "connection":
             dropped.update(t.strip().lower() for t in value.split(",") if t.strip())

@@ -1,7 +1,9 @@
 """A plain HTTP upstream for the proxy tests and bench/proxy_overhead.py (http.server, threaded).
 
 Every path echoes what it received as JSON (method, raw path, raw query, headers in order,
-body), except:
+body; and ``effective_method``: the method after honouring a method override as lenient
+frameworks do, X-HTTP-Method-Override / X-HTTP-Method / X-Method-Override or ``?_method=``),
+except:
 
   /upload                  reads the body as it comes (Content-Length or chunked) and answers
                            its length, sha256 and when the first and last bytes arrived
@@ -12,7 +14,11 @@ body), except:
   /break?bytes=N           announces 2N bytes, sends N, closes
   /redirect?to=URL         302 to URL
   /status?code=N           answers N with a few headers a proxy must handle (cookies, hop-by-hop,
-                           rate-limit headers of its own)
+                           rate-limit headers of its own, headers that would act on the browser's
+                           origin, a content security policy of its own)
+  .../files/NAME           an upstream that stores uploads (object storage, a wiki): PUT keeps the
+                           body and its Content-Type under NAME, GET and HEAD serve them back (404
+                           when unknown)
 
 usage as a process: python tests/upstream/http_echo.py --port N
 """
@@ -29,6 +35,7 @@ from urllib.parse import parse_qs
 
 CHUNK = 64 * 1024
 PATTERN = bytes(range(256)) * (CHUNK // 256)
+OVERRIDE_HEADERS = ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override")
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -88,7 +95,25 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- modes -----------------------------------------------------------------------------
 
+    def _file(self, name: str):
+        files = self.server.files
+        if self.command == "PUT":
+            body = b"".join(self._body_chunks())
+            files[name] = (self.headers.get("Content-Type") or "application/octet-stream", body)
+            return self._json(201, {"stored": name, "body_length": len(body)})
+        if name not in files:
+            return self._json(404, {"error": f"no file {name}"})
+        content_type, body = files[name]
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
     def _handle(self):
+        if "/files/" in self.path.partition("?")[0]:
+            return self._file(self.path.partition("?")[0].split("/files/", 1)[1])
         mode = self.path.partition("?")[0].rstrip("/").rsplit("/", 1)[-1]
         p = self._params()
         if mode == "upload":
@@ -159,7 +184,9 @@ class Handler(BaseHTTPRequestHandler):
         if mode == "status":
             headers = [("Set-Cookie", "upstream=1; Path=/"), ("Connection", "X-Hop"), ("X-Hop", "1"),
                        ("X-RateLimit-Limit", "5000"), ("RateLimit-Limit", "5000"), ("Vary", "Accept"),
-                       ("Vary", "Origin")]
+                       ("Vary", "Origin"), ("Service-Worker-Allowed", "/"), ("Clear-Site-Data", '"*"'),
+                       ("X-Content-Type-Options", "sniff"), ("Cross-Origin-Resource-Policy", "cross-origin"),
+                       ("Content-Security-Policy", "img-src 'self'")]
             if status in (204, 304):
                 self.send_response(status)
                 for k, v in headers:
@@ -167,8 +194,11 @@ class Handler(BaseHTTPRequestHandler):
                 self.end_headers()
                 return
         raw_path, _, raw_query = self.path.partition("?")
+        override = next((self.headers[h] for h in OVERRIDE_HEADERS if self.headers.get(h)), None)
+        override = override or next((v[-1] for k, v in parse_qs(raw_query).items() if k.lower() == "_method"), None)
         self._json(status, {
-            "method": self.command, "path": raw_path, "query": raw_query,
+            "method": self.command, "effective_method": (override or self.command).upper(),
+            "path": raw_path, "query": raw_query,
             "headers": [[k, v] for k, v in self.headers.items()],
             "body": body.decode("utf-8", "replace"), "body_length": len(body),
         }, headers)
@@ -179,6 +209,10 @@ class Handler(BaseHTTPRequestHandler):
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.files: dict[str, tuple[str, bytes]] = {}  # /files/NAME -> (Content-Type, body)
 
     def handle_error(self, request, client_address):
         if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):

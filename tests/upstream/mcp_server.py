@@ -92,8 +92,8 @@ def build(name: str) -> MCPServer:
 
     @mcp.tool()
     async def headers(ctx: Context) -> dict[str, str]:
-        """The x-* request headers the server saw."""
-        return {k: v for k, v in (ctx.headers or {}).items() if k.startswith("x-") or k == "authorization"}
+        """The x-*, authorization and cookie request headers the server saw."""
+        return {k: v for k, v in (ctx.headers or {}).items() if k.startswith("x-") or k in ("authorization", "cookie")}
 
     return mcp
 
