@@ -9,7 +9,11 @@ gunicorn with the project's gunicorn.conf.py. Then, in blocks that rotate the or
 server's process tree (gunicorn master + workers), the upstream requests per call, and the
 ratios the targets are stated in.
 
-usage: .venv/bin/python bench/mcp_overhead.py [--calls 2000] [--blocks 10] [--clients 8]
+With --jwt a fourth target calls Portcullis with an OAuth access token (a JWT its authorization
+server signed, user mode) instead of the virtual key, and the run prints what verifying a JWT
+adds to a call against the key (target: under 0.3 ms at p50).
+
+usage: .venv/bin/python bench/mcp_overhead.py [--calls 2000] [--blocks 10] [--clients 8] [--jwt]
 """
 from __future__ import annotations
 
@@ -29,6 +33,35 @@ sys.path.insert(0, str(ROOT))
 from tests.mcp_fixtures import free_port, gateway_instance, serve, stop, wait_ready  # noqa: E402
 from bench.proctree import tree_cpu_seconds  # noqa: E402
 
+
+
+# The gateway's instance: the upstream registered, a person with a key, and an OAuth consent of
+# theirs (user mode) with an access token, as the authorization server would have issued it.
+SETUP = """
+from app.models import Login, OAuthClient, OAuthConsent, User
+from app.oauth_server import keys, tokens
+from app.ops.keys import create_key
+from app.ops.servers import create_server
+s = create_server({'name': 'bench', 'url': '%(url)s'})
+user = User(email='bench@example.com', password_hash='-')
+db.session.add(user)
+db.session.flush()
+k, secret = create_key({'name': 'bench', 'owner_id': user.id,
+                        'mcp_servers': [{'server_id': s.id, 'tools': None}]}, source='api')
+keys.ensure()
+login, _ = Login.start(user, 24, '127.0.0.1', 'bench')
+client = OAuthClient(client_id='bench-client', client_name='bench', redirect_uris=['http://127.0.0.1/cb'],
+                     grant_types=['authorization_code'], response_types=['code'])
+db.session.add_all([login, client])
+db.session.flush()
+consent = OAuthConsent(client_pk=client.id, user_id=user.id, mode='user', login_id=login.id, scope='mcp',
+                       resource=app.config['PORTCULLIS_BASE_URL'] + '/mcp')
+db.session.add(consent)
+db.session.commit()
+token, _ = tokens.issue(user_id=user.id, mode='user', key_id=None, grant_id=consent.id, login_id=login.id,
+                        client_id='bench-client', scope='mcp', resource=consent.resource)
+print(secret, token)
+"""
 
 
 class Target:
@@ -113,6 +146,7 @@ def main() -> int:
     ap.add_argument("--blocks", type=int, default=10)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--concurrent-calls", type=int, default=2400, help="calls per target with --clients clients")
+    ap.add_argument("--jwt", action="store_true", help="also call Portcullis with an OAuth access token")
     args = ap.parse_args()
 
     procs = []
@@ -128,13 +162,9 @@ def main() -> int:
             forwarder = serve("bench.forwarder:app", {**os.environ, "FORWARD_TO": up_url, "PORT": str(fw_port)}, *quiet)
             procs.append(forwarder)
 
-            env, key = gateway_instance(tmp, gw_port, (
-                "from app.ops.servers import create_server\nfrom app.ops.keys import create_key\n"
-                f"s = create_server({{'name': 'bench', 'url': '{up_url}'}})\n"
-                "db.session.flush()\n"
-                "k, secret = create_key({'name': 'bench', 'mcp_servers': [{'server_id': s.id, 'tools': None}]},"
-                " source='api')\n"
-                "db.session.commit()\nprint(secret)"))
+            env, printed = gateway_instance(tmp, gw_port, SETUP % {"url": up_url},
+                                            PORTCULLIS_ACCESS_TOKEN_SECONDS="86400")
+            key, token = printed.split()
             gateway = serve("wsgi:app", env, *quiet)
             procs.append(gateway)
             wait_ready(forwarder, f"http://127.0.0.1:{fw_port}/")
@@ -146,6 +176,9 @@ def main() -> int:
                 Target("portcullis", f"http://127.0.0.1:{gw_port}/mcp", "bench__echo",
                        {"Authorization": f"Bearer {key}"}, gateway),
             ]
+            if args.jwt:
+                targets.append(Target("portcullis-jwt", f"http://127.0.0.1:{gw_port}/mcp", "bench__echo",
+                                      {"Authorization": f"Bearer {token}"}, gateway))
             for t in targets:  # warm-up (imports, pools, caches), not measured
                 http, headers = t.session()
                 for i in range(50):
@@ -158,7 +191,7 @@ def main() -> int:
             upstream_requests = {t.name: 0 for t in targets}
             calls_made = {t.name: 0 for t in targets}
             for block in range(args.blocks):
-                order = targets[block % 3:] + targets[:block % 3]  # rotate who goes first
+                order = targets[block % len(targets):] + targets[:block % len(targets)]  # rotate who goes first
                 for t in order:
                     before = count()
                     run_sequential(t, per_block)
@@ -166,13 +199,14 @@ def main() -> int:
                     # Each run opens 1 + clients sessions (initialize + notifications/initialized):
                     # direct and the forwarder pass those to the upstream; Portcullis answers them itself.
                     handshakes = 2 * (1 + args.clients)
-                    upstream_requests[t.name] += count() - before - (handshakes if t.name != "portcullis" else 0)
+                    own = t.name.startswith("portcullis")
+                    upstream_requests[t.name] += count() - before - (0 if own else handshakes)
                     calls_made[t.name] += per_block + 1 + args.clients * conc_per_client  # + 1 warm call
         finally:
             for p in reversed(procs):
                 stop(p)
 
-    direct, fwd, pc = targets
+    direct, fwd, pc = targets[:3]
     print(f"\n{args.blocks} interleaved blocks; {len(direct.seq)} sequential calls and "
           f"{direct.conc_calls} calls with {args.clients} concurrent clients per target\n")
     print(f"{'target':<12}{'p50 ms':>9}{'p99 ms':>9}{'seq calls/s':>13}{f'{args.clients}-client calls/s':>20}"
@@ -194,6 +228,11 @@ def main() -> int:
     print(f"gateway CPU per call vs forwarder: {cpu_ratio:.2f} (target <= 1.5)")
     print(f"throughput with {args.clients} clients vs forwarder: {tput_ratio:.2f} (target >= 0.85)")
     print(f"upstream requests per portcullis tools/call: {per_call:.3f} (target exactly 1)")
+    if args.jwt:
+        jwt = targets[3]
+        print(f"an OAuth access token instead of the key adds {pct(jwt.seq, .5) - pct(pc.seq, .5):+.3f} ms at p50, "
+              f"{(jwt.cpu / jwt.cpu_calls - pc.cpu / pc.cpu_calls) * 1000:+.3f} ms of CPU per call (target < 0.3 ms); "
+              f"upstream requests per call {upstream_requests[jwt.name] / calls_made[jwt.name]:.3f}")
     return 0
 
 
