@@ -13,6 +13,19 @@ from .extensions import csrf, db, limiter, migrate
 
 log = logging.getLogger("portcullis")
 
+# Every answer Flask serves (dashboard pages and fragments, the API, static files, Flask's own
+# error pages; not /mcp and /proxy, answered in front of it): never framed, never sniffed, no
+# Referer to other sites, and scripts and styles only from this origin. The pages satisfy this
+# policy: htmx and the little JS are files in static/, nothing is inline, and htmx neither injects
+# its indicator <style> nor evaluates code (includeIndicatorStyles/allowEval off in base.html).
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; object-src 'none'; "
+                               "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
 
 def create_app(test_config: dict | None = None) -> Flask:
     instance = (test_config or {}).get("INSTANCE_PATH") or os.environ.get("PORTCULLIS_INSTANCE_PATH")
@@ -46,6 +59,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.extensions["mcp_client"] = UpstreamClient()
     app.extensions["mcp_sessions"] = SessionStore()
 
+    app.after_request(_security_headers)
     app.register_blueprint(web_bp)
     app.register_blueprint(api_bp)
     csrf.exempt(api_bp)  # bearer tokens, not cookies: no CSRF exposure
@@ -74,6 +88,12 @@ def create_app(test_config: dict | None = None) -> Flask:
                     "set it in the environment to manage it yourself", name,
                     os.path.join(app.instance_path, "secrets.env"))
     return app
+
+
+def _security_headers(response):
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
 
 
 def _scope_limiter(app: Flask, blueprints: tuple[str, ...]) -> None:
