@@ -31,12 +31,12 @@ def create_key():
     return jsonify({**key.to_dict(), "key": secret}), 201
 
 
-@bp.get("/virtual-keys/<int:key_id>")
+@bp.get("/virtual-keys/<id:key_id>")
 def get_key(key_id):
     return jsonify(ops.get_key(key_id, viewer=g.user).to_dict())
 
 
-@bp.patch("/virtual-keys/<int:key_id>")
+@bp.patch("/virtual-keys/<id:key_id>")
 @admin_only
 def update_key(key_id):
     key = ops.update_key(ops.get_key(key_id), body())
@@ -44,7 +44,7 @@ def update_key(key_id):
     return jsonify(key.to_dict())
 
 
-@bp.delete("/virtual-keys/<int:key_id>")
+@bp.delete("/virtual-keys/<id:key_id>")
 def delete_key(key_id):
     ops.delete_key(ops.get_key(key_id, viewer=g.user))
     db.session.commit()

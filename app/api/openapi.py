@@ -11,7 +11,7 @@ from flask import jsonify
 from ..models.keys import SCOPES, SOURCES
 from ..models.servers import AUTH_TYPES
 from ..models.users import ROLES
-from ..ops.fields import NAME_RE
+from ..ops.fields import MAX_ID, NAME_RE
 from ..ops.keys import MAX_RATE_LIMIT
 from ..ops.servers import MAX_TIMEOUT
 from ..ops.sessions import AUTH_KINDS as SESSION_AUTH_KINDS
@@ -47,7 +47,7 @@ def nullable(schema: dict) -> dict:
 
 STR = {"type": "string"}
 BOOL = {"type": "boolean"}
-ID = {"type": "integer", "minimum": 1}
+ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
 TIMESTAMP = {"type": "string", "format": "date-time", "examples": ["2030-01-31T12:00:00Z"]}
 NAME = {"type": "string", "pattern": NAME_RE.pattern, "maxLength": 40,
         "description": "Lower-case letters, digits and dashes, starting with a letter."}

@@ -24,13 +24,13 @@ def create_service():
     return jsonify(service.to_dict()), 201
 
 
-@bp.get("/services/<int:service_id>")
+@bp.get("/services/<id:service_id>")
 @admin_only
 def get_service(service_id):
     return jsonify(ops.get_service(service_id).to_dict())
 
 
-@bp.patch("/services/<int:service_id>")
+@bp.patch("/services/<id:service_id>")
 @admin_only
 def update_service(service_id):
     service = ops.update_service(ops.get_service(service_id), body())
@@ -38,7 +38,7 @@ def update_service(service_id):
     return jsonify(service.to_dict())
 
 
-@bp.delete("/services/<int:service_id>")
+@bp.delete("/services/<id:service_id>")
 @admin_only
 def delete_service(service_id):
     ops.delete_service(ops.get_service(service_id))

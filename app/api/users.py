@@ -24,13 +24,13 @@ def create_user():
     return jsonify(user.to_dict()), 201
 
 
-@bp.get("/users/<int:user_id>")
+@bp.get("/users/<id:user_id>")
 @admin_only
 def get_user(user_id):
     return jsonify(ops.get_user(user_id).to_dict())
 
 
-@bp.patch("/users/<int:user_id>")
+@bp.patch("/users/<id:user_id>")
 @admin_only
 def update_user(user_id):
     user = ops.update_user(ops.get_user(user_id), body())
@@ -38,7 +38,7 @@ def update_user(user_id):
     return jsonify(user.to_dict())
 
 
-@bp.delete("/users/<int:user_id>")
+@bp.delete("/users/<id:user_id>")
 @admin_only
 def delete_user(user_id):
     user = ops.get_user(user_id)

@@ -20,7 +20,7 @@ from ..models import Credential, Flow, McpServer
 from ..models.base import digest, iso, utcnow
 from ..models.credentials import IDENTITY_COLUMN
 from .errors import BadRequest, Forbidden, NotFound, OpError  # noqa: F401 (used by the API)
-from .fields import HEADER_NAME_RE, MAX_HEADER_VALUE, header_value_ok
+from .fields import HEADER_NAME_RE, MAX_HEADER_VALUE, header_value_ok, valid_id
 
 TOKEN_HEADER = "X-Portcullis-Flow-Token"
 
@@ -160,7 +160,7 @@ def _store(flow_id: str, binding: tuple, values: dict) -> Credential:
 
 
 def get_credential(credential_id) -> Credential:
-    cred = db.session.get(Credential, credential_id) if isinstance(credential_id, int) and credential_id > 0 else None
+    cred = db.session.get(Credential, credential_id) if valid_id(credential_id) else None
     if cred is None:
         raise NotFound("no such credential")
     return cred

@@ -35,6 +35,7 @@ from ..models import Credential, Flow, McpServer, User, VirtualKey
 from ..models.base import iso, utcnow
 from ..models.credentials import AUTH_MODES, IDENTITY_COLUMN
 from .errors import BadRequest, Forbidden, NotFound
+from .fields import MAX_ID
 from .header_flows import revoke as revoke_credential
 
 CREDENTIAL_STATUSES = ("active", "needs_update", "orphaned", "needs_reauth")
@@ -44,7 +45,6 @@ AUTH_KINDS = ("headers", "oauth")
 KINDS = ("credential", "flow")
 MAX_QUERY = 200
 FLOW_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # flow ids are url-safe random tokens
-MAX_ID = 2**31 - 1
 # The MCP server auth_type whose flows re-authenticate a credential of each auth_kind. Per-user
 # OAuth joins here (and in _start_flow) when its flows exist.
 FLOW_SERVER_TYPE = {"headers": "per_user_headers"}
