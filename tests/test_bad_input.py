@@ -3,14 +3,21 @@ nothing (ids beyond what the database holds, JSON nested deeper than anything re
 HTTP cannot carry). tests/test_fuzz.py looks for more of these at random."""
 from __future__ import annotations
 
+import logging
 import re
 
 import pytest
+from sqlalchemy import select
 from werkzeug.routing import IntegerConverter
 
 from app import IdConverter
-from app.ops.fields import MAX_ID
-from tests.api_helpers import PREFIX
+from app.extensions import db
+from app.models import Credential, Flow, McpServer
+from app.ops.fields import MAX_HEADER_VALUE, MAX_ID, header_value_ok
+from tests.api_helpers import PREFIX, assert_error
+from tests.test_header_flows_api import SAMPLE, agent, auth_required, creds, make_server
+from tests.test_header_flows_api import urls  # noqa: F401 (module fixture)
+from tests.test_per_user_headers import raw_dump
 
 # --- ids -----------------------------------------------------------------------------------
 
@@ -53,3 +60,57 @@ def test_the_document_says_which_ids_exist(client):
     params = [p for item in doc["paths"].values() for p in item.get("parameters", [])
               if p["in"] == "path" and p["schema"]["type"] == "integer"]
     assert params and all((p["schema"]["minimum"], p["schema"]["maximum"]) == (1, MAX_ID) for p in params)
+
+
+# --- header values -------------------------------------------------------------------------
+
+CANARY = "hv-canary-5e1f"
+UNSENDABLE = ["café-" + CANARY, "☃" + CANARY, CANARY + "\x7f", " " + CANARY, CANARY + "\t", "a\r\n" + CANARY,
+              CANARY + "\x00"]
+
+
+def test_the_header_value_rule():
+    for value in ["Bearer abc.def-ghi", "a\tb", "a   b", "!~", "x" * MAX_HEADER_VALUE]:
+        assert header_value_ok(value), value
+    for value in [*UNSENDABLE, "", " ", "x" * (MAX_HEADER_VALUE + 1), None, 42]:
+        assert not header_value_ok(value), value
+
+
+@pytest.mark.parametrize("value", UNSENDABLE)
+def test_unsendable_header_values_are_refused_everywhere(app, client, urls, admin_api, member_api, member_id,
+                                                        caplog, value):
+    """Shared headers, sample values and a person's own values: a clear 4xx naming the header,
+    before any upstream call; 'café' was a UnicodeEncodeError (500) in the per-user submission.
+    The value is in no answer, no log line (debug included) and no row."""
+    caplog.set_level(logging.DEBUG)
+    shared = admin_api.post("/mcp-servers", json={"name": "shared", "url": urls["one"], "auth_type": "headers",
+                                                  "headers": {"X-Api-Key": SAMPLE}})
+    assert shared.status_code == 201, shared.get_json()
+    sid = make_server(app, urls["one"])
+    rpc = agent(app, client, sid, owner_id=member_id)
+    flow = f"/header-flows/{auth_required(rpc)['flow_id']}"
+    before = stored(app)
+
+    answers = [
+        (admin_api.post("/mcp-servers", json={"name": "other", "url": urls["one"], "auth_type": "headers",
+                                              "headers": {"X-Api-Key": value}}), 422, "headers"),
+        (admin_api.patch(f"/mcp-servers/{shared.get_json()['id']}", json={"headers": {"X-Api-Key": value}}),
+         422, "headers"),
+        (admin_api.post("/mcp-servers", json={"name": "other", "url": urls["one"], "auth_type": "per_user_headers",
+                                              "per_user_header_keys": ["X-Api-Key"],
+                                              "sample_headers": {"x-api-key": value}}), 422, "sample_headers"),
+        (member_api.put(flow, json={"headers": {"X-Api-Key": value}}), 400, "headers"),
+    ]
+    for resp, status, field in answers:
+        err = assert_error(resp, status, fields={field})
+        assert "x-api-key" in err["fields"][field].lower() and "printable ASCII" in err["fields"][field]
+        assert CANARY not in resp.get_data(as_text=True)
+    assert stored(app) == before and creds(app) == []
+    assert CANARY not in caplog.text + raw_dump(app)
+
+
+def stored(app) -> list:
+    """The servers, credentials and flows rows as stored (encrypted values included)."""
+    with app.app_context(), db.engine.connect() as conn:
+        return [list(conn.execute(select(t).order_by(*t.primary_key))) for t in (
+            McpServer.__table__, Credential.__table__, Flow.__table__)]

@@ -15,12 +15,17 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 # RFC 9110 token characters
 HEADER_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}$")
 MAX_HEADER_VALUE = 8192
+# RFC 9110 field-value in ASCII: visible characters, spaces and tabs only between them. The HTTP
+# client sends nothing else (a line break, 'é' or a leading space fails at the upstream call).
+HEADER_VALUE_RE = re.compile(r"[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*")
+HEADER_VALUE_RULE = (f"must be printable ASCII (letters, digits, punctuation; spaces or tabs only between them), "
+                     f"at most {MAX_HEADER_VALUE} characters: an HTTP header cannot carry anything else")
 
 
 def header_value_ok(value) -> bool:
-    """A value that can be sent in an HTTP header as typed: one line, at most MAX_HEADER_VALUE
-    characters (shared headers, sample values and each person's own values alike)."""
-    return isinstance(value, str) and len(value) <= MAX_HEADER_VALUE and not any(c in value for c in "\r\n\x00")
+    """A value that can be sent in an HTTP header as typed (shared headers, sample values and each
+    person's own values alike); refused ones are named with HEADER_VALUE_RULE, never echoed."""
+    return isinstance(value, str) and len(value) <= MAX_HEADER_VALUE and HEADER_VALUE_RE.fullmatch(value) is not None
 
 _MISSING = object()
 MAX_ID = 2**31 - 1  # ids are 32-bit integers on every database

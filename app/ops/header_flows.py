@@ -20,7 +20,7 @@ from ..models import Credential, Flow, McpServer
 from ..models.base import digest, iso, utcnow
 from ..models.credentials import IDENTITY_COLUMN
 from .errors import BadRequest, Forbidden, NotFound, OpError  # noqa: F401 (used by the API)
-from .fields import HEADER_NAME_RE, MAX_HEADER_VALUE, header_value_ok, valid_id
+from .fields import HEADER_NAME_RE, HEADER_VALUE_RULE, header_value_ok, valid_id
 
 TOKEN_HEADER = "X-Portcullis-Flow-Token"
 
@@ -100,8 +100,7 @@ def _clean(headers, required: list[str]) -> dict:
         if value is None or value == "":
             continue  # left blank: keep the stored value, if any
         if not header_value_ok(value):
-            raise BadRequest("invalid header value",
-                             {"headers": f"the value of {key} must be one line of at most {MAX_HEADER_VALUE} characters"})
+            raise BadRequest(f"invalid value of {key}", {"headers": f"the value of {key} {HEADER_VALUE_RULE}"})
         out[key] = value
     return out
 
