@@ -13,10 +13,12 @@ from werkzeug.routing import IntegerConverter
 from app import IdConverter
 from app.extensions import db
 from app.models import Credential, Flow, McpServer
-from app.ops.fields import MAX_HEADER_VALUE, MAX_ID, header_value_ok
+from app.ops.fields import MAX_HEADER_VALUE, MAX_ID, MAX_JSON_DEPTH, header_value_ok
 from tests.api_helpers import PREFIX, assert_error
 from tests.test_header_flows_api import SAMPLE, agent, auth_required, creds, make_server
 from tests.test_header_flows_api import urls  # noqa: F401 (module fixture)
+from tests.mcp_fixtures import add_key
+from tests.test_mcp_protocol import Rpc
 from tests.test_per_user_headers import raw_dump
 
 # --- ids -----------------------------------------------------------------------------------
@@ -114,3 +116,41 @@ def stored(app) -> list:
     with app.app_context(), db.engine.connect() as conn:
         return [list(conn.execute(select(t).order_by(*t.primary_key))) for t in (
             McpServer.__table__, Credential.__table__, Flow.__table__)]
+
+
+# --- deeply nested JSON --------------------------------------------------------------------
+
+def nest(levels: int, inner: str = "1") -> str:
+    return "[" * levels + inner + "]" * levels
+
+
+DEEP = [nest(5000), '{"a":' * 5000 + "1" + "}" * 5000, "[" * 100_000]
+
+
+@pytest.mark.parametrize("body", DEEP, ids=["arrays", "objects", "unclosed"])
+def test_deep_json_on_mcp_is_a_parse_error(app, client, body):
+    """A few thousand levels were a RecursionError (500) in the decoder."""
+    _, key = add_key(app, {})
+    r = Rpc(client, key).raw(body)
+    assert r.status_code == 400 and r.json["error"]["code"] == -32700, r.get_data(as_text=True)[:200]
+
+
+def test_mcp_takes_json_up_to_the_depth_limit(app, client):
+    """Deep enough to be past any real message, shallow enough for everything that walks it later."""
+    rpc = Rpc(client, add_key(app, {})[1])
+    ping = '{"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"x": %s}}'
+    r = rpc.raw(ping % nest(MAX_JSON_DEPTH - 2))
+    assert r.status_code == 200 and r.json["result"] == {}, r.json
+    r = rpc.raw(ping % nest(MAX_JSON_DEPTH - 1))
+    assert r.status_code == 400 and r.json["error"] == {"code": -32700, "message": (
+        f"parse error: the body is nested deeper than {MAX_JSON_DEPTH} levels")}
+
+
+def test_deep_json_on_the_api_is_a_400(client, admin_api):
+    users = admin_api.get("/users").get_json()
+    auth = {"Authorization": f"Bearer {admin_api.token}", "Content-Type": "application/json"}
+    for body in [*DEEP, '{"email": %s}' % nest(MAX_JSON_DEPTH)]:
+        err = assert_error(client.post("/api/v1/users", data=body, headers=auth), 400, "bad_request")
+        assert err["message"] in ("the request body is not valid JSON",
+                                  f"the request body is nested deeper than {MAX_JSON_DEPTH} levels"), err
+    assert admin_api.get("/users").get_json() == users

@@ -9,6 +9,7 @@ from werkzeug.exceptions import HTTPException
 from ..auth import load_api_user
 from ..crypto import DecryptionError
 from ..ops.errors import BadRequest, OpError
+from ..ops.fields import JsonRefused, parse_json
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 PUBLIC = {"api.create_token", "api.openapi"}
@@ -64,12 +65,14 @@ def admin_only(view):
 
 
 def body() -> dict:
-    """The JSON body; malformed JSON or a non-object is a 400."""
-    data = request.get_json(force=True, silent=True)
-    if data is None:
-        if request.get_data():
-            raise BadRequest("the request body is not valid JSON")
+    """The JSON body; malformed or too deeply nested JSON, or a non-object, is a 400."""
+    raw = request.get_data()
+    if not raw:
         raise BadRequest("a JSON object body is required")
+    try:
+        data = parse_json(raw)
+    except JsonRefused as e:
+        raise BadRequest(f"the request body is {e}") from None
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object")
     return data

@@ -5,6 +5,7 @@ fields are refused: a typo must not silently do nothing.
 """
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -26,6 +27,39 @@ def header_value_ok(value) -> bool:
     """A value that can be sent in an HTTP header as typed (shared headers, sample values and each
     person's own values alike); refused ones are named with HEADER_VALUE_RULE, never echoed."""
     return isinstance(value, str) and len(value) <= MAX_HEADER_VALUE and HEADER_VALUE_RE.fullmatch(value) is not None
+
+MAX_JSON_DEPTH = 64
+
+
+class JsonRefused(ValueError):
+    """A client's body that is not JSON, or nested too deeply; the message says which."""
+
+
+def parse_json(data: bytes):
+    """The JSON value a client sent (the API's bodies, /mcp's messages). At most MAX_JSON_DEPTH
+    levels of arrays and objects: the decoder recurses per level (a few thousand were a
+    RecursionError), and so does whatever handles the value later, such as the encoder that
+    forwards tool arguments. A body with fewer brackets than that cannot be deeper: the common,
+    small case costs one count."""
+    try:
+        value = json.loads(data)
+    except RecursionError:
+        raise JsonRefused(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError:
+        raise JsonRefused("not valid JSON") from None
+    if data.count(b"[") + data.count(b"{") > MAX_JSON_DEPTH:
+        stack = [(value, 1)]
+        while stack:
+            node, depth = stack.pop()
+            if isinstance(node, dict):
+                node = node.values()
+            elif not isinstance(node, list):
+                continue
+            if depth > MAX_JSON_DEPTH:
+                raise JsonRefused(f"nested deeper than {MAX_JSON_DEPTH} levels")
+            stack.extend((child, depth + 1) for child in node)
+    return value
+
 
 _MISSING = object()
 MAX_ID = 2**31 - 1  # ids are 32-bit integers on every database
