@@ -1,6 +1,6 @@
 """No input is a 500: what a client sends that the app cannot take is a clear 4xx and changes
 nothing (ids beyond what the database holds, JSON nested deeper than anything real, header values
-HTTP cannot carry). tests/test_fuzz.py looks for more of these at random."""
+HTTP cannot carry, text no database stores). tests/test_fuzz.py looks for more of these at random."""
 from __future__ import annotations
 
 import logging
@@ -13,13 +13,15 @@ from werkzeug.routing import IntegerConverter
 from app import IdConverter
 from app.extensions import db
 from app.models import Credential, Flow, McpServer
-from app.ops.fields import MAX_HEADER_VALUE, MAX_ID, MAX_JSON_DEPTH, header_value_ok
+from app.ops.fields import MAX_HEADER_VALUE, MAX_ID, MAX_JSON_DEPTH, MAX_QUERY, header_value_ok
 from tests.api_helpers import PREFIX, assert_error
+from tests.conftest import PASSWORD
+from tests.mcp_fixtures import add_key
 from tests.test_header_flows_api import SAMPLE, agent, auth_required, creds, make_server
 from tests.test_header_flows_api import urls  # noqa: F401 (module fixture)
-from tests.mcp_fixtures import add_key
 from tests.test_mcp_protocol import Rpc
 from tests.test_per_user_headers import raw_dump
+from tests.test_web_pages import Web, csrf_in
 
 # --- ids -----------------------------------------------------------------------------------
 
@@ -154,3 +156,68 @@ def test_deep_json_on_the_api_is_a_400(client, admin_api):
         assert err["message"] in ("the request body is not valid JSON",
                                   f"the request body is nested deeper than {MAX_JSON_DEPTH} levels"), err
     assert admin_api.get("/users").get_json() == users
+
+
+# --- text no database stores ---------------------------------------------------------------
+
+SURROGATE = '"a\\ud800b"'  # JSON for a string holding an unpaired surrogate
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/users", '{"email": %s, "password": "a-long-password"}' % SURROGATE),
+    ("/services", '{"name": "svc", "base_url": "http://127.0.0.1:9/", "secret": "s", "description": %s}' % SURROGATE),
+    ("/virtual-keys", '{"name": %s}' % SURROGATE),
+    ("/tokens", '{"email": %s, "password": "x"}' % SURROGATE),
+])
+def test_unpaired_surrogates_in_json_are_a_400(client, admin_api, path, body):
+    """They were a UnicodeEncodeError (500) wherever the text reached the database."""
+    users = admin_api.get("/users").get_json()
+    resp = client.post(PREFIX + path, data=body, headers={"Authorization": f"Bearer {admin_api.token}",
+                                                          "Content-Type": "application/json"})
+    err = assert_error(resp, 400, "bad_request")
+    assert "unpaired surrogate" in err["message"]
+    assert admin_api.get("/users").get_json() == users and admin_api.get("/services").get_json()["total_count"] == 0
+
+
+def test_unpaired_surrogates_on_mcp_are_a_parse_error_and_pairs_are_text(app, client):
+    rpc = Rpc(client, add_key(app, {})[1])
+    r = rpc.raw('{"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"x": %s}}' % SURROGATE)
+    assert r.status_code == 400 and r.json["error"]["code"] == -32700
+    r = rpc.raw('{"jsonrpc": "2.0", "id": "\\ud83d\\ude00", "method": "ping"}')  # a pair: one emoji
+    assert r.status_code == 200 and r.json["id"] == "\U0001F600"
+
+
+@pytest.mark.parametrize("path", ["/users?q=a%00", "/mcp-servers?q=%00", "/virtual-keys?q=%00", "/services?q=%00",
+                                  "/virtual-keys?source=%00", "/audit-events?action=login%00", "/sessions?q=%00",
+                                  "/users?%00=1"])
+def test_nul_in_a_query_parameter_is_a_400_naming_it(admin_api, path):
+    """PostgreSQL refuses NUL in any comparison: these were 500s there."""
+    err = assert_error(admin_api.get(path), 400, "bad_request")
+    assert set(err["fields"]) == {path.split("?")[1].split("=")[0].replace("%00", "\x00")}
+
+
+@pytest.mark.parametrize("path", ["/users", "/mcp-servers", "/virtual-keys", "/services", "/sessions"])
+def test_a_search_longer_than_any_name_is_a_400(admin_api, path):
+    """70 000 characters were a 500 on SQLite (LIKE or GLOB pattern too complex)."""
+    assert admin_api.get(f"{path}?q={'x' * MAX_QUERY}").status_code == 200
+    err = assert_error(admin_api.get(f"{path}?q={'x' * 70_000}"), 400, "bad_request", {"q"})
+    assert str(MAX_QUERY) in err["fields"]["q"]
+
+
+def test_nul_in_a_flow_id_is_an_unknown_flow(client, admin_api, member_api):
+    for resp in (admin_api.get("/header-flows/a%00b"), member_api.put("/header-flows/a%00b", json={"headers": {}}),
+                 client.get("/connect/a%00b"), client.get("/connect/abc%0A")):
+        assert resp.status_code == 404, resp.request.path
+
+
+def test_nul_in_the_pages(app, client, admin_id):
+    """Searches drop it (as the sessions page does); a form field with it is a 400 page."""
+    admin = Web(client).login("admin@example.com")
+    for path in ["/users?q=admin%00", "/servers?q=%00", "/keys?q=%00", "/services?q=%00", "/audit?q=%00"]:
+        assert admin.get(path).status_code == 200, path
+    assert "admin@example.com" in admin.get("/users?q=admin%00").get_data(as_text=True)
+    anonymous = Web(app.test_client())
+    token = csrf_in(anonymous.client.get("/login").get_data(as_text=True))
+    r = anonymous.client.post("/login", data={"email": "admin@example.com\x00", "password": PASSWORD,
+                                              "csrf_token": token})
+    assert r.status_code == 400 and "NUL" in r.get_data(as_text=True)

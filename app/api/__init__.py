@@ -9,7 +9,7 @@ from werkzeug.exceptions import HTTPException
 from ..auth import load_api_user
 from ..crypto import DecryptionError
 from ..ops.errors import BadRequest, OpError
-from ..ops.fields import JsonRefused, parse_json
+from ..ops.fields import MAX_QUERY, JsonRefused, parse_json
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 PUBLIC = {"api.create_token", "api.openapi"}
@@ -55,6 +55,16 @@ def authenticate():
     return None
 
 
+@bp.before_request
+def query_without_nul():
+    """A NUL in a query parameter is a 400 naming it: no real client sends one, and PostgreSQL
+    refuses it in any comparison (every list filters on what the query string says)."""
+    bad = sorted({name[:40] for name, value in request.args.items(multi=True) if "\x00" in name + value})
+    if bad:
+        raise BadRequest("invalid query parameters: " + ", ".join(bad), {name: "must not contain NUL" for name in bad})
+    return None
+
+
 def admin_only(view):
     @wraps(view)
     def wrapped(*args, **kwargs):
@@ -96,6 +106,14 @@ def page_params(default: int = 50, maximum: int = 500) -> tuple[int, int]:
     if fields:
         raise BadRequest("invalid pagination", fields)
     return int(limit), int(offset)
+
+
+def search_term() -> str:
+    """A list's ``?q=``, stripped; longer than MAX_QUERY characters is a 400."""
+    term = (request.args.get("q") or "").strip()
+    if len(term) > MAX_QUERY:
+        raise BadRequest("invalid query parameters: q", {"q": f"at most {MAX_QUERY} characters"})
+    return term
 
 
 def listing(name: str, query, limit: int, offset: int, to_dict):

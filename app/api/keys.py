@@ -5,7 +5,7 @@ from sqlalchemy import or_
 from ..extensions import db
 from ..models import VirtualKey
 from ..ops import keys as ops
-from . import admin_only, body, bp, listing, page_params
+from . import admin_only, body, bp, listing, page_params, search_term
 
 
 @bp.get("/virtual-keys")
@@ -14,8 +14,7 @@ def list_keys():
     q = db.select(VirtualKey).order_by(VirtualKey.id.desc())
     if not g.user.is_admin:
         q = q.where(VirtualKey.owner_id == g.user.id)
-    if request.args.get("q"):
-        term = request.args["q"].strip()
+    if term := search_term():
         q = q.where(or_(VirtualKey.name.icontains(term, autoescape=True),
                         VirtualKey.key_prefix.icontains(term, autoescape=True)))
     if request.args.get("source"):

@@ -1,10 +1,10 @@
-from flask import jsonify, request
+from flask import jsonify
 
 from ..extensions import db
 from ..models import McpServer
 from ..ops import credentials as credential_ops
 from ..ops import servers as ops
-from . import admin_only, body, bp, listing, page_params
+from . import admin_only, body, bp, listing, page_params, search_term
 
 
 @bp.get("/mcp-servers")
@@ -12,8 +12,8 @@ from . import admin_only, body, bp, listing, page_params
 def list_servers():
     limit, offset = page_params()
     q = db.select(McpServer).order_by(McpServer.name)
-    if request.args.get("q"):
-        q = q.where(McpServer.name.contains(request.args["q"].strip().lower(), autoescape=True))
+    if term := search_term():
+        q = q.where(McpServer.name.contains(term.lower(), autoescape=True))
     return listing("mcp_servers", q, limit, offset, McpServer.to_dict)
 
 

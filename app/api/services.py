@@ -1,9 +1,9 @@
-from flask import jsonify, request
+from flask import jsonify
 
 from ..extensions import db
 from ..models import Service
 from ..ops import services as ops
-from . import admin_only, body, bp, listing, page_params
+from . import admin_only, body, bp, listing, page_params, search_term
 
 
 @bp.get("/services")
@@ -11,8 +11,8 @@ from . import admin_only, body, bp, listing, page_params
 def list_services():
     limit, offset = page_params()
     q = db.select(Service).order_by(Service.name)
-    if request.args.get("q"):
-        q = q.where(Service.name.contains(request.args["q"].strip().lower(), autoescape=True))
+    if term := search_term():
+        q = q.where(Service.name.contains(term.lower(), autoescape=True))
     return listing("services", q, limit, offset, Service.to_dict)
 
 

@@ -1,9 +1,9 @@
-from flask import g, jsonify, request
+from flask import g, jsonify
 
 from ..extensions import db
 from ..models import User
 from ..ops import users as ops
-from . import admin_only, body, bp, listing, page_params
+from . import admin_only, body, bp, listing, page_params, search_term
 
 
 @bp.get("/users")
@@ -11,8 +11,8 @@ from . import admin_only, body, bp, listing, page_params
 def list_users():
     limit, offset = page_params()
     q = db.select(User).order_by(User.id)
-    if request.args.get("q"):
-        q = q.where(User.email.contains(request.args["q"].strip().lower(), autoescape=True))
+    if term := search_term():
+        q = q.where(User.email.contains(term.lower(), autoescape=True))
     return listing("users", q, limit, offset, User.to_dict)
 
 

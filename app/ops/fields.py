@@ -28,26 +28,32 @@ def header_value_ok(value) -> bool:
     person's own values alike); refused ones are named with HEADER_VALUE_RULE, never echoed."""
     return isinstance(value, str) and len(value) <= MAX_HEADER_VALUE and HEADER_VALUE_RE.fullmatch(value) is not None
 
+
 MAX_JSON_DEPTH = 64
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 
 
 class JsonRefused(ValueError):
-    """A client's body that is not JSON, or nested too deeply; the message says which."""
+    """A client's body that is not JSON, nested too deeply or unstorable text; the message says which."""
 
 
 def parse_json(data: bytes):
-    """The JSON value a client sent (the API's bodies, /mcp's messages). At most MAX_JSON_DEPTH
-    levels of arrays and objects: the decoder recurses per level (a few thousand were a
-    RecursionError), and so does whatever handles the value later, such as the encoder that
-    forwards tool arguments. A body with fewer brackets than that cannot be deeper: the common,
-    small case costs one count."""
+    """The JSON value a client sent (the API's bodies, /mcp's messages), in UTF-8 (RFC 8259).
+
+    Refused: text with an unpaired surrogate escape (``"\\ud800"``), which no database or
+    encoder takes; more than MAX_JSON_DEPTH levels of arrays and objects, since the decoder
+    recurses per level (a few thousand were a RecursionError) and so does whatever handles the
+    value later, such as the encoder that forwards tool arguments. A body with fewer brackets than
+    that cannot be deeper, and one without a surrogate escape has no such text: the common, small
+    case costs two scans."""
     try:
-        value = json.loads(data)
+        text = data.decode("utf-8")
+        value = json.loads(text)
     except RecursionError:
         raise JsonRefused(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
-    except ValueError:
+    except ValueError:  # also UnicodeDecodeError
         raise JsonRefused("not valid JSON") from None
-    if data.count(b"[") + data.count(b"{") > MAX_JSON_DEPTH:
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH:
         stack = [(value, 1)]
         while stack:
             node, depth = stack.pop()
@@ -58,11 +64,17 @@ def parse_json(data: bytes):
             if depth > MAX_JSON_DEPTH:
                 raise JsonRefused(f"nested deeper than {MAX_JSON_DEPTH} levels")
             stack.extend((child, depth + 1) for child in node)
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise JsonRefused("not valid JSON: a \\u escape of an unpaired surrogate (D800-DFFF)") from None
     return value
 
 
 _MISSING = object()
 MAX_ID = 2**31 - 1  # ids are 32-bit integers on every database
+MAX_QUERY = 200  # search text: longer than any name; SQLite refuses LIKE patterns over 50 000 bytes
 
 
 def valid_id(value) -> bool:

@@ -8,6 +8,7 @@ marked used (its token gone). Values are never trimmed, changed, logged or echoe
 from __future__ import annotations
 
 import hmac
+import re
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -23,6 +24,7 @@ from .errors import BadRequest, Forbidden, NotFound, OpError  # noqa: F401 (used
 from .fields import HEADER_NAME_RE, HEADER_VALUE_RULE, header_value_ok, valid_id
 
 TOKEN_HEADER = "X-Portcullis-Flow-Token"
+FLOW_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # flow ids are url-safe random tokens; nothing else is looked up
 
 
 class Gone(OpError):
@@ -35,7 +37,7 @@ class Rejected(OpError):
 
 
 def get_flow(flow_id: str) -> Flow:
-    flow = db.session.get(Flow, flow_id) if isinstance(flow_id, str) and 0 < len(flow_id) <= 64 else None
+    flow = db.session.get(Flow, flow_id) if isinstance(flow_id, str) and FLOW_ID_RE.fullmatch(flow_id) else None
     if flow is None:
         raise NotFound("no such flow")
     return flow
