@@ -110,7 +110,7 @@ def test_api(served, target, upstreams):
     for operation in operations:
         run(operation, operation.as_strategy(GenerationMode.POSITIVE))
         names = [p.name for p in operation.path_parameters]
-        if names:
+        if names and all(name in ids for name in names):
             existing = st.fixed_dictionaries({n: st.sampled_from(ids[n]) for n in names})
             run(operation, existing.flatmap(lambda params, op=operation: op.as_strategy(path_parameters=params)))
         run(operation, operation.as_strategy(GenerationMode.NEGATIVE), negative=True)
