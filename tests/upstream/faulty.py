@@ -1,9 +1,9 @@
 """A deliberately broken (or closely watched) upstream on plain http.server.
 
 initialize and tools/list work; tools/call then fails the way the path says: /500, /garbage,
-/deep (a result nested 5 000 levels), /drop, /slow, /html. /ok answers normally. Every request is recorded in SEEN as
-(path, method, Mcp-Session-Id); sessions are issued on initialize and can be forgotten
-(clear LIVE_SESSIONS) to make the next request get HTTP 404."""
+/deep (a result nested 5 000 levels), /drop, /slow, /html. /ok answers normally. Every request is
+recorded in SEEN as (path, method, Mcp-Session-Id); sessions are issued on initialize and can be
+forgotten (clear LIVE_SESSIONS) to make the next request get HTTP 404."""
 import json
 import socket
 import threading
