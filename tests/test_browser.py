@@ -20,9 +20,9 @@ EMAIL = "browser-admin@example.com"
 
 
 @pytest.fixture
-def page(browser, live_server, app):
+def page(browser_context, live_server, app):
     make_user(app, EMAIL, "admin")
-    context = browser.new_context(base_url=live_server)
+    context = browser_context(base_url=live_server)
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server)
     page = context.new_page()
     page.set_default_timeout(5000)
@@ -31,8 +31,7 @@ def page(browser, live_server, app):
     page.fill("input[name=password]", PASSWORD)
     page.click("button:has-text('Log in')")
     expect(page).to_have_url(re.compile(r"/servers$"))
-    yield page
-    context.close()
+    return page
 
 
 def test_server_key_grant_and_secret_once(page, app):

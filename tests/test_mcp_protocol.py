@@ -205,6 +205,7 @@ def faulty_server(app, faulty, mode, **fields):
 @pytest.mark.parametrize("mode, text", [
     ("500", "f-500: the server answered HTTP 500"),
     ("garbage", "f-garbage: sent an answer that is not valid JSON"),
+    ("deep", "f-deep: sent an answer nested too deeply"),
     ("html", "f-html: sent an answer of type 'text/html', not JSON or SSE"),
     ("drop", "f-drop: the connection dropped before the answer was complete"),
     ("slow", "f-slow: no answer within 0.5s"),

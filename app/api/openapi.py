@@ -11,12 +11,11 @@ from flask import jsonify
 from ..models.keys import SCOPES, SOURCES
 from ..models.servers import AUTH_TYPES
 from ..models.users import ROLES
-from ..ops.fields import NAME_RE
+from ..ops.fields import MAX_ID, MAX_QUERY, NAME_RE
 from ..ops.keys import MAX_RATE_LIMIT
 from ..ops.servers import MAX_TIMEOUT
 from ..ops.sessions import AUTH_KINDS as SESSION_AUTH_KINDS
 from ..ops.sessions import KINDS as SESSION_KINDS
-from ..ops.sessions import MAX_QUERY as SESSION_MAX_QUERY
 from ..ops.sessions import STATUSES as SESSION_STATUSES
 from ..ops.users import MIN_PASSWORD
 from . import bp
@@ -47,7 +46,7 @@ def nullable(schema: dict) -> dict:
 
 STR = {"type": "string"}
 BOOL = {"type": "boolean"}
-ID = {"type": "integer", "minimum": 1}
+ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
 TIMESTAMP = {"type": "string", "format": "date-time", "examples": ["2030-01-31T12:00:00Z"]}
 NAME = {"type": "string", "pattern": NAME_RE.pattern, "maxLength": 40,
         "description": "Lower-case letters, digits and dashes, starting with a letter."}
@@ -358,7 +357,8 @@ PARAMETERS = {
               "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}},
     "offset": {"name": "offset", "in": "query", "description": "Items to skip.",
                "schema": {"type": "integer", "minimum": 0, "default": 0}},
-    "q": {"name": "q", "in": "query", "description": "Search text.", "schema": STR},
+    "q": {"name": "q", "in": "query", "description": "Search text.",
+          "schema": {"type": "string", "maxLength": MAX_QUERY}},
 }
 
 
@@ -562,7 +562,7 @@ PATHS = {
         "list_sessions", "sessions", "List stored credentials and pending flows, newest first",
         {**ok(200, "One page.", "SessionList"), **problems("BadRequest", "Unauthorized")},
         params=[{"$ref": "#/components/parameters/limit"}, {"$ref": "#/components/parameters/offset"},
-                {"name": "q", "in": "query", "schema": {"type": "string", "maxLength": SESSION_MAX_QUERY},
+                {"name": "q", "in": "query", "schema": {"type": "string", "maxLength": MAX_QUERY},
                  "description": "Part of a server name, user e-mail or key name (case-insensitive), or "
                                 "exactly a key id, an MCP session id or a row id."},
                 *[{"name": name, "in": "query", "style": "form", "explode": False,

@@ -18,6 +18,7 @@ from werkzeug.wrappers import Request, Response
 from ..credentials import AuthRequired, CredentialUnavailable, endpoint_for, wants_url_elicitation
 from ..extensions import db
 from ..identity import Caller, Unauthenticated, resolve_caller
+from ..ops.fields import JsonRefused, parse_json
 from . import native
 from . import tools as toolnames
 from .client import UpstreamError
@@ -117,9 +118,9 @@ def handle(req: Request, server_name: str | None) -> Response:
     message = None
     if req.method == "POST":
         try:
-            message = json.loads(req.get_data())
-        except ValueError:
-            return rpc_error(None, types.PARSE_ERROR, "parse error: the body is not valid JSON", 400)
+            message = parse_json(req.get_data())
+        except JsonRefused as e:
+            return rpc_error(None, types.PARSE_ERROR, f"parse error: the body is {e}", 400)
     req_id = message.get("id") if isinstance(message, dict) and _valid_id(message.get("id")) else None
 
     try:

@@ -8,6 +8,7 @@ marked used (its token gone). Values are never trimmed, changed, logged or echoe
 from __future__ import annotations
 
 import hmac
+import re
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -20,9 +21,10 @@ from ..models import Credential, Flow, McpServer
 from ..models.base import digest, iso, utcnow
 from ..models.credentials import IDENTITY_COLUMN
 from .errors import BadRequest, Forbidden, NotFound, OpError  # noqa: F401 (used by the API)
-from .fields import HEADER_NAME_RE, MAX_HEADER_VALUE, header_value_ok
+from .fields import HEADER_NAME_RE, HEADER_VALUE_RULE, header_value_ok, valid_id
 
 TOKEN_HEADER = "X-Portcullis-Flow-Token"
+FLOW_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # flow ids are url-safe random tokens; nothing else is looked up
 
 
 class Gone(OpError):
@@ -35,7 +37,7 @@ class Rejected(OpError):
 
 
 def get_flow(flow_id: str) -> Flow:
-    flow = db.session.get(Flow, flow_id) if isinstance(flow_id, str) and 0 < len(flow_id) <= 64 else None
+    flow = db.session.get(Flow, flow_id) if isinstance(flow_id, str) and FLOW_ID_RE.fullmatch(flow_id) else None
     if flow is None:
         raise NotFound("no such flow")
     return flow
@@ -100,8 +102,7 @@ def _clean(headers, required: list[str]) -> dict:
         if value is None or value == "":
             continue  # left blank: keep the stored value, if any
         if not header_value_ok(value):
-            raise BadRequest("invalid header value",
-                             {"headers": f"the value of {key} must be one line of at most {MAX_HEADER_VALUE} characters"})
+            raise BadRequest(f"invalid value of {key}", {"headers": f"the value of {key} {HEADER_VALUE_RULE}"})
         out[key] = value
     return out
 
@@ -160,7 +161,7 @@ def _store(flow_id: str, binding: tuple, values: dict) -> Credential:
 
 
 def get_credential(credential_id) -> Credential:
-    cred = db.session.get(Credential, credential_id) if isinstance(credential_id, int) and credential_id > 0 else None
+    cred = db.session.get(Credential, credential_id) if valid_id(credential_id) else None
     if cred is None:
         raise NotFound("no such credential")
     return cred

@@ -20,7 +20,6 @@ sessions.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -35,6 +34,8 @@ from ..models import Credential, Flow, McpServer, User, VirtualKey
 from ..models.base import iso, utcnow
 from ..models.credentials import AUTH_MODES, IDENTITY_COLUMN
 from .errors import BadRequest, Forbidden, NotFound
+from .fields import MAX_ID, MAX_QUERY
+from .header_flows import FLOW_ID_RE
 from .header_flows import revoke as revoke_credential
 
 CREDENTIAL_STATUSES = ("active", "needs_update", "orphaned", "needs_reauth")
@@ -42,9 +43,6 @@ FLOW_STATUSES = ("pending",)
 STATUSES = CREDENTIAL_STATUSES + FLOW_STATUSES
 AUTH_KINDS = ("headers", "oauth")
 KINDS = ("credential", "flow")
-MAX_QUERY = 200
-FLOW_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # flow ids are url-safe random tokens
-MAX_ID = 2**31 - 1
 # The MCP server auth_type whose flows re-authenticate a credential of each auth_kind. Per-user
 # OAuth joins here (and in _start_flow) when its flows exist.
 FLOW_SERVER_TYPE = {"headers": "per_user_headers"}
@@ -160,7 +158,7 @@ def _search(t, term: str, row_kind: str, lk: _Lookups):
     prefix = "cred_" if row_kind == "credential" else "flow_"
     if term.startswith(prefix) and len(term) > len(prefix):
         rest = term[len(prefix):]
-        if row_kind == "flow" and FLOW_ID_RE.match(rest):
+        if row_kind == "flow" and FLOW_ID_RE.fullmatch(rest):
             arms.append(t.id == rest)
         elif rest.isascii() and rest.isdigit() and int(rest) <= MAX_ID:
             arms.append(t.id == int(rest))
@@ -311,7 +309,7 @@ def parse_id(row_id) -> tuple[str, int | str] | None:
             return "credential", int(rest)
     elif row_id.startswith("flow_"):
         rest = row_id[5:]
-        if FLOW_ID_RE.match(rest):
+        if FLOW_ID_RE.fullmatch(rest):
             return "flow", rest
     return None
 
