@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select, update
 
 from app.extensions import db
-from app.models import Credential, Flow
+from app.models import Credential, Flow, VirtualKey
 from app.models.base import utcnow
 from tests.api_helpers import admin_api, member_api  # noqa: F401
 from tests.api_helpers import PREFIX, assert_error, check_against_doc
@@ -76,6 +76,7 @@ def test_user_flow_end_to_end(app, client, urls, member_api, member_id, caplog):
     form = member_api.get(path).get_json()
     assert form["required_header_keys"] == ["x-api-key"] and form["stored_header_keys"] == []
     assert form["server"]["name"] == "keyed"
+    assert (form["user"], form["virtual_key"]) == ({"id": member_id, "email": "member@example.com"}, None)
     # wrong value: 422 with the reason, nothing stored, the flow still pending
     err = assert_error(member_api.put(path, json={"headers": {"X-API-KEY": "wrong-" + ALICE}}), 422,
                        "upstream_rejected", {"headers"})
@@ -128,12 +129,50 @@ def test_vk_flow_with_the_fragment_token(app, client, urls):
     r = client.get(path, headers={TOKEN_HEADER: token})
     check_against_doc(app, "GET", path, r)
     assert r.status_code == 200 and r.get_json()["auth_mode"] == "vk"
+    # whose credential it becomes: the key (no owner here), never a person
+    key_id = rpc_key_id(app)
+    assert (r.get_json()["virtual_key"], r.get_json()["user"]) == ({"id": key_id, "name": "agent", "owner": None}, None)
     r = client.put(path, json={"headers": {"x-api-key": BOB}}, headers={TOKEN_HEADER: token})
     check_against_doc(app, "PUT", path, r)
     assert r.status_code == 200, r.get_json()
     assert tool(rpc)["structuredContent"]["x-api-key"] == BOB
     with app.app_context():
         assert db.session.scalar(select(Flow)).token_hash is None  # the token is gone with the flow
+
+
+def rpc_key_id(app) -> int:
+    with app.app_context():
+        return db.session.scalar(select(VirtualKey.id))
+
+
+def test_vk_flow_names_the_key_owner_and_a_session_flow_no_one(app, client, urls, admin_api):
+    sid = make_server(app, urls["one"])
+    rpc = agent(app, client, sid, name="ci-bot")
+    meta = auth_required(rpc)
+    path, token = PREFIX + f"/header-flows/{meta['flow_id']}", meta["submit_url"].split("#t=", 1)[1]
+    # the key gets an owner after the link was made: its vk flow stays, and says whose key it is
+    owner = make_user(app, "owner@example.com")
+    key_id = rpc_key_id(app)
+    assert admin_api.patch(f"/virtual-keys/{key_id}", json={"owner_id": owner}).status_code == 200
+    r = client.get(path, headers={TOKEN_HEADER: token})
+    check_against_doc(app, "GET", path, r)
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["virtual_key"] == {"id": key_id, "name": "ci-bot",
+                                           "owner": {"id": owner, "email": "owner@example.com"}}
+    # a session flow (anonymous development mode) belongs to no person and no key
+    app.config["PORTCULLIS_ENFORCE_AUTH"] = False
+    try:
+        assert admin_api.patch(f"/mcp-servers/{sid}", json={"allow_on_all_virtual_keys": True}).status_code == 200
+        anonymous = Rpc(client)
+        anonymous.initialize()
+        meta = auth_required(anonymous)
+    finally:
+        app.config["PORTCULLIS_ENFORCE_AUTH"] = True
+    path = PREFIX + f"/header-flows/{meta['flow_id']}"
+    r = client.get(path, headers={TOKEN_HEADER: meta["submit_url"].split("#t=", 1)[1]})
+    check_against_doc(app, "GET", path, r)
+    assert r.status_code == 200, r.get_json()
+    assert (r.get_json()["auth_mode"], r.get_json()["user"], r.get_json()["virtual_key"]) == ("session", None, None)
 
 
 def test_expired_flow_is_410(app, client, urls, member_api, member_id):
