@@ -101,16 +101,18 @@ def test_url_elicitation_form_for_a_vk_binding(app, client, server_id):
 
 
 def test_two_users_each_with_their_own_value(app, client, server_id):
+    """Everything is created first, so no commit between the calls clears the credential cache:
+    A, B, A then shows that the cache is kept per caller (B never gets A's warm value)."""
     a, b = make_user(app, "a@example.com"), make_user(app, "b@example.com")
     store(app, server_id, "user", a, {"x-api-key": ALICE})
     store(app, server_id, "user", b, {"x-api-key": BOB})
-    seen = []
-    for uid in (a, b, a):
+    rpcs = {}
+    for uid in (a, b):
         _, secret = add_key(app, {server_id: None}, owner_id=uid, name=f"k{uid}")
-        rpc = Rpc(client, secret)
-        rpc.initialize()
-        seen.append(call(rpc)["result"]["structuredContent"]["x-api-key"])
-    assert seen == [ALICE, BOB, ALICE]
+        rpcs[uid] = Rpc(client, secret)
+        rpcs[uid].initialize()
+    seen = [call(rpcs[uid])["result"]["structuredContent"]["x-api-key"] for uid in (a, b, a, b)]
+    assert seen == [ALICE, BOB, ALICE, BOB]
 
 
 def test_needs_update_and_missing_key_answer_auth_required(app, client, server_id):
