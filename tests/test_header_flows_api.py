@@ -231,6 +231,60 @@ def test_admin_may_revoke_and_delete_cascades(app, client, urls, member_api, mem
         assert db.session.scalar(select(db.func.count()).select_from(Flow)) == 0
 
 
+def test_a_flow_token_revokes_only_its_own_bindings_credential(app, client, urls, admin_api):
+    """DELETE /api/v1/credentials/<id> without an API token: only the token of a pending,
+    unexpired flow of that very binding (key and server) may revoke it; anything else is 403
+    and deletes nothing."""
+    sid, other_sid = make_server(app, urls["one"]), make_server(app, urls["one"], name="other")
+    kid, secret = add_key(app, {sid: None, other_sid: None})
+    rpc = Rpc(client, secret)
+    rpc.initialize()
+    first = auth_required(rpc)
+    used_token = first["submit_url"].split("#t=", 1)[1]
+    r = client.put(PREFIX + f"/header-flows/{first['flow_id']}", json={"headers": {"x-api-key": BOB}},
+                   headers={TOKEN_HEADER: used_token})
+    assert r.status_code == 200, r.get_json()
+    cred_id = r.get_json()["id"]
+    path = PREFIX + f"/credentials/{cred_id}"
+
+    def revoke_with(token):
+        r = client.delete(path, headers={TOKEN_HEADER: token})
+        check_against_doc(app, "DELETE", path, r)
+        return r
+
+    def token_of(answer):  # an auth-required answer (submit_url) or a re-authentication (url)
+        return answer.get("submit_url", answer.get("url")).split("#t=", 1)[1]
+
+    # tokens of other bindings: the same key on another server, another key on this server
+    same_key_other_server = rpc.call("tools/call", {"name": "other__headers", "arguments": {}}).json["result"]
+    other_key = auth_required(agent(app, client, sid, name="someone else's key"))
+    # while the binding has a live pending flow (re-authenticate), other tokens are still refused
+    reauth = admin_api.post(f"/sessions/cred_{cred_id}/reauth")
+    assert reauth.status_code == 200, reauth.get_json()
+    refused = {"wrong": "not-a-token", "used": used_token,
+               "same key, other server": token_of(same_key_other_server["_meta"]["portcullis/auth_required"]),
+               "other key, same server": token_of(other_key)}
+    for why, token in refused.items():
+        assert_error(revoke_with(token), 403, "forbidden")
+        assert creds(app) == [("vk", "active", ["x-api-key"])], why
+    with app.app_context():
+        db.session.execute(update(Flow).where(Flow.id == reauth.get_json()["flow_id"])
+                           .values(expires_at=utcnow() - timedelta(seconds=1)))
+        db.session.commit()
+    assert_error(revoke_with(token_of(reauth.get_json())), 403, "forbidden")  # that flow, once expired
+    assert creds(app) == [("vk", "active", ["x-api-key"])]
+    assert_error(client.delete(path), 401, "unauthorized")  # no token at all
+    # a fresh flow of this binding: its token revokes the credential and the binding's flows
+    fresh = admin_api.post(f"/sessions/cred_{cred_id}/reauth")
+    assert fresh.status_code == 200, fresh.get_json()
+    r = revoke_with(token_of(fresh.get_json()))
+    assert r.status_code == 204, r.get_data(as_text=True)
+    assert creds(app) == []
+    with app.app_context():
+        left = {(f.virtual_key_id, f.mcp_server_id) for f in db.session.scalars(select(Flow))}
+    assert (kid, sid) not in left and (kid, other_sid) in left  # the other bindings' flows stay
+
+
 def test_concurrent_submissions_leave_one_row(app, urls, member_id):
     """20 submissions for one binding at once: exactly one credential row."""
     sid = make_server(app, urls["one"])
