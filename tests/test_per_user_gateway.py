@@ -100,6 +100,25 @@ def test_url_elicitation_form_for_a_vk_binding(app, client, server_id):
     assert call(rpc)["result"]["structuredContent"]["x-api-key"] == BOB
 
 
+@pytest.mark.parametrize("capabilities", [
+    {"elicitation": {"form": {}}},  # form mode only
+    {"elicitation": {}},  # 2025-11-25: an empty object means form mode only (the legacy declaration)
+    {},  # no elicitation at all
+], ids=["form", "empty", "none"])
+def test_only_clients_declaring_url_elicitation_get_32042(app, client, server_id, capabilities):
+    _, secret = add_key(app, {server_id: None})
+    rpc = Rpc(client, secret)
+    r = rpc.raw({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": capabilities, "clientInfo": {"name": "t", "version": "1"}}})
+    assert r.status_code == 200, r.get_data(as_text=True)
+    rpc.session = r.headers["Mcp-Session-Id"]
+    answer = call(rpc)
+    assert "error" not in answer, answer
+    result = answer["result"]
+    (flow,) = flows(app)
+    assert result["isError"] is True and result["_meta"]["portcullis/auth_required"]["flow_id"] == flow.id
+
+
 def test_two_users_each_with_their_own_value(app, client, server_id):
     """Everything is created first, so no commit between the calls clears the credential cache:
     A, B, A then shows that the cache is kept per caller (B never gets A's warm value)."""
