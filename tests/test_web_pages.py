@@ -240,6 +240,40 @@ def test_server_form_errors_inline(app, admin):
     assert r.status_code == 409 and "is already taken" in text(r)
 
 
+def test_refresh_tools_button(app, admin, member, faulty, monkeypatch):
+    from tests.mcp_fixtures import add_server, free_port
+    from tests.test_cli import NEW_TOOLS, stored_tools
+
+    url, upstream = faulty
+    sid = add_server(app, "watched", f"{url}/ok/mcp")
+    page = text(admin.get(f"/servers/{sid}"))
+    assert "Refresh tools" in page and f'hx-post="/servers/{sid}/refresh-tools"' in page
+    assert "<code>added</code>" not in page
+    monkeypatch.setattr(upstream, "TOOLS", NEW_TOOLS)  # the upstream gained a tool
+    # htmx: the tools card is replaced in place with the new list
+    r = admin.post(f"/servers/{sid}/refresh-tools", htmx=True)
+    assert r.status_code == 200, text(r)
+    fragment = text(r)
+    assert fragment.startswith("<h2>Tools") and "<html" not in fragment
+    assert '<span class="badge">2</span>' in fragment and "<code>added</code>" in fragment
+    assert stored_tools(app, "watched") == ["x", "added"]
+    assert one(app, AuditEvent, action="mcp_server.refresh_tools").detail == "tools=2, added=1, removed=0"
+    # without JavaScript: back to the server page with a message
+    r = admin.post(f"/servers/{sid}/refresh-tools")
+    assert r.status_code == 303 and r.headers["Location"] == f"/servers/{sid}"
+    assert "2 tools discovered." in text(admin.get(f"/servers/{sid}"))
+    # an unreachable upstream: the reason in the fragment (422), the stored list kept
+    with app.app_context():
+        db.session.get(McpServer, sid).url = f"http://127.0.0.1:{free_port()}/mcp"
+        db.session.commit()
+    r = admin.post(f"/servers/{sid}/refresh-tools", htmx=True)
+    assert r.status_code == 422 and 'role="alert"' in text(r) and "unreachable" in text(r)
+    assert "<code>added</code>" in text(r) and stored_tools(app, "watched") == ["x", "added"]
+    # admins only, with the CSRF token
+    assert member.post(f"/servers/{sid}/refresh-tools", htmx=True).status_code == 403
+    assert admin.post(f"/servers/{sid}/refresh-tools", {"csrf_token": ""}).status_code == 400
+
+
 def test_server_search_and_pagination(app, admin):
     for i in range(23):
         new_server(app, f"srv-{i:02d}")
