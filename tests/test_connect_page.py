@@ -58,7 +58,9 @@ def test_vk_flow_page_needs_the_token(app, client, urls):
     url = auth_required(rpc)["submit_url"]
     path, token = "/" + url.split("://", 1)[1].split("/", 1)[1].split("#", 1)[0], url.split("#t=", 1)[1]
     c = app.test_client()
-    shell = c.get(path).get_data(as_text=True)
+    shell = c.get(path)
+    assert shell.status_code == 200
+    shell = shell.get_data(as_text=True)
     assert "connect.js" in shell and "header:x-api-key" not in shell and token not in shell
     assert c.get(path + "/form", headers={**HX, TOKEN_HEADER: "wrong"}).status_code == 403
     form = c.get(path + "/form", headers={**HX, TOKEN_HEADER: token}).get_data(as_text=True)

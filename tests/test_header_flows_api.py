@@ -94,7 +94,9 @@ def test_user_flow_end_to_end(app, client, urls, member_api, member_id, caplog):
     # the retried call reaches the upstream with the person's own value
     assert tool(rpc)["structuredContent"]["x-api-key"] == ALICE
     # canary: never in answers, logs or the raw database
-    answers = member_api.get("/virtual-keys").get_data(as_text=True) + r.get_data(as_text=True)
+    keys = member_api.get("/virtual-keys")
+    assert keys.status_code == 200 and keys.get_json()["virtual_keys"]
+    answers = keys.get_data(as_text=True) + r.get_data(as_text=True)
     assert ALICE not in answers + caplog.text + raw_dump(app)
     # revoke: the next call asks again
     cred_id = r.get_json()["id"]

@@ -10,7 +10,7 @@ import pytest
 from app.extensions import db
 from app.models import McpServer, VirtualKey
 from app.models.base import utcnow
-from tests.mcp_fixtures import add_key, add_server
+from tests.mcp_fixtures import add_key, add_server, wait_for
 
 ACCEPT = "application/json, text/event-stream"
 
@@ -361,8 +361,6 @@ def upstream_tool_names(rpc) -> list[str]:
 
 
 def test_tools_list_is_served_from_the_stored_list_and_refreshed_in_the_background(app, client, faulty):
-    import time
-
     url, module = faulty
     sid = faulty_server(app, faulty, "ok")
     _, key = add_key(app, {sid: None})
@@ -381,13 +379,7 @@ def test_tools_list_is_served_from_the_stored_list_and_refreshed_in_the_backgrou
     module.TOOLS.append({"name": "y", "description": "new", "inputSchema": {"type": "object"}})
     try:
         assert upstream_tool_names(rpc) == ["f-ok__x"]
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            names = upstream_tool_names(rpc)
-            if names == ["f-ok__x", "f-ok__y"]:
-                break
-            time.sleep(0.05)
-        assert names == ["f-ok__x", "f-ok__y"]
+        wait_for(lambda: upstream_tool_names(rpc) == ["f-ok__x", "f-ok__y"], "the background refresh")
         assert [m for p, m, s in module.SEEN if p == "ok"].count("tools/list") == 1
     finally:
         module.TOOLS.pop()

@@ -207,5 +207,9 @@ def test_values_never_in_logs_or_answers(app, client, server_id, caplog):
     rpc = Rpc(client, secret)
     rpc.initialize()
     store(app, server_id, "user", uid, {"x-api-key": ALICE})
-    answers = json.dumps(rpc.call("tools/list").json)
-    assert ALICE not in answers and ALICE not in caplog.text
+    listing = rpc.call("tools/list")
+    assert listing.status_code == 200 and listing.json["result"]["tools"], listing.json
+    called = call(rpc)["result"]
+    assert called["structuredContent"]["x-api-key"] == ALICE  # used upstream ...
+    answers = json.dumps(listing.json)
+    assert ALICE not in answers and ALICE not in caplog.text  # ... never in an answer of its own or a log

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -16,6 +16,7 @@ from app import snapshot
 from app.extensions import db
 from app.models.base import utcnow
 from tests.mcp_fixtures import free_port
+from tests.upstream.http_echo import gate
 from tests.proxy_helpers import ROOT_SECRET, add_proxy_key, add_service, echo, key_row, seen_headers, set_key  # noqa: F401
 
 
@@ -214,11 +215,13 @@ def test_a_deactivated_owner_stops_the_key(app, client, svc, member_id):
     assert_error(client.get("/proxy/echo/x", headers=vk(secret)), 401, "key_revoked")
 
 
-def test_a_key_expires_by_itself(app, client, svc):
+def test_a_key_expires_by_itself(app, client, svc, monkeypatch):
     key_id, secret = add_proxy_key(app, {svc: "read"})
-    set_key(app, key_id, expires_at=utcnow() + timedelta(seconds=1))
+    expiry = utcnow() + timedelta(minutes=10)
+    set_key(app, key_id, expires_at=expiry)
     assert client.get("/proxy/echo/x", headers=vk(secret)).status_code == 200
-    time.sleep(1.1)
+    # the clock passes the expiry; nothing is edited (the snapshot stays as it is)
+    monkeypatch.setattr("app.proxy.utcnow", lambda: expiry + timedelta(seconds=1))
     assert_error(client.get("/proxy/echo/x", headers=vk(secret)), 401, "key_expired")
 
 
@@ -328,9 +331,11 @@ def test_upstream_unreachable_closed_and_slow(app, client, echo, monkeypatch, ca
         assert_error(client.get("/proxy/down/x?q=1", headers=vk(secret)), 502, "upstream_unreachable")
         assert_error(client.get("/proxy/up/close", headers=vk(secret)), 502, "upstream_failed")
         monkeypatch.setitem(app.config, "PORTCULLIS_PROXY_READ_TIMEOUT", 0.3)
-        started = time.monotonic()
-        assert_error(client.get("/proxy/up/slow?delay=1", headers=vk(secret)), 504, "upstream_timeout")
-        assert time.monotonic() - started < 0.9
+        held = uuid.uuid4().hex  # the upstream answers only once the test releases it
+        try:
+            assert_error(client.get(f"/proxy/up/slow?gate={held}", headers=vk(secret)), 504, "upstream_timeout")
+        finally:
+            gate(held).set()
     assert "q=1" not in caplog.text and "unreachable" in caplog.text
     assert client.get("/proxy/up/x", headers=vk(secret)).status_code == 200  # the next call is fine
 

@@ -66,6 +66,12 @@ def text(r) -> str:
     return r.get_data(as_text=True)
 
 
+def ok(r) -> str:
+    """A page that was served (200): a secret's absence from an error page would prove nothing."""
+    assert r.status_code == 200, (r.status_code, r.headers.get("Location"))
+    return text(r)
+
+
 def one(app, model, **by):
     with app.app_context():
         return db.session.scalar(select(model).filter_by(**by))
@@ -173,7 +179,7 @@ def test_server_create_edit_delete(app, admin):
     with app.app_context():
         assert db.session.get(McpServer, server.id).shared_headers == {"X-Api-Key": "canary-server-1"}
 
-    edit = text(admin.get(f"/servers/{server.id}"))
+    edit = ok(admin.get(f"/servers/{server.id}"))
     assert "X-Api-Key" in edit and "leave blank to keep" in edit and "canary-server-1" not in edit
 
     # blank value keeps the stored one; a new row adds a header; other fields change
@@ -311,9 +317,9 @@ def test_service_create_edit_delete(app, admin):
     assert r.status_code == 303
     service = one(app, Service, name="billing")
     assert service.credential_header == "Authorization"
-    page = text(admin.get(f"/services/{service.id}"))
+    page = ok(admin.get(f"/services/{service.id}"))
     assert "leave blank to keep" in page and "canary-service-secret" not in page
-    assert "canary-service-secret" not in text(admin.get("/services"))
+    assert "canary-service-secret" not in ok(admin.get("/services"))
 
     r = admin.post(f"/services/{service.id}", {"name": "billing", "description": "Invoices v2",
                                                "base_url": "https://api.example.com", "credential_header": "X-Key",
@@ -435,7 +441,7 @@ def test_key_secret_shown_once(app, admin, member_id):
 
     # never again: not on the key page, the list, the audit log or any htmx fragment
     for path in [f"/keys/{key.id}", "/keys", "/audit", f"/keys?q={key.key_prefix}"]:
-        body = text(admin.get(path))
+        body = ok(admin.get(path))
         assert secret not in body and 'class="secret"' not in body, path
     assert key.key_prefix in text(admin.get("/keys"))
     event = one(app, AuditEvent, action="virtual_key.create")
