@@ -50,7 +50,9 @@ def test_ensure_admin_uses_the_environment_and_never_prints_its_password(app, mo
         assert user.is_admin and not user.must_change_password
         assert db.session.scalar(db.select(AuditEvent.action)) == "user.bootstrap_admin"
     r = app.test_cli_runner().invoke(args=["ensure-admin"])
-    assert "Admin account exists" in r.output or "Log in" in r.output
+    assert r.exit_code == 0, r.output
+    assert f"Log in at {app.config['PORTCULLIS_BASE_URL']}/login as ops@example.com with PORTCULLIS_ADMIN_PASSWORD." \
+        in r.output
 
 
 NEW_TOOLS = [{"name": "x", "description": "fails", "inputSchema": {"type": "object"}},
