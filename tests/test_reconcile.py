@@ -433,6 +433,7 @@ def test_overlapping_edits_see_each_other(app):
             t.join(30)
     finally:
         event.remove(Session, "before_commit", pause)
+    assert not any(t.is_alive() for t in threads) and a_reconciled.is_set() and b_reconciled.is_set()
     assert status(app, c) == "orphaned"
     assert converged(app)
 
