@@ -14,7 +14,7 @@ from tests.test_mcp_protocol import Rpc
 
 def test_vk_flow_in_the_browser(app, client, live_server, urls, browser_context, browser_problems):
     sid = make_server(app, urls["one"])
-    _, secret = add_key(app, {sid: None})
+    _, secret = add_key(app, {sid: None}, name="ci-bot")
     rpc = Rpc(client, secret)
     rpc.initialize()
     submit_url = auth_required(rpc)["submit_url"]
@@ -29,6 +29,10 @@ def test_vk_flow_in_the_browser(app, client, live_server, urls, browser_context,
     field = page.locator("input[name='header:x-api-key']")
     expect(field).to_be_visible()
     assert "#t=" not in page.url and token not in page.url  # out of the address bar
+    # whose credential it becomes is on screen, above the field, before anything is typed
+    whose = page.locator("#connect-whose")
+    expect(whose).to_contain_text("the virtual key ci-bot (no owner) on the server keyed")
+    assert whose.bounding_box()["y"] < field.bounding_box()["y"]
     field.fill("wrong-" + BOB)
     browser_problems.expect(r"status of 422 .*/connect/")  # the upstream's refusal, shown in the form
     page.click("button:has-text('Check and save')")

@@ -269,6 +269,14 @@ SCHEMAS = {
         "id": STR, "kind": {"type": "string", "enum": ["headers"]},
         "auth_mode": {"type": "string", "enum": ["user", "vk", "session"]},
         "server": obj({"id": ID, "name": STR}, ["id", "name"]),
+        "user": nullable(obj({"id": ID, "email": STR}, ["id", "email"],
+                             description="user flows: the person whose credential the values become.")),
+        "virtual_key": nullable(obj(
+            {"id": ID, "name": STR,
+             "owner": nullable(obj({"id": ID, "email": STR}, ["id", "email"], description="null: no owner."))},
+            ["id", "name", "owner"],
+            description="vk flows: the key whose credential the values become. Both user and virtual_key "
+                        "are null for a session flow (an anonymous development session).")),
         "reason": {"type": "string", "description": "Why the values are asked for."},
         "required_header_keys": {"type": "array", "items": STR},
         "stored_header_keys": {"type": "array", "items": STR,
@@ -276,8 +284,8 @@ SCHEMAS = {
                                               "resubmission may leave them out and they are kept."},
         "missing_header_keys": {"type": "array", "items": STR},
         "expires_at": TIMESTAMP,
-    }, ["id", "kind", "auth_mode", "server", "reason", "required_header_keys", "stored_header_keys",
-        "missing_header_keys", "expires_at"]),
+    }, ["id", "kind", "auth_mode", "server", "user", "virtual_key", "reason", "required_header_keys",
+        "stored_header_keys", "missing_header_keys", "expires_at"]),
     "HeaderFlowSubmit": obj({"headers": {
         "type": "object", "additionalProperties": {"type": ["string", "null"], "maxLength": 8192},
         "writeOnly": True,
@@ -526,7 +534,9 @@ PATHS = {
                         "description": "vk/session flows: the temp token from the submit URL's fragment "
                                        "(#t=...), instead of an API token."}],
         "get": op("get_header_flow", "credentials", "What a header submission flow asks for",
-                  {**ok(200, "The form: server, required and stored header names (never a value).", "HeaderFlow"),
+                  {**ok(200, "The form: whose credential it becomes (the user, or the key and its "
+                                 "owner), the server, required and stored header names (never a value).",
+                          "HeaderFlow"),
                    **problems("Unauthorized", "NotFound"),
                    "403": error_response("Another user's flow, or a missing or wrong flow token."),
                    "410": error_response("The flow expired or was used.")},

@@ -17,7 +17,7 @@ from ..audit import record
 from ..extensions import db
 from ..mcp.client import UpstreamError
 from ..mcp.discovery import discover_with
-from ..models import Credential, Flow, McpServer
+from ..models import Credential, Flow, McpServer, User, VirtualKey
 from ..models.base import digest, iso, utcnow
 from ..models.credentials import IDENTITY_COLUMN
 from .errors import BadRequest, Forbidden, NotFound, OpError  # noqa: F401 (used by the API)
@@ -81,10 +81,26 @@ def form(flow: Flow) -> dict:
     else:
         reason = "a required header is missing or the stored credential is not usable"
     return {"id": flow.id, "kind": flow.kind, "auth_mode": flow.auth_mode,
-            "server": {"id": server.id, "name": server.name},
+            "server": {"id": server.id, "name": server.name}, **_whose(flow),
             "reason": reason, "required_header_keys": required, "stored_header_keys": stored,
             "missing_header_keys": [k for k in required if k not in stored],
             "expires_at": iso(flow.expires_at)}
+
+
+def _person(user_id) -> dict | None:
+    user = db.session.get(User, user_id) if user_id is not None else None
+    return {"id": user.id, "email": user.email} if user is not None else None
+
+
+def _whose(flow: Flow) -> dict:
+    """Whose credential the values become, shown before anything is typed: a forwarded vk or
+    session link must not trick a person into attaching their secret to someone else's key.
+    ``user``: that person; ``virtual_key``: the key with its owner (or null); both null for a
+    session flow (an anonymous development session)."""
+    key = db.session.get(VirtualKey, flow.virtual_key_id) if flow.virtual_key_id is not None else None
+    return {"user": _person(flow.user_id),
+            "virtual_key": None if key is None else {"id": key.id, "name": key.name,
+                                                      "owner": _person(key.owner_id)}}
 
 
 def _clean(headers, required: list[str]) -> dict:
