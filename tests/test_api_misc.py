@@ -175,7 +175,7 @@ def test_member_routes_do_not_leak_existence(app, member_api):
                         "api.delete_token"):
             assert_error(call(member_api, method, path), 404, "not_found")
             checked.add(endpoint)
-    assert checked == {"api.get_key", "api.delete_key", "api.reauth_session", "api.delete_session"}
+    assert checked == {"api.get_key", "api.delete_key", "api.reauth_session", "api.delete_session", "api.delete_token"}
 
 
 def _token_row(app, token, **changes):
