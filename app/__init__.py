@@ -7,11 +7,26 @@ import os
 from flask import Flask
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from werkzeug.routing import IntegerConverter
 
 from .config import load_config, private_sqlite_file
 from .extensions import csrf, db, limiter, migrate
+from .ops.fields import MAX_ID
 
 log = logging.getLogger("portcullis")
+
+# Every answer Flask serves (dashboard pages and fragments, the API, static files, Flask's own
+# error pages; not /mcp and /proxy, answered in front of it): never framed, never sniffed, no
+# Referer to other sites, and scripts and styles only from this origin. The pages satisfy this
+# policy: htmx and the little JS are files in static/, nothing is inline, and htmx neither injects
+# its indicator <style> nor evaluates code (includeIndicatorStyles/allowEval off in base.html).
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; object-src 'none'; "
+                               "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
 
 
 def create_app(test_config: dict | None = None) -> Flask:
@@ -48,6 +63,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.extensions["mcp_client"] = UpstreamClient()
     app.extensions["mcp_sessions"] = McpSessionStore()
 
+    app.url_map.converters["id"] = IdConverter
+    app.after_request(_security_headers)
     app.register_blueprint(web_bp)
     app.register_blueprint(api_bp)
     csrf.exempt(api_bp)  # bearer tokens, not cookies: no CSRF exposure
@@ -78,6 +95,33 @@ def create_app(test_config: dict | None = None) -> Flask:
                     "set it in the environment to manage it yourself", name,
                     os.path.join(app.instance_path, "secrets.env"))
     return app
+
+
+def decimal_up_to(n: int) -> str:
+    """A regular expression of the decimal numbers 1..n (ASCII digits, no sign, no leading zero)."""
+    digits = str(n)
+    shorter = [f"[1-9][0-9]{{0,{len(digits) - 2}}}"] if len(digits) > 1 else []
+    same_length = [f"{digits[:i]}[{lo}-{int(d) - 1}][0-9]{{{len(digits) - i - 1}}}"
+                   for i, (d, lo) in enumerate(zip(digits, "1" + "0" * len(digits))) if int(d) > int(lo)]
+    return "|".join([*shorter, *same_length, digits])
+
+
+class IdConverter(IntegerConverter):
+    """``<id:name>`` in every route that takes an object id: 1..MAX_ID. Anything else (0, a
+    38-digit number) matches no route, so it is a 404 like an unknown id and never reaches the
+    database driver, which cannot hold it. The range is in the pattern itself: a value the pattern
+    took but the converter refused would be a 405 where the path has routes for other methods."""
+
+    regex = decimal_up_to(MAX_ID)
+
+    def __init__(self, url_map):
+        super().__init__(url_map, min=1, max=MAX_ID)
+
+
+def _security_headers(response):
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
 
 
 def _scope_limiter(app: Flask, blueprints: tuple[str, ...]) -> None:

@@ -11,6 +11,7 @@ On SQLite (one host) the deletes are idempotent, so overlapping runs are harmles
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -72,14 +73,16 @@ def sweep(app, flows: bool = True, orphans: bool = True, now=None) -> SweepRepor
     return report
 
 
-def start_background(app) -> threading.Thread | None:
+def start_background(app, every: float = FLOW_EVERY, stop: threading.Event | None = None) -> threading.Thread | None:
+    """The sweeper thread: a run every ``every`` seconds (the first after one interval), old
+    orphans at the first run and then daily. Setting ``stop`` ends it (tests)."""
     if not app.config.get("PORTCULLIS_SWEEP", True):
         return None
+    stop = stop or threading.Event()
 
     def run():
-        last_orphans = 0.0
-        while True:
-            time.sleep(FLOW_EVERY)
+        last_orphans = -math.inf
+        while not stop.wait(every):
             try:
                 with app.app_context():
                     due = time.monotonic() - last_orphans >= ORPHAN_EVERY

@@ -4,6 +4,7 @@ emptied after each test."""
 from __future__ import annotations
 
 import os
+import re
 import threading
 
 import pytest
@@ -189,3 +190,52 @@ def browser():
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+class BrowserProblems:
+    """What went wrong in a test's pages: console errors (htmx's own errors, failed loads, CSP
+    violations, which Chromium reports there) and uncaught script errors."""
+
+    def __init__(self):
+        self.seen: list[str] = []
+        self.expected: list[re.Pattern] = []
+
+    def expect(self, pattern: str) -> None:
+        """A console error this test causes on purpose (say, a 422 answer): matching ones are allowed."""
+        self.expected.append(re.compile(pattern))
+
+    def console(self, message) -> None:
+        if message.type == "error":
+            self.seen.append(f"console error: {message.text} ({message.location.get('url')})")
+
+    def web_error(self, error) -> None:
+        self.seen.append(f"uncaught error: {error.error}")
+
+    def unexpected(self) -> list[str]:
+        return [p for p in self.seen if not any(e.search(p) for e in self.expected)]
+
+
+@pytest.fixture
+def browser_problems() -> BrowserProblems:
+    return BrowserProblems()
+
+
+@pytest.fixture
+def browser_context(browser, browser_problems):
+    """Opens browser contexts (the arguments of Browser.new_context) for one test and closes them
+    after it; the test fails on any console error or uncaught script error in their pages, CSP
+    violations included (unless announced with browser_problems.expect)."""
+    contexts = []
+
+    def new_context(**kwargs):
+        context = browser.new_context(**kwargs)
+        context.on("console", browser_problems.console)
+        context.on("weberror", browser_problems.web_error)
+        contexts.append(context)
+        return context
+
+    yield new_context
+    for context in contexts:
+        context.close()
+    problems = browser_problems.unexpected()
+    assert not problems, "the browser reported:\n" + "\n".join(problems)

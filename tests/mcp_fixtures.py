@@ -43,6 +43,19 @@ def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 20.0) -> None:
     raise TimeoutError(url)
 
 
+def wait_for(check, what: str, timeout: float = 30.0):
+    """Poll ``check()`` until it returns something truthy (returned); ``timeout`` only guards
+    against a hang (a condition that never comes), it is not what the test measures."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still waiting after {timeout} s for {what}")
+        time.sleep(0.02)
+
+
 def stop(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:

@@ -169,10 +169,13 @@ def test_every_admin_route_refuses_members(app, member_api):
 
 
 def test_member_routes_do_not_leak_existence(app, member_api):
+    checked = set()
     for method, path, endpoint in api_rules(app):
         if endpoint in ("api.get_key", "api.delete_key", "api.reauth_session", "api.delete_session",
                         "api.delete_token"):
             assert_error(call(member_api, method, path), 404, "not_found")
+            checked.add(endpoint)
+    assert checked == {"api.get_key", "api.delete_key", "api.reauth_session", "api.delete_session", "api.delete_token"}
 
 
 def _token_row(app, token, **changes):
@@ -380,24 +383,30 @@ def test_reads_are_not_audited(app, admin_api):
 CANARY = "CANARY-7f3a9c1e"
 
 
+def ok(r):
+    """A successful answer's text: a secret's absence from a refusal would prove nothing."""
+    assert r.status_code == 200, r.get_data(as_text=True)
+    return r.get_data(as_text=True)
+
+
 def _make_secret_things(app, admin_api, member_api):
     """Objects carrying canary secrets in every secret field; returns every secret used."""
     secrets = {}
     server = new_server(admin_api, "hdrs", auth_type="headers",
                         headers={"X-Api-Key": CANARY + "-header", "X-Other": CANARY + "-other"})
-    admin_api.patch(f"/mcp-servers/{server['id']}", json={"headers": {"X-Api-Key": CANARY + "-header2"}})
+    ok(admin_api.patch(f"/mcp-servers/{server['id']}", json={"headers": {"X-Api-Key": CANARY + "-header2"}}))
     oauth = new_server(admin_api, "oauthy", auth_type="per_user_oauth",
                        oauth={"client_id": "public-client", "client_secret": CANARY + "-client"})
-    admin_api.patch(f"/mcp-servers/{oauth['id']}", json={"oauth": {"client_id": "other-client",
-                                                                   "client_secret": CANARY + "-client2"}})
+    ok(admin_api.patch(f"/mcp-servers/{oauth['id']}", json={"oauth": {"client_id": "other-client",
+                                                                      "client_secret": CANARY + "-client2"}}))
     service = new_service(admin_api, "weather", secret=CANARY + "-service", credential_header="Authorization")
-    admin_api.patch(f"/services/{service['id']}", json={"secret": CANARY + "-service2"})
+    ok(admin_api.patch(f"/services/{service['id']}", json={"secret": CANARY + "-service2"}))
     member_id = admin_api.get("/users?q=member").get_json()["users"][0]["id"]
     key = new_key(admin_api, "mine", owner_id=member_id, mcp_servers=[{"server_id": server["id"], "tools": None}],
                   services=[{"service_id": service["id"], "scope": "read"}])
     secrets["vk"] = key["key"]
     user = new_user(admin_api, "canary@example.com", password=CANARY + "-password")
-    admin_api.patch(f"/users/{user['id']}", json={"password": CANARY + "-password2"})
+    ok(admin_api.patch(f"/users/{user['id']}", json={"password": CANARY + "-password2"}))
     r = admin_api.client.post("/api/v1/tokens", json={"email": "canary@example.com", "password": CANARY + "-wrong"})
     assert r.status_code == 401
     r = admin_api.client.post("/api/v1/tokens", json={"email": "canary@example.com",
@@ -420,13 +429,13 @@ def test_no_secret_in_any_answer_or_audit_event(app, admin_api, member_api):
         assert r.status_code == 200
         answers.append(r.get_data(as_text=True))
     for path in ("/virtual-keys", f"/virtual-keys/{ids['key']}"):
-        answers.append(member_api.get(path).get_data(as_text=True))
+        answers.append(ok(member_api.get(path)))
     # PATCH answers do not echo secrets either
-    answers.append(admin_api.patch(f"/services/{ids['service']}", json={"secret": CANARY + "-3"}).get_data(as_text=True))
-    answers.append(admin_api.patch(f"/mcp-servers/{ids['server']}",
-                                   json={"headers": {"X-New": CANARY + "-4"}}).get_data(as_text=True))
+    answers.append(ok(admin_api.patch(f"/services/{ids['service']}", json={"secret": CANARY + "-3"})))
+    answers.append(ok(admin_api.patch(f"/mcp-servers/{ids['server']}", json={"headers": {"X-New": CANARY + "-4"}})))
     everything = "\n".join(answers)
     assert CANARY not in everything
+    assert set(secrets) == {"vk", "token", "admin_token", "member_token"}
     for secret in secrets.values():
         assert secret not in everything
     assert '"key":' not in everything  # the VK secret field is in the create answer only
@@ -446,6 +455,7 @@ def test_no_secret_in_the_raw_database(app, admin_api, member_api):
         raw = "\n".join(dumped)
         assert len(dumped) > 10
         assert CANARY not in raw
+        assert set(secrets) == {"vk", "token", "admin_token", "member_token"}
         for name, secret in secrets.items():
             assert secret not in raw, name
             assert secret[4:20] not in raw, name  # not even a part past the visible prefix

@@ -370,10 +370,12 @@ def test_headers_patch_cannot_remove_the_last_header(app, admin_api):
     assert stored(app, server["id"]).shared_headers == {"X-A": "1"}
 
 
-def test_headers_patch_answers_names_only(admin_api):
+def test_headers_patch_answers_names_only(app, admin_api):
     server = new_server(admin_api, "hdr", auth_type="headers", headers={"X-A": "1"})
     r = admin_api.patch(f"/mcp-servers/{server['id']}", json={"headers": {"X-A": "patched-secret-value"}})
+    assert r.status_code == 200 and r.get_json()["headers"] == ["X-A"], r.get_json()
     assert "patched-secret-value" not in r.get_data(as_text=True)
+    assert stored(app, server["id"]).shared_headers == {"X-A": "patched-secret-value"}
 
 
 @pytest.mark.parametrize("new_keys", [["X-User", "X-Team"], ["x-team", "x-user"], [" x-user", "X-TEAM  "],

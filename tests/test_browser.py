@@ -20,9 +20,9 @@ EMAIL = "browser-admin@example.com"
 
 
 @pytest.fixture
-def page(browser, live_server, app):
+def page(browser_context, live_server, app):
     make_user(app, EMAIL, "admin")
-    context = browser.new_context(base_url=live_server)
+    context = browser_context(base_url=live_server)
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server)
     page = context.new_page()
     page.set_default_timeout(5000)
@@ -31,8 +31,7 @@ def page(browser, live_server, app):
     page.fill("input[name=password]", PASSWORD)
     page.click("button:has-text('Log in')")
     expect(page).to_have_url(re.compile(r"/servers$"))
-    yield page
-    context.close()
+    return page
 
 
 def test_server_key_grant_and_secret_once(page, app):
@@ -137,3 +136,21 @@ def test_live_search_filters_servers(page, app):
     page.goto("/servers?q=beta")
     expect(rows).to_have_count(1)
     expect(page.locator("input[type=search]")).to_have_value("beta")
+
+
+def test_refresh_tools_button_swaps_the_tools_card(page, app, faulty, monkeypatch):
+    from tests.mcp_fixtures import add_server
+    from tests.test_cli import NEW_TOOLS
+
+    url, upstream = faulty
+    sid = add_server(app, "watched", f"{url}/ok/mcp")
+    page.goto(f"/servers/{sid}")
+    tools = page.locator("#tools")
+    expect(tools.locator("h2 .badge")).to_have_text("1")
+    page.evaluate("window.notReloaded = true")
+    monkeypatch.setattr(upstream, "TOOLS", NEW_TOOLS)  # the upstream gained a tool
+    tools.locator("button:has-text('Refresh tools')").click()
+    expect(tools.locator("h2 .badge")).to_have_text("2")
+    expect(tools.locator("code", has_text="added")).to_be_visible()
+    assert page.evaluate("window.notReloaded") is True  # swapped in place by htmx, not a page load
+    expect(page).to_have_url(re.compile(rf"/servers/{sid}$"))

@@ -12,15 +12,15 @@ from tests.test_mcp_protocol import Rpc
 
 
 
-def test_vk_flow_in_the_browser(app, client, live_server, urls, browser):
+def test_vk_flow_in_the_browser(app, client, live_server, urls, browser_context, browser_problems):
     sid = make_server(app, urls["one"])
-    _, secret = add_key(app, {sid: None})
+    _, secret = add_key(app, {sid: None}, name="ci-bot")
     rpc = Rpc(client, secret)
     rpc.initialize()
     submit_url = auth_required(rpc)["submit_url"]
     link = live_server + "/connect/" + submit_url.split("/connect/", 1)[1]  # the test server's origin
     token = link.split("#t=", 1)[1]
-    context = browser.new_context()
+    context = browser_context()
     page = context.new_page()
     page.set_default_timeout(8000)
     seen_urls = []
@@ -29,7 +29,12 @@ def test_vk_flow_in_the_browser(app, client, live_server, urls, browser):
     field = page.locator("input[name='header:x-api-key']")
     expect(field).to_be_visible()
     assert "#t=" not in page.url and token not in page.url  # out of the address bar
+    # whose credential it becomes is on screen, above the field, before anything is typed
+    whose = page.locator("#connect-whose")
+    expect(whose).to_contain_text("the virtual key ci-bot (no owner) on the server keyed")
+    assert whose.bounding_box()["y"] < field.bounding_box()["y"]
     field.fill("wrong-" + BOB)
+    browser_problems.expect(r"status of 422 .*/connect/")  # the upstream's refusal, shown in the form
     page.click("button:has-text('Check and save')")
     expect(page.locator("[role=alert]").first).to_contain_text("401")
     assert creds(app) == []
@@ -39,4 +44,3 @@ def test_vk_flow_in_the_browser(app, client, live_server, urls, browser):
     assert creds(app) == [("vk", "active", ["x-api-key"])]
     assert not [u for u in seen_urls if token in u]  # never in a URL sent to the server
     assert tool(rpc)["structuredContent"]["x-api-key"] == BOB
-    context.close()

@@ -53,11 +53,20 @@ def member_key(app, echo, live_server, member_id):
     return secret
 
 
+# What the defences make the browser report here, on purpose: refused answers (403 key_in_link,
+# 421 wrong_host), a script blocked by the sandbox, a frame refused by frame-ancestors, and the
+# dashboard's answers withheld from a script on another origin. Anything else fails the test.
+DEFENCES = (r"status of (403|421)", r"sandboxed", r"frame-ancestors|Refused to (frame|display)", r"CORS policy",
+            r"net::ERR_FAILED", r"localhost:[0-9]+/favicon\.ico")  # the proxy host serves nothing but /proxy
+
+
 @pytest.fixture
-def admin(browser, live_server, app):
+def admin(browser_context, browser_problems, live_server, app):
     """An admin's browser, logged in to the dashboard through the login form; and its console."""
     make_user(app, ADMIN, "admin")
-    context = browser.new_context(base_url=live_server)
+    for pattern in DEFENCES:
+        browser_problems.expect(pattern)
+    context = browser_context(base_url=live_server)
     page = context.new_page()
     page.set_default_timeout(10000)
     console: list[str] = []
@@ -68,7 +77,6 @@ def admin(browser, live_server, app):
     page.click("button:has-text('Log in')")
     expect(page).to_have_url(re.compile(r"/servers$"))
     yield page, console
-    context.close()
 
 
 def lure(echo, live_server, member_key) -> str:

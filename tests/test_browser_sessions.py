@@ -16,7 +16,7 @@ from tests.test_sessions_api import _cred, _server, world  # noqa: F401 (fixture
 
 
 @pytest.fixture
-def page(browser, live_server, app, world):
+def page(browser_context, live_server, app, world):
     with app.app_context():
         for i in range(25):
             sid = _server(f"extra-{i:02d}")
@@ -25,7 +25,7 @@ def page(browser, live_server, app, world):
         newcomer = _server("newcomer")
         db.session.add(VirtualKeyServerGrant(virtual_key_id=world.keys["member-key"], mcp_server_id=newcomer))
         db.session.commit()
-    context = browser.new_context(base_url=live_server)
+    context = browser_context(base_url=live_server)
     page = context.new_page()
     page.set_default_timeout(8000)
     page.goto("/login?next=/sessions")
@@ -33,8 +33,7 @@ def page(browser, live_server, app, world):
     page.fill("input[name=password]", PASSWORD)
     page.click("button:has-text('Log in')")
     expect(page).to_have_url(re.compile(r"/sessions$"))
-    yield page
-    context.close()
+    return page
 
 
 def rows(page):
@@ -69,7 +68,9 @@ def test_search_filter_paginate_revoke_reauth(page, app, world):
     expect(page).to_have_url(re.compile(r"/sessions$"))
 
     # pagination, the back button, a shared link
-    page.fill("input[name=q]", "")
+    with page.expect_response(re.compile(r"/sessions\?q=$")):  # the debounced search lands before the clicks
+        page.fill("input[name=q]", "")
+    expect(page).to_have_url(re.compile(r"/sessions\?q=$"))  # ... and its URL is pushed
     page.click("a.chip[data-filter='status=active']")
     expect(page.locator(".pager")).to_contain_text("Page 1 of 2 · 26 sessions")
     page.click(".pager >> text=Next")

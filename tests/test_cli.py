@@ -1,4 +1,4 @@
-"""CLI commands: create-admin and ensure-admin (what `make run` prints)."""
+"""CLI commands: create-admin and ensure-admin (what `make run` prints), refresh-tools."""
 import re
 
 from app.extensions import db
@@ -50,4 +50,55 @@ def test_ensure_admin_uses_the_environment_and_never_prints_its_password(app, mo
         assert user.is_admin and not user.must_change_password
         assert db.session.scalar(db.select(AuditEvent.action)) == "user.bootstrap_admin"
     r = app.test_cli_runner().invoke(args=["ensure-admin"])
-    assert "Admin account exists" in r.output or "Log in" in r.output
+    assert r.exit_code == 0, r.output
+    assert f"Log in at {app.config['PORTCULLIS_BASE_URL']}/login as ops@example.com with PORTCULLIS_ADMIN_PASSWORD." \
+        in r.output
+
+
+NEW_TOOLS = [{"name": "x", "description": "fails", "inputSchema": {"type": "object"}},
+             {"name": "added", "description": "appeared upstream", "inputSchema": {"type": "object"}}]
+
+
+def stored_tools(app, name):
+    from app.models import McpServer
+
+    with app.app_context():
+        return [t["name"] for t in db.session.scalar(db.select(McpServer).filter_by(name=name)).tools]
+
+
+def test_refresh_tools_rediscovers_enabled_servers_and_reports_failures(app, faulty, monkeypatch):
+    from app.models import McpServer
+    from tests.mcp_fixtures import add_server, free_port
+
+    url, upstream = faulty
+    for name in ("one", "two", "off"):
+        add_server(app, name, f"{url}/ok/mcp")
+    add_server(app, "mine", f"{url}/ok/mcp", auth_type="per_user_headers", per_user_header_keys=["x-k"],
+               sample_headers={"x-k": "sample"})
+    with app.app_context():
+        db.session.scalar(db.select(McpServer).filter_by(name="off")).enabled = False
+        db.session.commit()
+    assert stored_tools(app, "one") == ["x"]
+    monkeypatch.setattr(upstream, "TOOLS", NEW_TOOLS)  # the upstream gained a tool
+    runner = app.test_cli_runner()
+
+    r = runner.invoke(args=["refresh-tools", "--name", "one"])
+    assert r.exit_code == 0, r.output
+    assert r.output == "one: 2 tools\n"
+    assert (stored_tools(app, "one"), stored_tools(app, "two")) == (["x", "added"], ["x"])  # only that one
+    with app.app_context():
+        event = db.session.scalars(db.select(AuditEvent).order_by(AuditEvent.id.desc())).first()
+        assert (event.action, event.actor, event.detail) == (
+            "mcp_server.refresh_tools", "cli", "tools=2, added=1, removed=0")
+
+    # every enabled server; a per-user server is skipped; an unreachable one fails the command
+    with app.app_context():
+        db.session.scalar(db.select(McpServer).filter_by(name="one")).url = f"http://127.0.0.1:{free_port()}/mcp"
+        db.session.commit()
+    r = runner.invoke(args=["refresh-tools"])
+    assert r.exit_code == 1, r.output
+    assert "mine: skipped (per_user_headers tools come with members' credentials)" in r.output
+    assert "two: 2 tools" in r.output and "off" not in r.output
+    assert r.stderr == "one: cannot discover the server's tools: one: the server is unreachable\n"
+    assert (stored_tools(app, "two"), stored_tools(app, "off"), stored_tools(app, "one")) == (
+        ["x", "added"], ["x"], ["x", "added"])  # the failed one keeps its stored list

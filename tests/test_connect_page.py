@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import logging
+import re
 from datetime import timedelta
 
 from sqlalchemy import select, update
 
 from app.extensions import db
-from app.models import Credential, Flow
+from app.models import Credential, Flow, McpServer, VirtualKey
 from app.models.base import utcnow
 from tests.conftest import make_user
 from tests.mcp_fixtures import add_key
@@ -57,7 +58,9 @@ def test_vk_flow_page_needs_the_token(app, client, urls):
     url = auth_required(rpc)["submit_url"]
     path, token = "/" + url.split("://", 1)[1].split("/", 1)[1].split("#", 1)[0], url.split("#t=", 1)[1]
     c = app.test_client()
-    shell = c.get(path).get_data(as_text=True)
+    shell = c.get(path)
+    assert shell.status_code == 200
+    shell = shell.get_data(as_text=True)
     assert "connect.js" in shell and "header:x-api-key" not in shell and token not in shell
     assert c.get(path + "/form", headers={**HX, TOKEN_HEADER: "wrong"}).status_code == 403
     form = c.get(path + "/form", headers={**HX, TOKEN_HEADER: token}).get_data(as_text=True)
@@ -69,6 +72,69 @@ def test_vk_flow_page_needs_the_token(app, client, urls):
     assert r.status_code == 200, r.get_data(as_text=True)
     assert tool(rpc)["structuredContent"]["x-api-key"] == BOB
     assert c.get(path).status_code == 410
+
+
+def whose(form_html: str) -> str:
+    """The part of the form that says whose credential the values become; it comes before any field."""
+    match = re.search(r'<div class="flash" id="connect-whose">(.*?)</div>', form_html, re.S)
+    assert match, form_html
+    assert match.start() < form_html.index('type="password"')  # read before a secret is typed
+    return " ".join(re.sub(r"<[^>]+>", "", match.group(1)).split())
+
+
+def vk_link(rpc) -> tuple[str, str]:
+    url = auth_required(rpc)["submit_url"]
+    return "/" + url.split("://", 1)[1].split("/", 1)[1].split("#", 1)[0], url.split("#t=", 1)[1]
+
+
+def test_vk_flow_page_names_the_key_its_owner_and_the_server(app, client, urls):
+    sid = make_server(app, urls["one"])
+    rpc = agent(app, client, sid, name="ci-bot")
+    path, token = vk_link(rpc)
+    c = app.test_client()
+    shell = c.get(path)
+    assert shell.status_code == 200 and "ci-bot" not in shell.get_data(as_text=True)  # nothing without the token
+    form = c.get(path + "/form", headers={**HX, TOKEN_HEADER: token})
+    assert form.status_code == 200
+    text = whose(form.get_data(as_text=True))
+    assert "the virtual key ci-bot (no owner) on the server keyed" in text
+    assert "forwarded you this link" in text
+    # the key got an owner after the link was made: the page names them
+    owner = make_user(app, "owner@example.com")
+    with app.app_context():
+        db.session.scalar(select(VirtualKey)).owner_id = owner
+        db.session.commit()
+    form = c.get(path + "/form", headers={**HX, TOKEN_HEADER: token})
+    assert form.status_code == 200
+    assert "the virtual key ci-bot (owner owner@example.com) on the server keyed" in whose(form.get_data(as_text=True))
+
+
+def test_session_flow_page_says_a_development_session(app, client, urls):
+    sid = make_server(app, urls["one"])
+    app.config["PORTCULLIS_ENFORCE_AUTH"] = False
+    try:
+        with app.app_context():
+            db.session.get(McpServer, sid).allow_on_all_virtual_keys = True
+            db.session.commit()
+        rpc = Rpc(client)
+        rpc.initialize()
+        path, token = vk_link(rpc)
+    finally:
+        app.config["PORTCULLIS_ENFORCE_AUTH"] = True
+    form = app.test_client().get(path + "/form", headers={**HX, TOKEN_HEADER: token})
+    assert form.status_code == 200
+    text = whose(form.get_data(as_text=True))
+    assert "the credential of a development session" in text and "on the server keyed" in text
+    assert "virtual key" not in text and rpc.session not in form.get_data(as_text=True)
+
+
+def test_user_flow_page_names_the_person(app, client, urls, member_id):
+    sid = make_server(app, urls["one"])
+    rpc = agent(app, client, sid, owner_id=member_id)
+    path = "/connect/" + auth_required(rpc)["flow_id"]
+    page = Web(app.test_client()).login("member@example.com").get(path)
+    assert page.status_code == 200
+    assert "your own credential (member@example.com) on the server keyed" in whose(page.get_data(as_text=True))
 
 
 def test_expired_flow_page_is_410(app, client, urls, member_id):

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select, update
 
 from app.extensions import db
-from app.models import Credential, Flow
+from app.models import Credential, Flow, VirtualKey
 from app.models.base import utcnow
 from tests.api_helpers import admin_api, member_api  # noqa: F401
 from tests.api_helpers import PREFIX, assert_error, check_against_doc
@@ -76,6 +76,7 @@ def test_user_flow_end_to_end(app, client, urls, member_api, member_id, caplog):
     form = member_api.get(path).get_json()
     assert form["required_header_keys"] == ["x-api-key"] and form["stored_header_keys"] == []
     assert form["server"]["name"] == "keyed"
+    assert (form["user"], form["virtual_key"]) == ({"id": member_id, "email": "member@example.com"}, None)
     # wrong value: 422 with the reason, nothing stored, the flow still pending
     err = assert_error(member_api.put(path, json={"headers": {"X-API-KEY": "wrong-" + ALICE}}), 422,
                        "upstream_rejected", {"headers"})
@@ -93,7 +94,9 @@ def test_user_flow_end_to_end(app, client, urls, member_api, member_id, caplog):
     # the retried call reaches the upstream with the person's own value
     assert tool(rpc)["structuredContent"]["x-api-key"] == ALICE
     # canary: never in answers, logs or the raw database
-    answers = member_api.get("/virtual-keys").get_data(as_text=True) + r.get_data(as_text=True)
+    keys = member_api.get("/virtual-keys")
+    assert keys.status_code == 200 and keys.get_json()["virtual_keys"]
+    answers = keys.get_data(as_text=True) + r.get_data(as_text=True)
     assert ALICE not in answers + caplog.text + raw_dump(app)
     # revoke: the next call asks again
     cred_id = r.get_json()["id"]
@@ -128,12 +131,50 @@ def test_vk_flow_with_the_fragment_token(app, client, urls):
     r = client.get(path, headers={TOKEN_HEADER: token})
     check_against_doc(app, "GET", path, r)
     assert r.status_code == 200 and r.get_json()["auth_mode"] == "vk"
+    # whose credential it becomes: the key (no owner here), never a person
+    key_id = rpc_key_id(app)
+    assert (r.get_json()["virtual_key"], r.get_json()["user"]) == ({"id": key_id, "name": "agent", "owner": None}, None)
     r = client.put(path, json={"headers": {"x-api-key": BOB}}, headers={TOKEN_HEADER: token})
     check_against_doc(app, "PUT", path, r)
     assert r.status_code == 200, r.get_json()
     assert tool(rpc)["structuredContent"]["x-api-key"] == BOB
     with app.app_context():
         assert db.session.scalar(select(Flow)).token_hash is None  # the token is gone with the flow
+
+
+def rpc_key_id(app) -> int:
+    with app.app_context():
+        return db.session.scalar(select(VirtualKey.id))
+
+
+def test_vk_flow_names_the_key_owner_and_a_session_flow_no_one(app, client, urls, admin_api):
+    sid = make_server(app, urls["one"])
+    rpc = agent(app, client, sid, name="ci-bot")
+    meta = auth_required(rpc)
+    path, token = PREFIX + f"/header-flows/{meta['flow_id']}", meta["submit_url"].split("#t=", 1)[1]
+    # the key gets an owner after the link was made: its vk flow stays, and says whose key it is
+    owner = make_user(app, "owner@example.com")
+    key_id = rpc_key_id(app)
+    assert admin_api.patch(f"/virtual-keys/{key_id}", json={"owner_id": owner}).status_code == 200
+    r = client.get(path, headers={TOKEN_HEADER: token})
+    check_against_doc(app, "GET", path, r)
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["virtual_key"] == {"id": key_id, "name": "ci-bot",
+                                           "owner": {"id": owner, "email": "owner@example.com"}}
+    # a session flow (anonymous development mode) belongs to no person and no key
+    app.config["PORTCULLIS_ENFORCE_AUTH"] = False
+    try:
+        assert admin_api.patch(f"/mcp-servers/{sid}", json={"allow_on_all_virtual_keys": True}).status_code == 200
+        anonymous = Rpc(client)
+        anonymous.initialize()
+        meta = auth_required(anonymous)
+    finally:
+        app.config["PORTCULLIS_ENFORCE_AUTH"] = True
+    path = PREFIX + f"/header-flows/{meta['flow_id']}"
+    r = client.get(path, headers={TOKEN_HEADER: meta["submit_url"].split("#t=", 1)[1]})
+    check_against_doc(app, "GET", path, r)
+    assert r.status_code == 200, r.get_json()
+    assert (r.get_json()["auth_mode"], r.get_json()["user"], r.get_json()["virtual_key"]) == ("session", None, None)
 
 
 def test_expired_flow_is_410(app, client, urls, member_api, member_id):
@@ -192,6 +233,60 @@ def test_admin_may_revoke_and_delete_cascades(app, client, urls, member_api, mem
         assert db.session.scalar(select(db.func.count()).select_from(Flow)) == 0
 
 
+def test_a_flow_token_revokes_only_its_own_bindings_credential(app, client, urls, admin_api):
+    """DELETE /api/v1/credentials/<id> without an API token: only the token of a pending,
+    unexpired flow of that very binding (key and server) may revoke it; anything else is 403
+    and deletes nothing."""
+    sid, other_sid = make_server(app, urls["one"]), make_server(app, urls["one"], name="other")
+    kid, secret = add_key(app, {sid: None, other_sid: None})
+    rpc = Rpc(client, secret)
+    rpc.initialize()
+    first = auth_required(rpc)
+    used_token = first["submit_url"].split("#t=", 1)[1]
+    r = client.put(PREFIX + f"/header-flows/{first['flow_id']}", json={"headers": {"x-api-key": BOB}},
+                   headers={TOKEN_HEADER: used_token})
+    assert r.status_code == 200, r.get_json()
+    cred_id = r.get_json()["id"]
+    path = PREFIX + f"/credentials/{cred_id}"
+
+    def revoke_with(token):
+        r = client.delete(path, headers={TOKEN_HEADER: token})
+        check_against_doc(app, "DELETE", path, r)
+        return r
+
+    def token_of(answer):  # an auth-required answer (submit_url) or a re-authentication (url)
+        return answer.get("submit_url", answer.get("url")).split("#t=", 1)[1]
+
+    # tokens of other bindings: the same key on another server, another key on this server
+    same_key_other_server = rpc.call("tools/call", {"name": "other__headers", "arguments": {}}).json["result"]
+    other_key = auth_required(agent(app, client, sid, name="someone else's key"))
+    # while the binding has a live pending flow (re-authenticate), other tokens are still refused
+    reauth = admin_api.post(f"/sessions/cred_{cred_id}/reauth")
+    assert reauth.status_code == 200, reauth.get_json()
+    refused = {"wrong": "not-a-token", "used": used_token,
+               "same key, other server": token_of(same_key_other_server["_meta"]["portcullis/auth_required"]),
+               "other key, same server": token_of(other_key)}
+    for why, token in refused.items():
+        assert_error(revoke_with(token), 403, "forbidden")
+        assert creds(app) == [("vk", "active", ["x-api-key"])], why
+    with app.app_context():
+        db.session.execute(update(Flow).where(Flow.id == reauth.get_json()["flow_id"])
+                           .values(expires_at=utcnow() - timedelta(seconds=1)))
+        db.session.commit()
+    assert_error(revoke_with(token_of(reauth.get_json())), 403, "forbidden")  # that flow, once expired
+    assert creds(app) == [("vk", "active", ["x-api-key"])]
+    assert_error(client.delete(path), 401, "unauthorized")  # no token at all
+    # a fresh flow of this binding: its token revokes the credential and the binding's flows
+    fresh = admin_api.post(f"/sessions/cred_{cred_id}/reauth")
+    assert fresh.status_code == 200, fresh.get_json()
+    r = revoke_with(token_of(fresh.get_json()))
+    assert r.status_code == 204, r.get_data(as_text=True)
+    assert creds(app) == []
+    with app.app_context():
+        left = {(f.virtual_key_id, f.mcp_server_id) for f in db.session.scalars(select(Flow))}
+    assert (kid, sid) not in left and (kid, other_sid) in left  # the other bindings' flows stay
+
+
 def test_concurrent_submissions_leave_one_row(app, urls, member_id):
     """20 submissions for one binding at once: exactly one credential row."""
     sid = make_server(app, urls["one"])
@@ -216,4 +311,4 @@ def test_concurrent_submissions_leave_one_row(app, urls, member_id):
     for t in threads:
         t.join()
     assert creds(app) == [("user", "active", ["x-api-key"])]
-    assert set(codes) <= {200, 410} and 200 in codes
+    assert len(codes) == 20 and set(codes) <= {200, 410} and 200 in codes

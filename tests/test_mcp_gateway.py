@@ -1,8 +1,6 @@
 """/mcp with the real `mcp` SDK client against real upstream servers (the SDK's MCPServer)."""
 from __future__ import annotations
 
-import time
-
 import pytest
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
@@ -75,22 +73,28 @@ async def test_results_pass_through_faithfully(app, live_server, two_servers):
         assert e.value.code == -32042 and e.value.data["elicitations"][0]["elicitationId"] == "e1"
 
 
-async def test_progress_is_relayed_from_an_sse_upstream(app, live_server, two_servers):
+async def test_progress_is_relayed_from_an_sse_upstream(app, live_server, two_servers, tmp_path):
     _, beta = two_servers
     _, key = add_key(app, {beta: None})
-    seen, times = [], []
+    seen, gated, opened = [], [], tmp_path / "opened"
 
     async def on_progress(progress, total, message):
         seen.append((progress, total, message))
-        times.append(time.monotonic())
+
+    async def open_the_gate(progress, total, message):
+        gated.append((progress, total, message))
+        if progress == 1:
+            opened.touch()  # the upstream tool waits for this: it finishes only if progress 1 got here first
 
     http, c = client(live_server + "/mcp", key)
     async with http, c:
-        r = await c.call_tool("beta__slow", {"steps": 3, "delay": 0.25}, progress_callback=on_progress)
-        done = time.monotonic()
-    assert r.content[0].text == "done"
-    assert seen == [(1.0, 3.0, "step 1"), (2.0, 3.0, "step 2"), (3.0, 3.0, "step 3")]
-    assert done - times[0] > 0.4  # relayed as they happen, not buffered until the end
+        r = await c.call_tool("beta__slow", {"steps": 3}, progress_callback=on_progress)
+        assert r.content[0].text == "done"
+        assert seen == [(1.0, 3.0, "step 1"), (2.0, 3.0, "step 2"), (3.0, 3.0, "step 3")]
+        # relayed as they happen, not buffered until the end
+        r = await c.call_tool("beta__gate", {"path": str(opened)}, progress_callback=open_the_gate)
+    assert r.content[0].text == "opened"
+    assert gated == [(1.0, 2.0, "waiting"), (2.0, 2.0, "opened")]
 
 
 async def test_grants_tool_allowlists_and_disabled_servers(app, live_server, two_servers):
@@ -120,8 +124,9 @@ async def test_grants_tool_allowlists_and_disabled_servers(app, live_server, two
     async with http, c:
         names = {t.name for t in (await c.list_tools()).tools}
         assert "beta__echo" in names and not any(n.startswith("alpha__") for n in names)
-        with pytest.raises(MCPError):
+        with pytest.raises(MCPError) as e:
             await c.call_tool("alpha__echo", {"text": "x"})
+        assert e.value.code == -32602  # a disabled server's tool is an unknown tool
 
 
 async def test_single_server_endpoint_uses_plain_tool_names(app, live_server, two_servers):
@@ -133,6 +138,16 @@ async def test_single_server_endpoint_uses_plain_tool_names(app, live_server, tw
         assert "echo" in names and not any("__" in n for n in names)
         assert (await c.call_tool("echo", {"text": "plain"})).content[0].text == "plain"
     http, c = client(live_server + "/mcp/beta", key)  # not granted: same as nonexistent
-    with pytest.raises(Exception):
+    with pytest.raises(BaseExceptionGroup) as e:  # the SDK's task groups wrap the refusal
         async with http, c:
             pass
+    refusal = e.value
+    while isinstance(refusal, BaseExceptionGroup):
+        (refusal,) = refusal.exceptions
+    assert isinstance(refusal, MCPError) and (refusal.code, refusal.message) == (-32600, "no such MCP server")
+    async with create_mcp_http_client(headers={"Authorization": f"Bearer {key}"}) as http:
+        for path in ("/mcp/beta", "/mcp/nosuch"):
+            r = await http.post(live_server + path, headers={"Accept": "application/json, text/event-stream"}, json={
+                "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+            assert r.status_code == 404 and r.json()["error"] == {"code": -32600, "message": "no such MCP server"}

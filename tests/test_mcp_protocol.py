@@ -10,7 +10,7 @@ import pytest
 from app.extensions import db
 from app.models import McpServer, VirtualKey
 from app.models.base import utcnow
-from tests.mcp_fixtures import add_key, add_server
+from tests.mcp_fixtures import add_key, add_server, wait_for
 
 ACCEPT = "application/json, text/event-stream"
 
@@ -138,6 +138,73 @@ def test_sessions(rpc, client, app, alpha):
     assert rpc.raw(None, method="DELETE").status_code == 404
 
 
+@pytest.fixture
+def other_worker(app, encryption_key):
+    """A second Portcullis on the same database, as another gunicorn worker or instance would be:
+    its in-memory caches never saw what the first one did."""
+    from app import create_app
+
+    other = create_app({"INSTANCE_PATH": app.instance_path, "TESTING": True, "SECRET_KEY": app.config["SECRET_KEY"],
+                        "PORTCULLIS_ENCRYPTION_KEY": encryption_key,
+                        "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+                        "PORTCULLIS_LOGIN_RATE_LIMIT": app.config["PORTCULLIS_LOGIN_RATE_LIMIT"]})
+    assert other.extensions["mcp_sessions"] is not app.extensions["mcp_sessions"]
+    yield other
+    with other.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+def test_a_session_is_served_by_another_worker_from_the_database(app, client, upstreams, other_worker):
+    """The session, its key, path, capabilities, log level and end are read from the database by a
+    worker that did not create it."""
+    import warnings
+
+    from tests.mcp_fixtures import UPSTREAM_KEY
+
+    beta = add_server(app, "beta", upstreams["beta"], auth_type="headers", headers={"X-Api-Key": UPSTREAM_KEY})
+    mine = add_server(app, "mine", upstreams["alpha"], auth_type="per_user_headers", per_user_header_keys=["x-k"],
+                      sample_headers={"x-k": "sample"})
+    _, key = add_key(app, {beta: None, mine: None})
+    first = Rpc(client, key)
+    r = first.raw({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {"elicitation": {"url": {}}},
+        "clientInfo": {"name": "t", "version": "1"}}})
+    assert r.status_code == 200, r.get_data(as_text=True)
+    first.session = r.headers["Mcp-Session-Id"]
+    assert first.call("logging/setLevel", {"level": "warning"}).status_code == 200
+
+    second = Rpc(other_worker.test_client(), key)
+    second.session = first.session
+    assert other_worker.extensions["mcp_sessions"]._cache == {}  # it never saw the session
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = second.call("tools/call", {"name": "beta__chatty", "arguments": {}})
+    assert r.status_code == 200, r.get_data(as_text=True)
+    msgs = sse_messages(r)
+    assert [m["params"]["data"] for m in msgs if m.get("method") == "notifications/message"] == ["a warning line"]
+    assert msgs[-1]["result"]["content"][0]["text"] == "said"
+    # the capabilities came along: a client with URL elicitation gets -32042
+    r = second.call("tools/call", {"name": "mine__echo", "arguments": {"text": "x"}})
+    assert r.status_code == 200 and "error" in r.json and r.json["error"]["code"] == -32042, r.json
+    # the key and the path: another key or another path is not this session
+    _, other_key = add_key(app, {beta: None}, name="other")
+    stranger = Rpc(other_worker.test_client(), other_key)
+    stranger.session = first.session
+    assert stranger.call("tools/list").status_code == 404
+    elsewhere = Rpc(other_worker.test_client(), key, "/mcp/beta")
+    elsewhere.session = first.session
+    assert elsewhere.call("tools/list").status_code == 404
+    # a session ended by the first worker is ended for the other one too
+    ended = Rpc(client, key)
+    ended.initialize()
+    assert ended.raw(None, method="DELETE").status_code == 204
+    late = Rpc(other_worker.test_client(), key)
+    late.session = ended.session
+    r = late.call("tools/list")
+    assert r.status_code == 404 and r.json["error"]["code"] == -32001
+
+
 def test_get_is_not_offered_and_origins_are_checked(rpc):
     r = rpc.raw(None, method="GET")
     assert r.status_code == 405 and "POST" in r.headers["Allow"]
@@ -205,6 +272,7 @@ def faulty_server(app, faulty, mode, **fields):
 @pytest.mark.parametrize("mode, text", [
     ("500", "f-500: the server answered HTTP 500"),
     ("garbage", "f-garbage: sent an answer that is not valid JSON"),
+    ("deep", "f-deep: sent an answer nested too deeply"),
     ("html", "f-html: sent an answer of type 'text/html', not JSON or SSE"),
     ("drop", "f-drop: the connection dropped before the answer was complete"),
     ("slow", "f-slow: no answer within 0.5s"),
@@ -294,8 +362,6 @@ def upstream_tool_names(rpc) -> list[str]:
 
 
 def test_tools_list_is_served_from_the_stored_list_and_refreshed_in_the_background(app, client, faulty):
-    import time
-
     url, module = faulty
     sid = faulty_server(app, faulty, "ok")
     _, key = add_key(app, {sid: None})
@@ -314,13 +380,7 @@ def test_tools_list_is_served_from_the_stored_list_and_refreshed_in_the_backgrou
     module.TOOLS.append({"name": "y", "description": "new", "inputSchema": {"type": "object"}})
     try:
         assert upstream_tool_names(rpc) == ["f-ok__x"]
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            names = upstream_tool_names(rpc)
-            if names == ["f-ok__x", "f-ok__y"]:
-                break
-            time.sleep(0.05)
-        assert names == ["f-ok__x", "f-ok__y"]
+        wait_for(lambda: upstream_tool_names(rpc) == ["f-ok__x", "f-ok__y"], "the background refresh")
         assert [m for p, m, s in module.SEEN if p == "ok"].count("tools/list") == 1
     finally:
         module.TOOLS.pop()

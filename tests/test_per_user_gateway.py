@@ -100,17 +100,38 @@ def test_url_elicitation_form_for_a_vk_binding(app, client, server_id):
     assert call(rpc)["result"]["structuredContent"]["x-api-key"] == BOB
 
 
+@pytest.mark.parametrize("capabilities", [
+    {"elicitation": {"form": {}}},  # form mode only
+    {"elicitation": {}},  # 2025-11-25: an empty object means form mode only (the legacy declaration)
+    {},  # no elicitation at all
+], ids=["form", "empty", "none"])
+def test_only_clients_declaring_url_elicitation_get_32042(app, client, server_id, capabilities):
+    _, secret = add_key(app, {server_id: None})
+    rpc = Rpc(client, secret)
+    r = rpc.raw({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": capabilities, "clientInfo": {"name": "t", "version": "1"}}})
+    assert r.status_code == 200, r.get_data(as_text=True)
+    rpc.session = r.headers["Mcp-Session-Id"]
+    answer = call(rpc)
+    assert "error" not in answer, answer
+    result = answer["result"]
+    (flow,) = flows(app)
+    assert result["isError"] is True and result["_meta"]["portcullis/auth_required"]["flow_id"] == flow.id
+
+
 def test_two_users_each_with_their_own_value(app, client, server_id):
+    """Everything is created first, so no commit between the calls clears the credential cache:
+    A, B, A then shows that the cache is kept per caller (B never gets A's warm value)."""
     a, b = make_user(app, "a@example.com"), make_user(app, "b@example.com")
     store(app, server_id, "user", a, {"x-api-key": ALICE})
     store(app, server_id, "user", b, {"x-api-key": BOB})
-    seen = []
-    for uid in (a, b, a):
+    rpcs = {}
+    for uid in (a, b):
         _, secret = add_key(app, {server_id: None}, owner_id=uid, name=f"k{uid}")
-        rpc = Rpc(client, secret)
-        rpc.initialize()
-        seen.append(call(rpc)["result"]["structuredContent"]["x-api-key"])
-    assert seen == [ALICE, BOB, ALICE]
+        rpcs[uid] = Rpc(client, secret)
+        rpcs[uid].initialize()
+    seen = [call(rpcs[uid])["result"]["structuredContent"]["x-api-key"] for uid in (a, b, a, b)]
+    assert seen == [ALICE, BOB, ALICE, BOB]
 
 
 def test_needs_update_and_missing_key_answer_auth_required(app, client, server_id):
@@ -186,5 +207,9 @@ def test_values_never_in_logs_or_answers(app, client, server_id, caplog):
     rpc = Rpc(client, secret)
     rpc.initialize()
     store(app, server_id, "user", uid, {"x-api-key": ALICE})
-    answers = json.dumps(rpc.call("tools/list").json)
-    assert ALICE not in answers and ALICE not in caplog.text
+    listing = rpc.call("tools/list")
+    assert listing.status_code == 200 and listing.json["result"]["tools"], listing.json
+    called = call(rpc)["result"]
+    assert called["structuredContent"]["x-api-key"] == ALICE  # used upstream ...
+    answers = json.dumps(listing.json)
+    assert ALICE not in answers and ALICE not in caplog.text  # ... never in an answer of its own or a log

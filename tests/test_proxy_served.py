@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.mcp_fixtures import free_port, stop
+from tests.mcp_fixtures import free_port, stop, wait_for
 from tests.proxy_helpers import add_proxy_key, add_service, echo  # noqa: F401
-from tests.upstream.http_echo import PATTERN
+from tests.upstream.http_echo import PATTERN, gate
 
 ROOT = Path(__file__).parent.parent
 BIN = Path(sys.executable).parent
@@ -83,12 +83,20 @@ def instances(app, encryption_key, tmp_path_factory):
                 stop(proc)
 
 
+def _seen_by(bases, secret):
+    """Wait until every instance's snapshot knows the key (and so what was committed before it).
+    A request to a service the key is not granted is refused (403) and spends no budget."""
+    for base in bases:
+        wait_for(lambda: httpx.get(base + "/proxy/not-granted/x", headers={"X-Virtual-Key": secret},
+                                   timeout=10).status_code == 403, f"{base} to know the new key")
+
+
 @pytest.fixture
 def served_key(app, echo, instances):
     _clear_budgets()
     sid = add_service(app, "echo", echo + "/base")
     key = add_proxy_key(app, {sid: "write"}, rate_limit_per_minute=1000)
-    time.sleep(CACHE_SECONDS + 0.05)  # the instances' snapshots see the new service
+    _seen_by(instances[0], key[1])
     return key
 
 
@@ -97,26 +105,32 @@ def test_streams_both_ways_as_it_happens(instances, served_key):
     _, secret = served_key
     headers = {"X-Virtual-Key": secret}
     with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
-        started, arrivals = time.monotonic(), []
-        with http.stream("GET", "/proxy/echo/stream?chunks=3&delay=0.4") as r:
+        # the upstream holds the rest back until the client has the first chunk: relayed, not buffered
+        name = uuid.uuid4().hex
+        with http.stream("GET", f"/proxy/echo/stream?chunks=3&gate={name}") as r:
             assert r.status_code == 200 and r.headers.get("transfer-encoding") == "chunked"
-            for line in r.iter_lines():
-                arrivals.append((line, time.monotonic() - started))
-        assert [a[0] for a in arrivals] == ["chunk 0", "chunk 1", "chunk 2"]
+            lines = r.iter_lines()
+            arrivals = [next(lines)]
+            assert not gate(name).is_set()  # the upstream is still waiting
+            gate(name).set()
+            arrivals += list(lines)
+        assert arrivals == ["chunk 0", "chunk 1", "chunk 2"]
         assert len(r.headers.get_list("date")) == 1 and len(r.headers.get_list("server")) == 1
-        assert arrivals[0][1] < 0.5 and arrivals[2][1] - arrivals[0][1] > 0.6  # relayed, not buffered
 
-        def slow_body():
+        # the client sends the rest only once the upstream has the first bytes: streamed, not buffered
+        name, reached = uuid.uuid4().hex, []
+
+        def gated_body():
             yield b"a" * 1_000_000
-            time.sleep(0.5)
+            reached.append(gate(name).wait(20))
             yield b"b" * 1_000_000
 
-        r = http.post("/proxy/echo/upload", content=slow_body())  # chunked, length unknown
+        r = http.post(f"/proxy/echo/upload?gate={name}", content=gated_body())  # chunked, length unknown
         body = b"a" * 1_000_000 + b"b" * 1_000_000
         assert r.status_code == 200, r.text
         assert r.json()["chunked"] and r.json()["body_length"] == len(body)
         assert r.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
-        assert r.json()["spread"] > 0.3  # the upstream had the first bytes before the client sent the rest
+        assert reached == [True]  # the upstream had the first bytes before the client sent the rest
 
         size = 24 * 1024 * 1024
         payload = PATTERN * (size // len(PATTERN))
@@ -144,7 +158,7 @@ def test_two_instances_share_one_budget_through_redis(app, echo, instances):
     (a, b), _ = instances
     sid = add_service(app, "echo", echo)
     _, secret = add_proxy_key(app, {sid: "read"}, rate_limit_per_minute=4)
-    time.sleep(CACHE_SECONDS + 0.05)
+    _seen_by((a, b), secret)
     headers = {"Authorization": f"Bearer {secret}"}
     seen = []
     for base in (a, b, a, b, a, b):
@@ -161,11 +175,13 @@ def test_two_instances_share_one_budget_through_redis(app, echo, instances):
 def test_no_key_in_the_server_logs(instances, served_key):
     bases, logs = instances
     _, secret = served_key
+    refused = '"GET /proxy/echo/x HTTP/1.1" 401'
+    before = [log.read_text().count(refused) for log in logs]
     for base in bases:
         assert httpx.get(f"{base}/proxy/echo/x?key={secret}&q=1", timeout=10).status_code == 200
         assert httpx.get(f"{base}/proxy/echo/x?key={secret}zz", timeout=10).status_code == 401
-    time.sleep(0.2)
-    for log in logs:
-        text = log.read_text()
-        assert '"GET /proxy/echo/x HTTP/1.1" 200' in text  # access log on, without query strings
+    for log, n in zip(logs, before):
+        # access log on, without query strings (written after each answer: wait for the last one)
+        text = wait_for(lambda: t if (t := log.read_text()).count(refused) > n else "", f"the access log of {log}")
+        assert '"GET /proxy/echo/x HTTP/1.1" 200' in text
         assert secret not in text and "q=1" not in text

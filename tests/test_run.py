@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.mcp_fixtures import free_port, wait_ready
+from tests.mcp_fixtures import free_port, wait_for, wait_ready
 
 ROOT = Path(__file__).parent.parent
 BIN = Path(sys.executable).parent
@@ -112,6 +112,8 @@ def test_first_run_login_with_printed_password_and_no_secret_in_logs(served):
                      json={"name": "billing", "base_url": "http://127.0.0.1:9", "secret": CANARY})
         assert r.status_code == 201
         api.get(f"/api/v1/services?key={CANARY}", headers=auth)  # a secret in a query string
-    text = log_path.read_text()
+    # the access log is written after each answer: wait for the last request's line
+    text = wait_for(lambda: t if '"GET /api/v1/services HTTP/1.1"' in (t := log_path.read_text()) else "",
+                    "the access log line of the last request")
     assert '"POST /api/v1/services HTTP/1.1" 201' in text  # the access log is on...
     assert CANARY not in text and token not in text and password not in text  # ...and holds no secret

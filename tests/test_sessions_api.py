@@ -129,6 +129,7 @@ def listing(api, query="") -> list[str]:
 
 def test_admin_sees_every_row_newest_first(admin_api, world):
     r = admin_api.get("/sessions")
+    assert r.status_code == 200
     body = r.get_json()
     w = world
     assert [x["id"] for x in body["sessions"]] == [

@@ -1,5 +1,7 @@
 """The sweeper: expired flows and old orphaned credentials go, nothing else; one sweeper at a
-time on PostgreSQL (advisory-lock lease); `flask sweep`."""
+time on PostgreSQL (advisory-lock lease); `flask sweep`; the background thread."""
+import logging
+import threading
 from datetime import timedelta
 
 import pytest
@@ -8,9 +10,10 @@ from sqlalchemy import select, text
 from app.extensions import db
 from app.models import Credential, Flow, McpServer, VirtualKey, VirtualKeyServerGrant
 from app.models.base import utcnow
-from app.sweep import LEASE_KEY, sweep
+from app.sweep import LEASE_KEY, start_background, sweep
 
 from .conftest import make_user
+from .mcp_fixtures import wait_for
 
 
 @pytest.fixture
@@ -79,3 +82,42 @@ def test_only_one_sweeper_at_a_time_on_postgresql(app, rows):
         finally:
             other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LEASE_KEY})
     assert sweep(app).flows == 2
+
+
+def test_the_background_thread_sweeps_at_every_tick_and_orphans_daily(app, rows, caplog):
+    caplog.set_level(logging.INFO, logger="app.sweep")
+    stop = threading.Event()
+    thread = start_background(app, every=0.05, stop=stop)
+    assert thread is not None and thread.name == "portcullis-sweep"
+
+    def swept(expected):
+        db.session.remove()  # a fresh transaction: see what the thread committed
+        return state() == expected
+
+    try:
+        # the first run: expired flows and old orphans (the first run is always due for them)
+        wait_for(lambda: swept((["live"], sorted([(rows[1], "orphaned"), (rows[2], "active"),
+                                                   (rows[3], "needs_update")]))), "the first sweep")
+        assert "sweep: 2 expired flow(s), 1 old orphaned credential(s) deleted" in caplog.text
+        # later runs: another expired flow goes at the next tick; another old orphan waits a day
+        key_id = db.session.scalar(select(VirtualKey.id).where(VirtualKey.name == "k0"))
+        server_id = db.session.scalar(select(McpServer.id))
+        late = make_user(app, "late@example.com")
+        db.session.add(Flow(id="old-again", auth_mode="vk", virtual_key_id=key_id, mcp_server_id=server_id,
+                            status="pending", expires_at=utcnow() - timedelta(seconds=1)))
+        db.session.add(Credential(auth_mode="user", user_id=late, mcp_server_id=server_id, status="orphaned",
+                                  values={"x-api-key": "v"}, header_keys=["x-api-key"],
+                                  status_changed_at=utcnow() - timedelta(days=40)))
+        db.session.commit()
+        wait_for(lambda: swept((["live"], sorted([(rows[1], "orphaned"), (rows[2], "active"),
+                                                   (rows[3], "needs_update"), (late, "orphaned")]))),
+                 "the next sweep")
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+
+
+def test_no_background_thread_when_turned_off(app, monkeypatch):
+    monkeypatch.setitem(app.config, "PORTCULLIS_SWEEP", False)
+    assert start_background(app, every=0.05) is None

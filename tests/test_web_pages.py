@@ -66,6 +66,12 @@ def text(r) -> str:
     return r.get_data(as_text=True)
 
 
+def ok(r) -> str:
+    """A page that was served (200): a secret's absence from an error page would prove nothing."""
+    assert r.status_code == 200, (r.status_code, r.headers.get("Location"))
+    return text(r)
+
+
 def one(app, model, **by):
     with app.app_context():
         return db.session.scalar(select(model).filter_by(**by))
@@ -173,7 +179,7 @@ def test_server_create_edit_delete(app, admin):
     with app.app_context():
         assert db.session.get(McpServer, server.id).shared_headers == {"X-Api-Key": "canary-server-1"}
 
-    edit = text(admin.get(f"/servers/{server.id}"))
+    edit = ok(admin.get(f"/servers/{server.id}"))
     assert "X-Api-Key" in edit and "leave blank to keep" in edit and "canary-server-1" not in edit
 
     # blank value keeps the stored one; a new row adds a header; other fields change
@@ -240,6 +246,40 @@ def test_server_form_errors_inline(app, admin):
     assert r.status_code == 409 and "is already taken" in text(r)
 
 
+def test_refresh_tools_button(app, admin, member, faulty, monkeypatch):
+    from tests.mcp_fixtures import add_server, free_port
+    from tests.test_cli import NEW_TOOLS, stored_tools
+
+    url, upstream = faulty
+    sid = add_server(app, "watched", f"{url}/ok/mcp")
+    page = text(admin.get(f"/servers/{sid}"))
+    assert "Refresh tools" in page and f'hx-post="/servers/{sid}/refresh-tools"' in page
+    assert "<code>added</code>" not in page
+    monkeypatch.setattr(upstream, "TOOLS", NEW_TOOLS)  # the upstream gained a tool
+    # htmx: the tools card is replaced in place with the new list
+    r = admin.post(f"/servers/{sid}/refresh-tools", htmx=True)
+    assert r.status_code == 200, text(r)
+    fragment = text(r)
+    assert fragment.startswith("<h2>Tools") and "<html" not in fragment
+    assert '<span class="badge">2</span>' in fragment and "<code>added</code>" in fragment
+    assert stored_tools(app, "watched") == ["x", "added"]
+    assert one(app, AuditEvent, action="mcp_server.refresh_tools").detail == "tools=2, added=1, removed=0"
+    # without JavaScript: back to the server page with a message
+    r = admin.post(f"/servers/{sid}/refresh-tools")
+    assert r.status_code == 303 and r.headers["Location"] == f"/servers/{sid}"
+    assert "2 tools discovered." in text(admin.get(f"/servers/{sid}"))
+    # an unreachable upstream: the reason in the fragment (422), the stored list kept
+    with app.app_context():
+        db.session.get(McpServer, sid).url = f"http://127.0.0.1:{free_port()}/mcp"
+        db.session.commit()
+    r = admin.post(f"/servers/{sid}/refresh-tools", htmx=True)
+    assert r.status_code == 422 and 'role="alert"' in text(r) and "unreachable" in text(r)
+    assert "<code>added</code>" in text(r) and stored_tools(app, "watched") == ["x", "added"]
+    # admins only, with the CSRF token
+    assert member.post(f"/servers/{sid}/refresh-tools", htmx=True).status_code == 403
+    assert admin.post(f"/servers/{sid}/refresh-tools", {"csrf_token": ""}).status_code == 400
+
+
 def test_server_search_and_pagination(app, admin):
     for i in range(23):
         new_server(app, f"srv-{i:02d}")
@@ -277,9 +317,9 @@ def test_service_create_edit_delete(app, admin):
     assert r.status_code == 303
     service = one(app, Service, name="billing")
     assert service.credential_header == "Authorization"
-    page = text(admin.get(f"/services/{service.id}"))
+    page = ok(admin.get(f"/services/{service.id}"))
     assert "leave blank to keep" in page and "canary-service-secret" not in page
-    assert "canary-service-secret" not in text(admin.get("/services"))
+    assert "canary-service-secret" not in ok(admin.get("/services"))
 
     r = admin.post(f"/services/{service.id}", {"name": "billing", "description": "Invoices v2",
                                                "base_url": "https://api.example.com", "credential_header": "X-Key",
@@ -401,7 +441,7 @@ def test_key_secret_shown_once(app, admin, member_id):
 
     # never again: not on the key page, the list, the audit log or any htmx fragment
     for path in [f"/keys/{key.id}", "/keys", "/audit", f"/keys?q={key.key_prefix}"]:
-        body = text(admin.get(path))
+        body = ok(admin.get(path))
         assert secret not in body and 'class="secret"' not in body, path
     assert key.key_prefix in text(admin.get("/keys"))
     event = one(app, AuditEvent, action="virtual_key.create")

@@ -9,6 +9,7 @@ from werkzeug.exceptions import HTTPException
 from ..auth import load_api_user
 from ..crypto import DecryptionError
 from ..ops.errors import BadRequest, OpError
+from ..ops.fields import MAX_QUERY, JsonRefused, parse_json
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 PUBLIC = {"api.create_token", "api.openapi"}
@@ -62,6 +63,16 @@ def authenticate():
     return None
 
 
+@bp.before_request
+def query_without_nul():
+    """A NUL in a query parameter is a 400 naming it: no real client sends one, and PostgreSQL
+    refuses it in any comparison (every list filters on what the query string says)."""
+    bad = sorted({name[:40] for name, value in request.args.items(multi=True) if "\x00" in name + value})
+    if bad:
+        raise BadRequest("invalid query parameters: " + ", ".join(bad), {name: "must not contain NUL" for name in bad})
+    return None
+
+
 def admin_only(view):
     @wraps(view)
     def wrapped(*args, **kwargs):
@@ -72,12 +83,14 @@ def admin_only(view):
 
 
 def body() -> dict:
-    """The JSON body; malformed JSON or a non-object is a 400."""
-    data = request.get_json(force=True, silent=True)
-    if data is None:
-        if request.get_data():
-            raise BadRequest("the request body is not valid JSON")
+    """The JSON body; malformed or too deeply nested JSON, or a non-object, is a 400."""
+    raw = request.get_data()
+    if not raw:
         raise BadRequest("a JSON object body is required")
+    try:
+        data = parse_json(raw)
+    except JsonRefused as e:
+        raise BadRequest(f"the request body is {e}") from None
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object")
     return data
@@ -104,6 +117,14 @@ def page_params(default: int = DEFAULT_LIMIT, maximum: int = MAX_LIMIT) -> tuple
     if fields:
         raise BadRequest("invalid pagination", fields)
     return int(limit), int(offset)
+
+
+def search_term() -> str:
+    """A list's ``?q=``, stripped; longer than MAX_QUERY characters is a 400."""
+    term = (request.args.get("q") or "").strip()
+    if len(term) > MAX_QUERY:
+        raise BadRequest("invalid query parameters: q", {"q": f"at most {MAX_QUERY} characters"})
+    return term
 
 
 def listing(name: str, query, limit: int, offset: int, to_dict):

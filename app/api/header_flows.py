@@ -29,7 +29,7 @@ def submit_header_flow(flow_id):
     return jsonify(cred.to_dict())
 
 
-@bp.delete("/credentials/<int:credential_id>")
+@bp.delete("/credentials/<id:credential_id>")
 def delete_credential(credential_id):
     cred = ops.get_credential(credential_id)
     if not ops.may_revoke(cred, g.user, _token()):

@@ -5,7 +5,7 @@ from sqlalchemy import or_
 from ..extensions import db
 from ..models import VirtualKey
 from ..ops import keys as ops
-from . import admin_only, body, bp, listing, page_params
+from . import admin_only, body, bp, listing, page_params, search_term
 
 
 @bp.get("/virtual-keys")
@@ -14,8 +14,7 @@ def list_keys():
     q = db.select(VirtualKey).order_by(VirtualKey.id.desc())
     if not g.user.is_admin:
         q = q.where(VirtualKey.owner_id == g.user.id)
-    if request.args.get("q"):
-        term = request.args["q"].strip()
+    if term := search_term():
         q = q.where(or_(VirtualKey.name.icontains(term, autoescape=True),
                         VirtualKey.key_prefix.icontains(term, autoescape=True)))
     if request.args.get("source"):
@@ -31,12 +30,12 @@ def create_key():
     return jsonify({**key.to_dict(), "key": secret}), 201
 
 
-@bp.get("/virtual-keys/<int:key_id>")
+@bp.get("/virtual-keys/<id:key_id>")
 def get_key(key_id):
     return jsonify(ops.get_key(key_id, viewer=g.user).to_dict())
 
 
-@bp.patch("/virtual-keys/<int:key_id>")
+@bp.patch("/virtual-keys/<id:key_id>")
 @admin_only
 def update_key(key_id):
     key = ops.update_key(ops.get_key(key_id), body())
@@ -44,7 +43,7 @@ def update_key(key_id):
     return jsonify(key.to_dict())
 
 
-@bp.delete("/virtual-keys/<int:key_id>")
+@bp.delete("/virtual-keys/<id:key_id>")
 def delete_key(key_id):
     ops.delete_key(ops.get_key(key_id, viewer=g.user))
     db.session.commit()

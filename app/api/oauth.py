@@ -18,13 +18,13 @@ def list_oauth_clients():
     return listing("oauth_clients", ops.clients_query(_term()), limit, offset, OAuthClient.to_dict)
 
 
-@bp.get("/oauth-clients/<int:client_pk>")
+@bp.get("/oauth-clients/<id:client_pk>")
 @admin_only
 def get_oauth_client(client_pk):
     return jsonify(ops.get_client(client_pk).to_dict())
 
 
-@bp.delete("/oauth-clients/<int:client_pk>")
+@bp.delete("/oauth-clients/<id:client_pk>")
 @admin_only
 def delete_oauth_client(client_pk):
     ops.delete_client(ops.get_client(client_pk))
@@ -43,7 +43,7 @@ def list_oauth_consents():
                     "total_count": total, "limit": limit, "offset": offset})
 
 
-@bp.delete("/oauth-consents/<int:consent_id>")
+@bp.delete("/oauth-consents/<id:consent_id>")
 def revoke_oauth_consent(consent_id):
     ops.revoke_consent(g.user, ops.get_consent(g.user, consent_id))
     db.session.commit()

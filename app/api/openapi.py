@@ -16,10 +16,9 @@ from ..models.servers import AUTH_TYPES
 from ..models.users import ROLES, TOKEN_PREFIX
 from ..ops.connections import AUTH_KINDS as SESSION_AUTH_KINDS
 from ..ops.connections import KINDS as SESSION_KINDS
-from ..ops.connections import MAX_QUERY as SESSION_MAX_QUERY
 from ..ops.connections import ROW_ID_RE
 from ..ops.connections import STATUSES as SESSION_STATUSES
-from ..ops.fields import HEADER_NAME_RE, MAX_HEADER_NAME, MAX_HEADER_VALUE, MAX_NAME, MAX_URL, NAME_RE
+from ..ops.fields import HEADER_NAME_RE, MAX_HEADER_NAME, MAX_HEADER_VALUE, MAX_NAME, MAX_QUERY, MAX_URL, NAME_RE
 from ..ops.keys import MAX_AGENT_ID, MAX_KEY_NAME, MAX_RATE_LIMIT
 from ..ops.servers import MAX_OAUTH_VALUE, MAX_TIMEOUT
 from ..ops.services import MAX_DESCRIPTION
@@ -273,6 +272,14 @@ SCHEMAS = {
         "id": STR, "kind": {"type": "string", "enum": list(FLOW_KINDS)},
         "auth_mode": {"type": "string", "enum": list(AUTH_MODES)},
         "server": obj({"id": ID, "name": STR}, ["id", "name"]),
+        "user": nullable(obj({"id": ID, "email": STR}, ["id", "email"],
+                             description="user flows: the person whose credential the values become.")),
+        "virtual_key": nullable(obj(
+            {"id": ID, "name": STR,
+             "owner": nullable(obj({"id": ID, "email": STR}, ["id", "email"], description="null: no owner."))},
+            ["id", "name", "owner"],
+            description="vk flows: the key whose credential the values become. Both user and virtual_key "
+                        "are null for a session flow (an anonymous development session).")),
         "reason": {"type": "string", "description": "Why the values are asked for."},
         "required_header_keys": {"type": "array", "items": STR},
         "stored_header_keys": {"type": "array", "items": STR,
@@ -280,8 +287,8 @@ SCHEMAS = {
                                               "resubmission may leave them out and they are kept."},
         "missing_header_keys": {"type": "array", "items": STR},
         "expires_at": TIMESTAMP,
-    }, ["id", "kind", "auth_mode", "server", "reason", "required_header_keys", "stored_header_keys",
-        "missing_header_keys", "expires_at"]),
+    }, ["id", "kind", "auth_mode", "server", "user", "virtual_key", "reason", "required_header_keys",
+        "stored_header_keys", "missing_header_keys", "expires_at"]),
     "HeaderFlowSubmit": obj({"headers": {
         "type": "object", "additionalProperties": {"type": ["string", "null"], "maxLength": MAX_HEADER_VALUE},
         "writeOnly": True,
@@ -393,7 +400,8 @@ PARAMETERS = {
               "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}},
     "offset": {"name": "offset", "in": "query", "description": "Items to skip.",
                "schema": {"type": "integer", "minimum": 0, "default": 0}},
-    "q": {"name": "q", "in": "query", "description": "Search text.", "schema": STR},
+    "q": {"name": "q", "in": "query", "description": "Search text.",
+          "schema": {"type": "string", "maxLength": MAX_QUERY}},
 }
 
 
@@ -561,7 +569,9 @@ PATHS = {
                         "description": "vk/session flows: the temp token from the submit URL's fragment "
                                        "(#t=...), instead of an API token."}],
         "get": op("get_header_flow", "credentials", "What a header submission flow asks for",
-                  {**ok(200, "The form: server, required and stored header names (never a value).", "HeaderFlow"),
+                  {**ok(200, "The form: whose credential it becomes (the user, or the key and its "
+                                 "owner), the server, required and stored header names (never a value).",
+                          "HeaderFlow"),
                    **problems("Unauthorized", "NotFound"),
                    "403": error_response("Another user's flow, or a missing or wrong flow token."),
                    "410": error_response("The flow expired or was used.")},
@@ -597,7 +607,7 @@ PATHS = {
         "list_sessions", "sessions", "List stored credentials and pending flows, newest first",
         {**ok(200, "One page.", "SessionList"), **problems("BadRequest", "Unauthorized")},
         params=[{"$ref": "#/components/parameters/limit"}, {"$ref": "#/components/parameters/offset"},
-                {"name": "q", "in": "query", "schema": {"type": "string", "maxLength": SESSION_MAX_QUERY},
+                {"name": "q", "in": "query", "schema": {"type": "string", "maxLength": MAX_QUERY},
                  "description": "Part of a server name, user e-mail or key name (case-insensitive), or "
                                 "exactly a key id, an MCP session id or a row id."},
                 *[{"name": name, "in": "query", "style": "form", "explode": False,

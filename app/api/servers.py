@@ -1,9 +1,9 @@
-from flask import jsonify, request
+from flask import jsonify
 
 from ..extensions import db
 from ..models import McpServer
 from ..ops import servers as ops
-from . import admin_only, body, bp, listing, page_params
+from . import admin_only, body, bp, listing, page_params, search_term
 
 
 @bp.get("/mcp-servers")
@@ -11,8 +11,8 @@ from . import admin_only, body, bp, listing, page_params
 def list_servers():
     limit, offset = page_params()
     q = db.select(McpServer).order_by(McpServer.name)
-    if request.args.get("q"):
-        q = q.where(McpServer.name.contains(request.args["q"].strip().lower(), autoescape=True))
+    if term := search_term():
+        q = q.where(McpServer.name.contains(term.lower(), autoescape=True))
     return listing("mcp_servers", q, limit, offset, McpServer.to_dict)
 
 
@@ -24,13 +24,13 @@ def create_server():
     return jsonify(server.to_dict()), 201
 
 
-@bp.get("/mcp-servers/<int:server_id>")
+@bp.get("/mcp-servers/<id:server_id>")
 @admin_only
 def get_server(server_id):
     return jsonify(ops.get_server(server_id).to_dict())
 
 
-@bp.patch("/mcp-servers/<int:server_id>")
+@bp.patch("/mcp-servers/<id:server_id>")
 @admin_only
 def update_server(server_id):
     result = ops.update_server(ops.get_server(server_id), body())
@@ -38,7 +38,7 @@ def update_server(server_id):
     return jsonify(result.server.to_dict())
 
 
-@bp.post("/mcp-servers/<int:server_id>/refresh-tools")
+@bp.post("/mcp-servers/<id:server_id>/refresh-tools")
 @admin_only
 def refresh_server_tools(server_id):
     server = ops.refresh_tools(ops.get_server(server_id))
@@ -46,7 +46,7 @@ def refresh_server_tools(server_id):
     return jsonify(server.to_dict())
 
 
-@bp.delete("/mcp-servers/<int:server_id>")
+@bp.delete("/mcp-servers/<id:server_id>")
 @admin_only
 def delete_server(server_id):
     ops.delete_server(ops.get_server(server_id))

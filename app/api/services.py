@@ -1,9 +1,9 @@
-from flask import jsonify, request
+from flask import jsonify
 
 from ..extensions import db
 from ..models import Service
 from ..ops import services as ops
-from . import admin_only, body, bp, listing, page_params
+from . import admin_only, body, bp, listing, page_params, search_term
 
 
 @bp.get("/services")
@@ -11,8 +11,8 @@ from . import admin_only, body, bp, listing, page_params
 def list_services():
     limit, offset = page_params()
     q = db.select(Service).order_by(Service.name)
-    if request.args.get("q"):
-        q = q.where(Service.name.contains(request.args["q"].strip().lower(), autoescape=True))
+    if term := search_term():
+        q = q.where(Service.name.contains(term.lower(), autoescape=True))
     return listing("services", q, limit, offset, Service.to_dict)
 
 
@@ -24,13 +24,13 @@ def create_service():
     return jsonify(service.to_dict()), 201
 
 
-@bp.get("/services/<int:service_id>")
+@bp.get("/services/<id:service_id>")
 @admin_only
 def get_service(service_id):
     return jsonify(ops.get_service(service_id).to_dict())
 
 
-@bp.patch("/services/<int:service_id>")
+@bp.patch("/services/<id:service_id>")
 @admin_only
 def update_service(service_id):
     service = ops.update_service(ops.get_service(service_id), body())
@@ -38,7 +38,7 @@ def update_service(service_id):
     return jsonify(service.to_dict())
 
 
-@bp.delete("/services/<int:service_id>")
+@bp.delete("/services/<id:service_id>")
 @admin_only
 def delete_service(service_id):
     ops.delete_service(ops.get_service(service_id))

@@ -56,7 +56,7 @@ def list_tokens():
     return listing("tokens", ops.tokens_of(g.user, user_id), limit, offset, ApiToken.to_dict)
 
 
-@bp.delete("/tokens/<int:token_id>")
+@bp.delete("/tokens/<id:token_id>")
 def delete_token(token_id):
     ops.revoke_token(ops.get_token(token_id, g.user))
     db.session.commit()

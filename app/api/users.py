@@ -1,9 +1,9 @@
-from flask import g, jsonify, request
+from flask import g, jsonify
 
 from ..extensions import db
 from ..models import User
 from ..ops import users as ops
-from . import admin_only, body, bp, listing, page_params
+from . import admin_only, body, bp, listing, page_params, search_term
 
 
 @bp.get("/users")
@@ -11,8 +11,8 @@ from . import admin_only, body, bp, listing, page_params
 def list_users():
     limit, offset = page_params()
     q = db.select(User).order_by(User.id)
-    if request.args.get("q"):
-        q = q.where(User.email.contains(request.args["q"].strip().lower(), autoescape=True))
+    if term := search_term():
+        q = q.where(User.email.contains(term.lower(), autoescape=True))
     return listing("users", q, limit, offset, User.to_dict)
 
 
@@ -24,13 +24,13 @@ def create_user():
     return jsonify(user.to_dict()), 201
 
 
-@bp.get("/users/<int:user_id>")
+@bp.get("/users/<id:user_id>")
 @admin_only
 def get_user(user_id):
     return jsonify(ops.get_user(user_id).to_dict())
 
 
-@bp.patch("/users/<int:user_id>")
+@bp.patch("/users/<id:user_id>")
 @admin_only
 def update_user(user_id):
     user = ops.update_user(ops.get_user(user_id), body())
@@ -38,7 +38,7 @@ def update_user(user_id):
     return jsonify(user.to_dict())
 
 
-@bp.delete("/users/<int:user_id>")
+@bp.delete("/users/<id:user_id>")
 @admin_only
 def delete_user(user_id):
     user = ops.get_user(user_id)

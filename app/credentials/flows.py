@@ -14,6 +14,7 @@ or echoed.
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 
 from flask import current_app
@@ -22,17 +23,18 @@ from sqlalchemy.exc import IntegrityError
 
 from ..audit import record
 from ..extensions import db
-from ..models import Credential, Flow, McpServer
+from ..models import Credential, Flow, McpServer, User, VirtualKey
 from ..models.base import digest, iso, utcnow
 from ..models.credentials import FLOW_TTL
 from ..ops.errors import BadRequest, Forbidden, NotFound, OpError  # noqa: F401 (used by the API)
-from ..ops.fields import HEADER_NAME_RE, MAX_HEADER_VALUE, header_value_ok
+from ..ops.fields import HEADER_NAME_RE, HEADER_VALUE_RULE, header_value_ok, valid_id
 from ..upstream.client import UpstreamError
 from ..upstream.discovery import list_tools
 from .bindings import Binding
 from .store import headers_for
 
 TOKEN_HEADER = "X-Portcullis-Flow-Token"
+FLOW_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # flow ids are url-safe random tokens; nothing else is looked up
 FLOW_ID_BYTES = 24
 TOKEN_BYTES = 32
 
@@ -82,7 +84,7 @@ class Rejected(OpError):
 
 
 def get_flow(flow_id: str) -> Flow:
-    flow = db.session.get(Flow, flow_id) if isinstance(flow_id, str) and 0 < len(flow_id) <= 64 else None
+    flow = db.session.get(Flow, flow_id) if isinstance(flow_id, str) and FLOW_ID_RE.fullmatch(flow_id) else None
     if flow is None:
         raise NotFound("no such flow")
     return flow
@@ -123,10 +125,26 @@ def form(flow: Flow) -> dict:
     else:
         reason = "a required header is missing or the stored credential is not usable"
     return {"id": flow.id, "kind": flow.kind, "auth_mode": flow.auth_mode,
-            "server": {"id": server.id, "name": server.name},
+            "server": {"id": server.id, "name": server.name}, **_whose(flow),
             "reason": reason, "required_header_keys": required, "stored_header_keys": stored,
             "missing_header_keys": [k for k in required if k not in stored],
             "expires_at": iso(flow.expires_at)}
+
+
+def _person(user_id) -> dict | None:
+    user = db.session.get(User, user_id) if user_id is not None else None
+    return {"id": user.id, "email": user.email} if user is not None else None
+
+
+def _whose(flow: Flow) -> dict:
+    """Whose credential the values become, shown before anything is typed: a forwarded vk or
+    session link must not trick a person into attaching their secret to someone else's key.
+    ``user``: that person; ``virtual_key``: the key with its owner (or null); both null for a
+    session flow (an anonymous development session)."""
+    key = db.session.get(VirtualKey, flow.virtual_key_id) if flow.virtual_key_id is not None else None
+    return {"user": _person(flow.user_id),
+            "virtual_key": None if key is None else {"id": key.id, "name": key.name,
+                                                      "owner": _person(key.owner_id)}}
 
 
 def _clean(headers, required: list[str]) -> dict:
@@ -144,8 +162,7 @@ def _clean(headers, required: list[str]) -> dict:
         if value is None or value == "":
             continue  # left blank: keep the stored value, if any
         if not header_value_ok(value):
-            raise BadRequest("invalid header value",
-                             {"headers": f"the value of {key} must be one line of at most {MAX_HEADER_VALUE} characters"})
+            raise BadRequest(f"invalid value of {key}", {"headers": f"the value of {key} {HEADER_VALUE_RULE}"})
         out[key] = value
     return out
 
@@ -202,7 +219,7 @@ def _store(flow_id: str, binding: Binding, values: dict) -> Credential:
 
 
 def get_credential(credential_id) -> Credential:
-    cred = db.session.get(Credential, credential_id) if isinstance(credential_id, int) and credential_id > 0 else None
+    cred = db.session.get(Credential, credential_id) if valid_id(credential_id) else None
     if cred is None:
         raise NotFound("no such credential")
     return cred

@@ -21,6 +21,7 @@ from ..oauth_server import metadata as oauth_metadata
 from ..extensions import db
 from .. import identity
 from ..identity import Caller
+from ..ops.fields import JsonRefused, parse_json
 from . import native
 from . import tools as toolnames
 from ..upstream.client import UpstreamError
@@ -121,9 +122,9 @@ def handle(req: Request, server_name: str | None) -> Response:
     message = None
     if req.method == "POST":
         try:
-            message = json.loads(req.get_data())
-        except ValueError:
-            return rpc_error(None, types.PARSE_ERROR, "parse error: the body is not valid JSON", 400)
+            message = parse_json(req.get_data())
+        except JsonRefused as e:
+            return rpc_error(None, types.PARSE_ERROR, f"parse error: the body is {e}", 400)
     req_id = message.get("id") if isinstance(message, dict) and _valid_id(message.get("id")) else None
 
     try:

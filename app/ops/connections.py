@@ -33,21 +33,21 @@ from sqlalchemy.orm.exc import StaleDataError
 from ..audit import record
 from ..credentials import flows
 from ..credentials.bindings import Binding
+from ..credentials.flows import FLOW_ID_RE
 from ..credentials.resolvers import flow_resolver, resolver
 from ..extensions import db
 from ..models import Credential, Flow, McpServer, User, VirtualKey
 from ..models.base import MAX_ID, iso, utcnow
 from ..models.credentials import AUTH_MODES, IDENTITY_COLUMN
 from .errors import BadRequest, Forbidden, NotFound
+from .fields import MAX_QUERY
 
 CREDENTIAL_STATUSES = ("active", "needs_update", "orphaned", "needs_reauth")
 FLOW_STATUSES = ("pending",)
 STATUSES = CREDENTIAL_STATUSES + FLOW_STATUSES
 AUTH_KINDS = ("headers", "oauth")
 KINDS = ("credential", "flow")
-MAX_QUERY = 200
-FLOW_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # flow ids are url-safe random tokens
-ROW_ID_RE = re.compile(r"^(cred_[1-9][0-9]*|flow_[A-Za-z0-9_-]{1,64})$")  # public row ids
+ROW_ID_RE = re.compile(r"^(cred_[1-9][0-9]*|flow_[A-Za-z0-9_-]{1,64})$")  # public row ids (FLOW_ID_RE)
 CHOICES = {"status": STATUSES, "auth_mode": AUTH_MODES, "auth_kind": AUTH_KINDS, "kind": KINDS}
 
 
@@ -160,7 +160,7 @@ def _search(t, term: str, row_kind: str, lk: _Lookups):
     prefix = "cred_" if row_kind == "credential" else "flow_"
     if term.startswith(prefix) and len(term) > len(prefix):
         rest = term[len(prefix):]
-        if row_kind == "flow" and FLOW_ID_RE.match(rest):
+        if row_kind == "flow" and FLOW_ID_RE.fullmatch(rest):
             arms.append(t.id == rest)
         elif rest.isascii() and rest.isdigit() and int(rest) <= MAX_ID:
             arms.append(t.id == int(rest))
@@ -311,7 +311,7 @@ def parse_id(row_id) -> tuple[str, int | str] | None:
             return "credential", int(rest)
     elif row_id.startswith("flow_"):
         rest = row_id[5:]
-        if FLOW_ID_RE.match(rest):
+        if FLOW_ID_RE.fullmatch(rest):
             return "flow", rest
     return None
 

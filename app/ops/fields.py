@@ -5,6 +5,7 @@ fields are refused: a typo must not silently do nothing.
 """
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -20,14 +21,64 @@ MAX_HEADER_NAME = 64
 # RFC 9110 token characters
 HEADER_NAME_RE = re.compile(r"^[!#$%%&'*+\-.^_`|~0-9A-Za-z]{1,%d}$" % MAX_HEADER_NAME)
 MAX_HEADER_VALUE = 8192
+# RFC 9110 field-value in ASCII: visible characters, spaces and tabs only between them. The HTTP
+# client sends nothing else (a line break, 'é' or a leading space fails at the upstream call).
+HEADER_VALUE_RE = re.compile(r"[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*")
+HEADER_VALUE_RULE = (f"must be printable ASCII (letters, digits, punctuation; spaces or tabs only between them), "
+                     f"at most {MAX_HEADER_VALUE} characters: an HTTP header cannot carry anything else")
 
 
 def header_value_ok(value) -> bool:
-    """A value that can be sent in an HTTP header as typed: one line, at most MAX_HEADER_VALUE
-    characters (shared headers, sample values and each person's own values alike)."""
-    return isinstance(value, str) and len(value) <= MAX_HEADER_VALUE and not any(c in value for c in "\r\n\x00")
+    """A value that can be sent in an HTTP header as typed (shared headers, sample values and each
+    person's own values alike); refused ones are named with HEADER_VALUE_RULE, never echoed."""
+    return isinstance(value, str) and len(value) <= MAX_HEADER_VALUE and HEADER_VALUE_RE.fullmatch(value) is not None
+
+
+MAX_JSON_DEPTH = 64
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+
+
+class JsonRefused(ValueError):
+    """A client's body that is not JSON, nested too deeply or unstorable text; the message says which."""
+
+
+def parse_json(data: bytes):
+    """The JSON value a client sent (the API's bodies, /mcp's messages), in UTF-8 (RFC 8259).
+
+    Refused: text with an unpaired surrogate escape (``"\\ud800"``), which no database or
+    encoder takes; more than MAX_JSON_DEPTH levels of arrays and objects, since the decoder
+    recurses per level (a few thousand were a RecursionError) and so does whatever handles the
+    value later, such as the encoder that forwards tool arguments. A body with fewer brackets than
+    that cannot be deeper, and one without a surrogate escape has no such text: the common, small
+    case costs two scans."""
+    try:
+        text = data.decode("utf-8")
+        value = json.loads(text)
+    except RecursionError:
+        raise JsonRefused(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError:  # also UnicodeDecodeError
+        raise JsonRefused("not valid JSON") from None
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH:
+        stack = [(value, 1)]
+        while stack:
+            node, depth = stack.pop()
+            if isinstance(node, dict):
+                node = node.values()
+            elif not isinstance(node, list):
+                continue
+            if depth > MAX_JSON_DEPTH:
+                raise JsonRefused(f"nested deeper than {MAX_JSON_DEPTH} levels")
+            stack.extend((child, depth + 1) for child in node)
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise JsonRefused("not valid JSON: a \\u escape of an unpaired surrogate (D800-DFFF)") from None
+    return value
+
 
 _MISSING = object()
+MAX_QUERY = 200  # search text: longer than any name; SQLite refuses LIKE patterns over 50 000 bytes
 
 
 def valid_id(value) -> bool:

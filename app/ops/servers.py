@@ -12,7 +12,7 @@ from ..upstream.discovery import refresh
 from ..models import McpServer
 from ..models.servers import AUTH_TYPES, OAUTH_TYPES
 from .errors import Conflict, Invalid, NotFound
-from .fields import HEADER_NAME_RE, MAX_HEADER_VALUE, Fields, header_value_ok, missing, valid_id
+from .fields import HEADER_NAME_RE, HEADER_VALUE_RULE, Fields, header_value_ok, missing, valid_id
 
 FIELDS = {"name", "url", "auth_type", "headers", "per_user_header_keys", "sample_headers", "oauth",
           "allow_on_all_virtual_keys", "enabled", "connect_timeout", "read_timeout"}
@@ -96,7 +96,7 @@ def _headers(f: Fields, partial: bool):
             f.fail("headers", f"the value of {clean} must be a non-empty string")
             return None
         if not header_value_ok(value):
-            f.fail("headers", f"the value of {clean} must be one line of at most {MAX_HEADER_VALUE} characters")
+            f.fail("headers", f"the value of {clean} {HEADER_VALUE_RULE}")
             return None
         out[clean] = value
     return out
@@ -127,7 +127,7 @@ def _sample_headers(f: Fields):
             f.fail("sample_headers", f"the value of {clean} must be a non-empty string")
             return None
         if not header_value_ok(value):
-            f.fail("sample_headers", f"the value of {clean} must be one line of at most {MAX_HEADER_VALUE} characters")
+            f.fail("sample_headers", f"the value of {clean} {HEADER_VALUE_RULE}")
             return None
         out[clean] = value
     return out

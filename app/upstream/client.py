@@ -234,7 +234,7 @@ class UpstreamCall:
             for data in _sse_data(self.resp.iter_lines()):
                 try:
                     msg = json.loads(data)
-                except ValueError:
+                except (ValueError, RecursionError):
                     raise UpstreamError(f"{ep.name}: sent an invalid event") from None
                 if not isinstance(msg, dict):
                     continue
@@ -294,6 +294,8 @@ def _parse_response(ep: Endpoint, raw: bytes, want_id) -> dict:
         msg = json.loads(raw)
     except ValueError:
         raise UpstreamError(f"{ep.name}: sent an answer that is not valid JSON") from None
+    except RecursionError:
+        raise UpstreamError(f"{ep.name}: sent an answer nested too deeply") from None
     if not isinstance(msg, dict) or msg.get("id") != want_id or ("result" not in msg and "error" not in msg):
         raise UpstreamError(f"{ep.name}: sent an invalid JSON-RPC answer")
     return msg

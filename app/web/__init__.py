@@ -1,7 +1,7 @@
 """The dashboard: server-rendered pages with htmx partials."""
 from __future__ import annotations
 
-from flask import Blueprint, g, request
+from flask import Blueprint, abort, g, request
 
 from ..auth import load_dashboard_user
 
@@ -14,6 +14,15 @@ def identify():
     g.user = None
     g.login = None
     load_dashboard_user()
+
+
+@bp.before_request
+def form_without_nul():
+    """A NUL in a form field is a 400: no browser sends one, and PostgreSQL refuses it in any
+    comparison (the login's e-mail, a search). Searches in the query string drop it instead."""
+    if any("\x00" in name + value for name, value in request.form.items(multi=True)):
+        abort(400, "A form field contained a NUL character. Reload the page and try again.")
+    return None
 
 
 @bp.app_context_processor

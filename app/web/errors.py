@@ -9,12 +9,12 @@ from ..extensions import db
 from ..ops.errors import NotFound
 from . import bp
 
-TITLES = {400: "Form expired", 403: "Not allowed", 404: "Not found"}
+TITLES = {400: "Bad request", 403: "Not allowed", 404: "Not found"}
 TEXTS = {403: "This page is for admins.", 404: "There is nothing here, or it was deleted."}
 
 
-def _page(status: int, message: str | None = None):
-    return render_template("web/error.html", status=status, title=TITLES.get(status, "Error"),
+def _page(status: int, message: str | None = None, title: str | None = None):
+    return render_template("web/error.html", status=status, title=title or TITLES.get(status, "Error"),
                            message=message or TEXTS.get(status, "Something went wrong.")), status
 
 
@@ -40,6 +40,12 @@ def undecryptable(e: DecryptionError):
     return _page(500, str(e))
 
 
+@bp.errorhandler(400)
+def bad_request(e):
+    return _page(400, e.description)
+
+
 @bp.errorhandler(CSRFError)
 def csrf_failed(_e):
-    return _page(400, "The form was stale or not sent from this site. Reload the page and try again.")
+    return _page(400, "The form was stale or not sent from this site. Reload the page and try again.",
+                 "Form expired")

@@ -161,14 +161,14 @@ def _detail(key: VirtualKey, status: int = 200, **context):
     return resp
 
 
-@bp.get("/keys/<int:key_id>")
+@bp.get("/keys/<id:key_id>")
 @login_required
 def key_detail(key_id: int):
     key = ops.get_key(key_id, viewer=g.user)
     return _detail(key, secret=_take_secret(key))
 
 
-@bp.post("/keys/<int:key_id>")
+@bp.post("/keys/<id:key_id>")
 @admin_required
 def key_update(key_id: int):
     key = ops.get_key(key_id)
@@ -185,7 +185,7 @@ def key_update(key_id: int):
     return done(url_for("web.key_detail", key_id=key.id))
 
 
-@bp.post("/keys/<int:key_id>/grants")
+@bp.post("/keys/<id:key_id>/grants")
 @admin_required
 def key_grants(key_id: int):
     key = ops.get_key(key_id)
@@ -209,7 +209,7 @@ def key_grants(key_id: int):
     return done(url_for("web.key_detail", key_id=key.id))
 
 
-@bp.post("/keys/<int:key_id>/revoke")
+@bp.post("/keys/<id:key_id>/revoke")
 @login_required
 def key_revoke(key_id: int):
     key = ops.get_key(key_id, viewer=g.user)  # a member may revoke the keys they own
@@ -221,7 +221,7 @@ def key_revoke(key_id: int):
     return done(url_for("web.key_detail", key_id=key.id))
 
 
-@bp.post("/keys/<int:key_id>/delete")
+@bp.post("/keys/<id:key_id>/delete")
 @login_required
 def key_delete(key_id: int):
     key = ops.get_key(key_id, viewer=g.user)

@@ -31,7 +31,8 @@ class Page:
 
 
 def search_term() -> str:
-    return (request.args.get("q") or "").strip()[:MAX_QUERY]
+    """``?q=``, cut to MAX_QUERY characters, without NUL (which no database compares)."""
+    return (request.args.get("q") or "").replace("\x00", "").strip()[:MAX_QUERY]
 
 
 def matching(query, term: str, *columns):

@@ -21,7 +21,7 @@ def connected_apps():
                       live=ops.live_of(page.items))
 
 
-@bp.post("/connected-apps/<int:consent_id>/revoke")
+@bp.post("/connected-apps/<id:consent_id>/revoke")
 @login_required
 def connected_app_revoke(consent_id: int):
     consent = ops.get_consent(g.user, consent_id)  # NotFound -> the 404 page
@@ -42,7 +42,7 @@ def oauth_clients():
                       page=paginate(ops.clients_query(term), term))
 
 
-@bp.post("/oauth-clients/<int:client_pk>/delete")
+@bp.post("/oauth-clients/<id:client_pk>/delete")
 @admin_required
 def oauth_client_delete(client_pk: int):
     client = ops.get_client(client_pk)

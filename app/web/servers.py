@@ -120,7 +120,7 @@ def server_new():
     return done(url_for("web.servers"))
 
 
-@bp.route("/servers/<int:server_id>", methods=["GET", "POST"])
+@bp.route("/servers/<id:server_id>", methods=["GET", "POST"])
 @admin_required
 def server_edit(server_id: int):
     server = ops.get_server(server_id)
@@ -138,7 +138,7 @@ def server_edit(server_id: int):
     return done(url_for("web.servers"))
 
 
-@bp.post("/servers/<int:server_id>/refresh-tools")
+@bp.post("/servers/<id:server_id>/refresh-tools")
 @admin_required
 def server_refresh_tools(server_id: int):
     server = ops.get_server(server_id)
@@ -155,7 +155,7 @@ def server_refresh_tools(server_id: int):
     return done(url_for("web.server_edit", server_id=server_id))
 
 
-@bp.post("/servers/<int:server_id>/delete")
+@bp.post("/servers/<id:server_id>/delete")
 @admin_required
 def server_delete(server_id: int):
     server = ops.get_server(server_id)

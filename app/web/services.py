@@ -54,7 +54,7 @@ def service_new():
     return done(url_for("web.services"))
 
 
-@bp.route("/services/<int:service_id>", methods=["GET", "POST"])
+@bp.route("/services/<id:service_id>", methods=["GET", "POST"])
 @admin_required
 def service_edit(service_id: int):
     service = ops.get_service(service_id)
@@ -70,7 +70,7 @@ def service_edit(service_id: int):
     return done(url_for("web.services"))
 
 
-@bp.post("/services/<int:service_id>/delete")
+@bp.post("/services/<id:service_id>/delete")
 @admin_required
 def service_delete(service_id: int):
     service = ops.get_service(service_id)

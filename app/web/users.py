@@ -39,7 +39,7 @@ def user_new():
     return done(url_for("web.users"))
 
 
-@bp.route("/users/<int:user_id>", methods=["GET", "POST"])
+@bp.route("/users/<id:user_id>", methods=["GET", "POST"])
 @admin_required
 def user_edit(user_id: int):
     user = ops.get_user(user_id)
@@ -61,7 +61,7 @@ def user_edit(user_id: int):
     return done(url_for("web.users"))
 
 
-@bp.post("/users/<int:user_id>/delete")
+@bp.post("/users/<id:user_id>/delete")
 @admin_required
 def user_delete(user_id: int):
     user = ops.get_user(user_id)

@@ -1,9 +1,9 @@
 """A deliberately broken (or closely watched) upstream on plain http.server.
 
 initialize and tools/list work; tools/call then fails the way the path says: /500, /garbage,
-/drop, /slow, /html. /ok answers normally. Every request is recorded in SEEN as
-(path, method, Mcp-Session-Id); sessions are issued on initialize and can be forgotten
-(clear LIVE_SESSIONS) to make the next request get HTTP 404."""
+/deep (a result nested 5 000 levels), /drop, /slow, /html. /ok answers normally. Every request is
+recorded in SEEN as (path, method, Mcp-Session-Id); sessions are issued on initialize and can be
+forgotten (clear LIVE_SESSIONS) to make the next request get HTTP 404."""
 import json
 import socket
 import threading
@@ -55,8 +55,9 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(200, {"jsonrpc": "2.0", "id": msg["id"], "result": {"tools": TOOLS}})
         if mode == "500":
             return self._json(500, {"error": "internal"})
-        if mode == "garbage":
-            body = b"{not json"
+        if mode in ("garbage", "deep"):
+            body = b"{not json" if mode == "garbage" else (
+                b'{"jsonrpc": "2.0", "id": %d, "result": ' % msg["id"] + b"[" * 5000 + b"]" * 5000 + b"}")
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))

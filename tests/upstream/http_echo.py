@@ -6,10 +6,11 @@ frameworks do, X-HTTP-Method-Override / X-HTTP-Method / X-Method-Override or ``?
 except:
 
   /upload                  reads the body as it comes (Content-Length or chunked) and answers
-                           its length, sha256 and when the first and last bytes arrived
+                           its length and sha256; &gate=G sets gate(G) when the first bytes arrive
   /download?bytes=N        N bytes of a fixed pattern (Content-Length; &chunked=1: chunked)
-  /stream?chunks=N&delay=S N chunked pieces, S seconds apart
-  /slow?delay=S            answers after S seconds
+  /stream?chunks=N&gate=G  N chunked pieces; after the first it waits until gate(G) is set (at
+                           most 20 s; then it ends with "gate timed out" instead)
+  /slow?delay=S            answers after S seconds (&gate=G: once gate(G) is set, at most 20 s)
   /close                   closes the connection without answering
   /break?bytes=N           announces 2N bytes, sends N, closes
   /redirect?to=URL         302 to URL
@@ -19,6 +20,9 @@ except:
   .../files/NAME           an upstream that stores uploads (object storage, a wiki): PUT keeps the
                            body and its Content-Type under NAME, GET and HEAD serve them back (404
                            when unknown)
+
+Gates let an in-process test see what happens *while* a body streams, without timing it:
+``gate(name)`` is a threading.Event shared by the test and this server.
 
 usage as a process: python tests/upstream/http_echo.py --port N
 """
@@ -36,6 +40,14 @@ from urllib.parse import parse_qs
 CHUNK = 64 * 1024
 PATTERN = bytes(range(256)) * (CHUNK // 256)
 OVERRIDE_HEADERS = ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override")
+GATE_TIMEOUT = 20.0
+_gates: dict[str, threading.Event] = {}
+_gates_lock = threading.Lock()
+
+
+def gate(name: str) -> threading.Event:
+    with _gates_lock:
+        return _gates.setdefault(name, threading.Event())
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -117,16 +129,14 @@ class Handler(BaseHTTPRequestHandler):
         mode = self.path.partition("?")[0].rstrip("/").rsplit("/", 1)[-1]
         p = self._params()
         if mode == "upload":
-            digest, length, first, last = hashlib.sha256(), 0, None, None
+            digest, length = hashlib.sha256(), 0
             for data in self._body_chunks():
-                now = time.monotonic()
-                first = first or now
-                last = now
+                if not length and "gate" in p:
+                    gate(p["gate"]).set()
                 digest.update(data)
                 length += len(data)
             return self._json(200, {"body_length": length, "body_sha256": digest.hexdigest(),
-                                    "chunked": "chunked" in (self.headers.get("Transfer-Encoding") or ""),
-                                    "spread": (last - first) if first else 0.0})
+                                    "chunked": "chunked" in (self.headers.get("Transfer-Encoding") or "")})
         body = b"".join(self._body_chunks())
         if mode == "download":
             n = int(p.get("bytes", "0"))
@@ -153,13 +163,17 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             for i in range(int(p.get("chunks", "3"))):
-                if i:
-                    time.sleep(float(p.get("delay", "0.2")))
+                if i == 1 and "gate" in p and not gate(p["gate"]).wait(GATE_TIMEOUT):
+                    self._chunk(b"gate timed out\n")
+                    break
                 self._chunk(f"chunk {i}\n".encode())
             self.wfile.write(b"0\r\n\r\n")
             return
         if mode == "slow":
-            time.sleep(float(p.get("delay", "1")))
+            if "gate" in p:
+                gate(p["gate"]).wait(GATE_TIMEOUT)
+            else:
+                time.sleep(float(p.get("delay", "1")))
         if mode == "close":
             self.close_connection = True
             return

@@ -78,6 +78,18 @@ def build(name: str) -> MCPServer:
         return "done"
 
     @mcp.tool()
+    async def gate(path: str, ctx: Context, timeout: float = 20.0) -> str:
+        """Report progress, then wait until a file exists at path (the client creates it when the
+        progress reaches it): proves that progress is relayed while the tool still runs."""
+        await ctx.report_progress(1, 2, "waiting")
+        with anyio.move_on_after(timeout):
+            while not await anyio.Path(path).exists():
+                await anyio.sleep(0.01)
+            await ctx.report_progress(2, 2, "opened")
+            return "opened"
+        return "timed out"
+
+    @mcp.tool()
     async def chatty(ctx: Context) -> str:
         """Logs at info and at warning while it runs."""
         await ctx.info("an info line")
