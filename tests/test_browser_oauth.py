@@ -46,8 +46,8 @@ def client_app():
     server.server_close()
 
 
-def test_consent_as_a_key_then_revoke_on_connected_apps(app, client, live_server, browser, member_id, upstreams,
-                                                        client_app):
+def test_consent_as_a_key_then_revoke_on_connected_apps(app, client, live_server, browser_context, member_id,
+                                                        upstreams, client_app):
     APP_REDIRECT, landed = client_app
     alpha = add_server(app, "alpha", upstreams["alpha"])
     key_id, _ = add_key(app, {alpha: ["echo"]}, name="laptop", owner_id=member_id)
@@ -55,7 +55,7 @@ def test_consent_as_a_key_then_revoke_on_connected_apps(app, client, live_server
     verifier, challenge = pkce()
     url = live_server + authorize_url(app_client["client_id"], challenge, redirect_uri=APP_REDIRECT, state="b-1")
 
-    context = browser.new_context()
+    context = browser_context()
     page = context.new_page()
     page.set_default_timeout(8000)
     page.goto(url)
@@ -87,4 +87,3 @@ def test_consent_as_a_key_then_revoke_on_connected_apps(app, client, live_server
     with app.app_context():
         assert db.session.scalar(select(OAuthConsent.revoked_at)) is not None
     assert rpc.call("tools/list").status_code == 401
-    context.close()
