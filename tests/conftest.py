@@ -18,7 +18,20 @@ from app.models import ApiToken, User
 pytest_plugins = ["tests.mcp_fixtures"]
 
 PASSWORD = "correct horse battery"
-KEPT_TABLES = {"signing_keys"}  # made once per test session (an RSA key takes a while); see reset_schema
+_SIGNING: dict = {}  # one RSA key for the whole session (making one takes a while), re-stored after each test
+
+
+def _signing_key(app) -> None:
+    """What `flask setup` does before the server starts: a key that signs access tokens."""
+    from app.models import SigningKey
+    from app.oauth_server import keys
+
+    if not _SIGNING:
+        key = keys.generate()
+        _SIGNING.update(kid=key.kid, private_pem=key.private_pem, public_jwk=key.public_jwk)
+    db.session.add(SigningKey(**_SIGNING))
+    db.session.commit()
+    app.extensions["signing_keys"].invalidate()
 
 
 def _database_url(tmp_path_factory) -> str:
@@ -42,10 +55,7 @@ def reset_schema(app) -> None:
             with db.engine.begin() as conn:
                 conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
         upgrade()
-        from app.oauth_server import keys
-
-        keys.ensure()  # what `flask setup` does before the server starts
-        db.session.commit()
+        _signing_key(app)
 
 
 @pytest.fixture(scope="session")
@@ -77,10 +87,9 @@ def _clean_tables(app):
         db.session.remove()
         with db.engine.begin() as conn:
             for table in reversed(db.metadata.sorted_tables):
-                if table.name not in KEPT_TABLES:
-                    conn.execute(table.delete())
+                conn.execute(table.delete())
+        _signing_key(app)  # (encrypted anew: a test may have rotated the encryption key)
     limiter.reset()
-    app.extensions["signing_keys"].invalidate()
 
 
 @pytest.fixture

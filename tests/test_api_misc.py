@@ -23,7 +23,9 @@ MEMBER_ALLOWED = {"api.list_keys", "api.get_key", "api.delete_key",
                   # the sessions of their own bindings (tests/test_sessions_api.py)
                   "api.list_sessions", "api.reauth_session", "api.delete_session",
                   # their own API tokens (tests/test_api_tokens.py)
-                  "api.list_tokens", "api.delete_token"}
+                  "api.list_tokens", "api.delete_token",
+                  # their own connected apps (tests/test_oauth_server.py)
+                  "api.list_oauth_consents", "api.revoke_oauth_consent"}
 
 
 def api_rules(app):

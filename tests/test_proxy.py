@@ -221,7 +221,7 @@ def test_a_key_expires_by_itself(app, client, svc, monkeypatch):
     set_key(app, key_id, expires_at=expiry)
     assert client.get("/proxy/echo/x", headers=vk(secret)).status_code == 200
     # the clock passes the expiry; nothing is edited (the snapshot stays as it is)
-    monkeypatch.setattr("app.proxy.utcnow", lambda: expiry + timedelta(seconds=1))
+    monkeypatch.setattr("app.identity.utcnow", lambda: expiry + timedelta(seconds=1))  # the door's clock
     assert_error(client.get("/proxy/echo/x", headers=vk(secret)), 401, "key_expired")
 
 

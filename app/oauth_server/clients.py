@@ -14,6 +14,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import socket
 import ssl
 from datetime import timedelta
@@ -54,11 +55,30 @@ def _string(data: dict, name: str, max_len: int) -> str | None:
     return value.strip()
 
 
+HOST_RE = re.compile(r"^([a-z0-9-]+(\.[a-z0-9-]+)*|\[[0-9a-f:.]+\])$")  # a DNS name or an IP literal
+
+
+def redirect_origin(uri: str) -> str | None:
+    """``scheme://host[:port]`` of a redirect URI, for the consent page's policy; None when the
+    host is not a plain DNS name or IP literal (such URIs are never registered)."""
+    try:
+        parts = urlsplit(uri)
+        port = parts.port
+    except ValueError:
+        return None
+    host = parts.netloc.rpartition("@")[2].rsplit(":", 1)[0] if port else parts.netloc.rpartition("@")[2]
+    if parts.scheme not in ("http", "https") or not HOST_RE.match(host.lower()):
+        return None
+    return f"{parts.scheme}://{host.lower()}" + (f":{port}" if port else "")
+
+
 def _redirect_uri_ok(uri) -> bool:
     if not isinstance(uri, str) or len(uri) > MAX_URI:
         return False
     parts = urlsplit(uri)
     if parts.fragment or parts.username or parts.password or not parts.hostname:
+        return False
+    if redirect_origin(uri) is None:
         return False
     return parts.scheme == "https" or loopback_redirect(uri)
 

@@ -16,7 +16,7 @@ from ..auth import load_dashboard_user
 from ..extensions import db, limiter
 from ..models import VirtualKey
 from ..models.base import utcnow
-from . import metadata
+from . import clients, metadata
 from .metadata import SERVER_NAME_RE
 from .server import Grantee, Issuer
 
@@ -157,6 +157,19 @@ def _refused_page(error: OAuth2Error):
                            description=error.get_error_description() or ""), 400
 
 
+def _allow_redirect(response, redirect_uri: str):
+    """The consent form's answer redirects to the client: the dashboard's policy allows form
+    submissions to this site only (form-action also governs redirects), so this answer's policy
+    adds exactly the client's redirect origin."""
+    from .. import SECURITY_HEADERS
+
+    origin = clients.redirect_origin(redirect_uri)
+    if origin:
+        response.headers["Content-Security-Policy"] = SECURITY_HEADERS["Content-Security-Policy"].replace(
+            "form-action 'self'", f"form-action 'self' {origin}")
+    return response
+
+
 @bp.route("/oauth/authorize", methods=["GET", "POST"])
 def authorize():
     user = g.get("user")
@@ -172,15 +185,16 @@ def authorize():
         return _refused_page(error)
     client = grant.client
     keys = _usable_keys(user)
+    redirect_uri = grant.request.payload.redirect_uri
     if request.method == "GET":
-        return render_template("web/oauth_consent.html", client=client, grant=grant, keys=keys, modes=_modes(),
-                               resource=grant.request.resource, redirect_host=_host(grant.request.payload.redirect_uri),
-                               error=None)
+        return _allow_redirect(make_response(render_template(
+            "web/oauth_consent.html", client=client, grant=grant, keys=keys, modes=_modes(),
+            resource=grant.request.resource, redirect_host=_host(redirect_uri), error=None)), redirect_uri)
     if request.form.get("decision") != "approve":
         record("oauth.deny", client, f"{user.email} denied {client.client_name or client.client_id[:80]}",
                target_name=client.client_name or client.client_id[:200])
         db.session.commit()
-        return server().create_authorization_response(grant=grant, grant_user=None)
+        return _allow_redirect(server().create_authorization_response(grant=grant, grant_user=None), redirect_uri)
     mode = request.form.get("mode", "user")
     key_id = None
     error = None
@@ -193,16 +207,16 @@ def authorize():
             error = "Choose one of your keys that works now."
     if error:
         db.session.rollback()
-        return render_template("web/oauth_consent.html", client=client, grant=grant, keys=keys, modes=_modes(),
-                               resource=grant.request.resource, redirect_host=_host(grant.request.payload.redirect_uri),
-                               error=error), 422
+        return _allow_redirect(make_response(render_template(
+            "web/oauth_consent.html", client=client, grant=grant, keys=keys, modes=_modes(),
+            resource=grant.request.resource, redirect_host=_host(redirect_uri), error=error), 422), redirect_uri)
     grantee = Grantee(user, g.login.id, mode, key_id, grant.request.resource)
     response = server().create_authorization_response(grant=grant, grant_user=grantee)
     record("oauth.consent", client, f"{user.email} as {mode}{f' (key {key_id})' if key_id else ''} "
                                     f"for {grant.request.resource}",
            target_name=client.client_name or client.client_id[:200])
     db.session.commit()
-    return response
+    return _allow_redirect(response, redirect_uri)
 
 
 def _host(uri: str | None) -> str:
