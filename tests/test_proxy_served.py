@@ -83,12 +83,15 @@ def instances(app, encryption_key, tmp_path_factory):
                 stop(proc)
 
 
-def _seen_by(bases, secret):
-    """Wait until every instance's snapshot knows the key (and so what was committed before it).
-    A request to a service the key is not granted is refused (403) and spends no budget."""
+def _seen_by(app, bases, service_id):
+    """Wait until every instance's snapshot holds the service (an instance may serve a snapshot
+    loaded before it was added, for PORTCULLIS_CONFIG_CACHE_SECONDS): a probe key of its own,
+    with a budget of its own, reaches it. Keys themselves are read on first sight, not cached
+    ahead, so the test's key is then known too."""
+    _, probe = add_proxy_key(app, {service_id: "read"}, rate_limit_per_minute=100_000)
     for base in bases:
-        wait_for(lambda: httpx.get(base + "/proxy/not-granted/x", headers={"X-Virtual-Key": secret},
-                                   timeout=10).status_code == 403, f"{base} to know the new key")
+        wait_for(lambda: httpx.get(base + "/proxy/echo/x", headers={"X-Virtual-Key": probe},
+                                   timeout=10).status_code == 200, f"{base} to see the new service")
 
 
 @pytest.fixture
@@ -96,7 +99,7 @@ def served_key(app, echo, instances):
     _clear_budgets()
     sid = add_service(app, "echo", echo + "/base")
     key = add_proxy_key(app, {sid: "write"}, rate_limit_per_minute=1000)
-    _seen_by(instances[0], key[1])
+    _seen_by(app, instances[0], sid)
     return key
 
 
@@ -158,7 +161,7 @@ def test_two_instances_share_one_budget_through_redis(app, echo, instances):
     (a, b), _ = instances
     sid = add_service(app, "echo", echo)
     _, secret = add_proxy_key(app, {sid: "read"}, rate_limit_per_minute=4)
-    _seen_by((a, b), secret)
+    _seen_by(app, (a, b), sid)
     headers = {"Authorization": f"Bearer {secret}"}
     seen = []
     for base in (a, b, a, b, a, b):
