@@ -108,6 +108,8 @@ class Caller:
 
     def service_scope(self, service_id: int) -> str | None:
         """read or write for a service this caller is granted (issuer limits applied); None."""
+        if self.key is not None:  # the hot path: the key's own grant
+            return self.key.service_grants.get(service_id)
         issuer = self.service_keys().get(service_id)
         return None if issuer is None else issuer.service_grants[service_id]
 
