@@ -30,7 +30,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.mcp_fixtures import free_port, gateway_instance, serve, stop, wait_ready  # noqa: E402
+from tests.support.mcp import free_port, gateway_instance, serve, stop, wait_ready  # noqa: E402
 from bench.proctree import tree_cpu_seconds  # noqa: E402
 
 

@@ -15,7 +15,7 @@ from app import create_app
 from app.extensions import db, limiter
 from app.models import ApiToken, User
 
-pytest_plugins = ["tests.mcp_fixtures"]
+pytest_plugins = ["tests.support.mcp"]
 
 PASSWORD = "correct horse battery"
 _SIGNING: dict = {}  # one RSA key for the whole session (making one takes a while), re-stored after each test

@@ -11,8 +11,8 @@ from sqlalchemy import select, text
 from app.extensions import db
 from app.models import ApiToken, AuditEvent, McpServer, Service, User
 from app.models.base import utcnow
-from tests.api_helpers import PREFIX, admin_api, anon_api, member_api  # noqa: F401
-from tests.api_helpers import (CheckedApi, assert_error, audit_actions, check_against_doc, count, new_key,
+from tests.support.api import PREFIX, admin_api, anon_api, member_api  # noqa: F401
+from tests.support.api import (CheckedApi, assert_error, audit_actions, check_against_doc, count, new_key,
                                new_server, new_service, new_user, openapi_path)
 from tests.conftest import PASSWORD, Api, make_user, token_for
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from app.models import McpServer
-from tests.api_helpers import admin_api  # noqa: F401 (answers checked against the OpenAPI document)
-from tests.api_helpers import (assert_error, audit_actions, count, detached, last_event, new_key, new_server, unchanged,
+from tests.support.api import admin_api  # noqa: F401 (answers checked against the OpenAPI document)
+from tests.support.api import (assert_error, audit_actions, count, detached, last_event, new_key, new_server, unchanged,
                                with_samples)
 
 UNREACHABLE = "http://127.0.0.1:9/mcp"  # the discard port: nothing listens

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from app.models import Service
-from tests.api_helpers import admin_api  # noqa: F401 (answers checked against the OpenAPI document)
-from tests.api_helpers import assert_error, audit_actions, count, detached, last_event, new_key, new_service, unchanged
+from tests.support.api import admin_api  # noqa: F401 (answers checked against the OpenAPI document)
+from tests.support.api import assert_error, audit_actions, count, detached, last_event, new_key, new_service, unchanged
 
 SECRET = "sk-live-0123456789abcdef"
 

@@ -11,8 +11,8 @@ from sqlalchemy import select
 
 from app.extensions import db
 from app.models import ApiToken, AuditEvent, Login, User
-from tests.api_helpers import admin_api, member_api  # noqa: F401 (answers checked against the OpenAPI document)
-from tests.api_helpers import CheckedApi, assert_error, audit_actions, check_against_doc, count
+from tests.support.api import admin_api, member_api  # noqa: F401 (answers checked against the OpenAPI document)
+from tests.support.api import CheckedApi, assert_error, audit_actions, check_against_doc, count
 from tests.conftest import PASSWORD, Api, make_user, token_for
 from tests.test_api_misc import PUBLIC, api_rules
 from tests.test_web_pages import Web, csrf_in

@@ -12,7 +12,7 @@ from app.extensions import db
 from app.models import VirtualKey
 from app.ops import servers as server_ops
 from tests.conftest import PASSWORD, make_user
-from tests.mcp_fixtures import mcp_url
+from tests.support.mcp import mcp_url
 
 pytestmark = pytest.mark.usefixtures("real_upstream")  # servers are discovered when created
 
@@ -139,7 +139,7 @@ def test_live_search_filters_servers(page, app):
 
 
 def test_refresh_tools_button_swaps_the_tools_card(page, app, faulty, monkeypatch):
-    from tests.mcp_fixtures import add_server
+    from tests.support.mcp import add_server
     from tests.test_cli import NEW_TOOLS
 
     url, upstream = faulty

@@ -68,7 +68,7 @@ def stored_tools(app, name):
 
 def test_refresh_tools_rediscovers_enabled_servers_and_reports_failures(app, faulty, monkeypatch):
     from app.models import McpServer
-    from tests.mcp_fixtures import add_server, free_port
+    from tests.support.mcp import add_server, free_port
 
     url, upstream = faulty
     for name in ("one", "two", "off"):

@@ -11,7 +11,7 @@ from app.extensions import db
 from app.models import Credential, Flow, McpServer, VirtualKey
 from app.models.base import utcnow
 from tests.conftest import make_user
-from tests.mcp_fixtures import add_key
+from tests.support.mcp import add_key
 from tests.test_header_flows_api import ALICE, BOB, TOKEN_HEADER, agent, auth_required, creds, make_server, tool
 from tests.test_header_flows_api import urls  # noqa: F401 (module fixture)
 from tests.test_mcp_protocol import Rpc

@@ -9,7 +9,7 @@ from app.extensions import db
 from app.models import Credential, Flow, McpServer, McpSession, User, VirtualKey, VirtualKeyServerGrant
 from app.models.base import utcnow
 
-from .conftest import make_user
+from tests.conftest import make_user
 
 CANARY = "canary-5f1d-secret-value"
 

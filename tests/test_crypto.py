@@ -6,7 +6,7 @@ from sqlalchemy import text
 from app.crypto import DecryptionError, Keyring
 from app.extensions import db
 from app.models import McpServer, Service
-from tests.mcp_fixtures import mcp_url
+from tests.support.mcp import mcp_url
 
 pytestmark = pytest.mark.usefixtures("real_upstream")  # servers are discovered when created
 

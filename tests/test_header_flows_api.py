@@ -12,10 +12,10 @@ from sqlalchemy import select, update
 from app.extensions import db
 from app.models import Credential, Flow, VirtualKey
 from app.models.base import utcnow
-from tests.api_helpers import admin_api, member_api  # noqa: F401
-from tests.api_helpers import PREFIX, assert_error, check_against_doc
+from tests.support.api import admin_api, member_api  # noqa: F401
+from tests.support.api import PREFIX, assert_error, check_against_doc
 from tests.conftest import make_user, token_for
-from tests.mcp_fixtures import add_key, keyed_upstreams
+from tests.support.mcp import add_key, keyed_upstreams
 from tests.test_mcp_protocol import Rpc
 from tests.test_per_user_headers import raw_dump
 

@@ -6,7 +6,7 @@ from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from tests.mcp_fixtures import UPSTREAM_KEY, add_key, add_server
+from tests.support.mcp import UPSTREAM_KEY, add_key, add_server
 
 pytestmark = pytest.mark.anyio
 

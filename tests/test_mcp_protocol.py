@@ -10,7 +10,7 @@ import pytest
 from app.extensions import db
 from app.models import McpServer, VirtualKey
 from app.models.base import utcnow
-from tests.mcp_fixtures import add_key, add_server, wait_for
+from tests.support.mcp import add_key, add_server, wait_for
 
 ACCEPT = "application/json, text/event-stream"
 
@@ -160,7 +160,7 @@ def test_a_session_is_served_by_another_worker_from_the_database(app, client, up
     worker that did not create it."""
     import warnings
 
-    from tests.mcp_fixtures import UPSTREAM_KEY
+    from tests.support.mcp import UPSTREAM_KEY
 
     beta = add_server(app, "beta", upstreams["beta"], auth_type="headers", headers={"X-Api-Key": UPSTREAM_KEY})
     mine = add_server(app, "mine", upstreams["alpha"], auth_type="per_user_headers", per_user_header_keys=["x-k"],
@@ -292,7 +292,7 @@ def test_upstream_faults_are_tool_errors_for_that_call_only(app, client, faulty,
 
 
 def test_upstream_down(app, client):
-    from tests.mcp_fixtures import free_port
+    from tests.support.mcp import free_port
 
     with app.app_context():
         db.session.add(McpServer(name="gone", url=f"http://127.0.0.1:{free_port()}/mcp", auth_type="none",
@@ -334,7 +334,7 @@ def sse_messages(r) -> list[dict]:
 def test_log_messages_are_relayed_at_or_above_the_session_level(app, client, upstreams):
     import warnings
 
-    from tests.mcp_fixtures import UPSTREAM_KEY
+    from tests.support.mcp import UPSTREAM_KEY
 
     beta = add_server(app, "beta", upstreams["beta"], auth_type="headers", headers={"X-Api-Key": UPSTREAM_KEY})
     _, key = add_key(app, {beta: None})

@@ -8,9 +8,9 @@ from sqlalchemy import select
 from app.extensions import db
 from app.models import OAuthClient
 from app.oauth_server import clients
-from tests.oauth_helpers import REDIRECT, authorize_url, consent, exchange, pkce, query_of
+from tests.support.oauth import REDIRECT, authorize_url, consent, exchange, pkce, query_of
 from tests.test_web_pages import Web
-from tests.tls_helpers import DocumentServer, make_ca_and_cert
+from tests.support.tls import DocumentServer, make_ca_and_cert
 
 
 @pytest.fixture(scope="module")

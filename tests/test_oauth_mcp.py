@@ -1,7 +1,7 @@
 """OAuth access tokens on /mcp: the caller each consent mode gives, the 401/403 challenges,
 revocation taking effect at once, MCP sessions that belong to one identity, the session gate,
 and the authorization modes (any / oauth / keys). Real upstream MCP servers; tokens from the
-real authorization server (tests/oauth_helpers.py), or forged with its key where a test needs a
+real authorization server (tests/support/oauth.py), or forged with its key where a test needs a
 token the server would never issue."""
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from app.models import Login, OAuthConsent
 from app.models.base import utcnow
 from app.oauth_server import keys
 from tests.conftest import make_user
-from tests.mcp_fixtures import add_key, add_server
-from tests.oauth_helpers import BASE, MCP, register, tokens_for
+from tests.support.mcp import add_key, add_server
+from tests.support.oauth import BASE, MCP, register, tokens_for
 from tests.test_mcp_protocol import Rpc
 from tests.test_web_pages import Web
 
@@ -108,7 +108,7 @@ def test_a_token_for_another_endpoint_is_refused(app, client, member, member_id,
     assert r.status_code == 401 and 'error="invalid_token"' in r.headers["WWW-Authenticate"]
     assert f'resource_metadata="{PRM}/alpha"' in r.headers["WWW-Authenticate"]
     app_client = register(client)
-    from tests.oauth_helpers import code_for, exchange
+    from tests.support.oauth import code_for, exchange
 
     code, verifier = code_for(member, app_client["client_id"], resource=MCP + "/alpha")
     named = exchange(client, app_client["client_id"], code, verifier).get_json()["access_token"]
@@ -194,7 +194,7 @@ def test_session_gate_blocks_new_flows_once_the_login_ended(app, client, member,
 @pytest.fixture
 def keyed_server(app, upstreams):
     from app.ops.servers import create_server
-    from tests.mcp_fixtures import start_upstream, stop
+    from tests.support.mcp import start_upstream, stop
 
     proc, url = start_upstream("--name", "keyed", "--require-header", "X-Api-Key=sample-1")
     with app.app_context():

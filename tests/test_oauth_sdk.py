@@ -18,8 +18,8 @@ from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata
 
-from tests.mcp_fixtures import free_port, gateway_instance, serve, stop, wait_ready
-from tests.tls_helpers import DocumentServer, make_ca_and_cert
+from tests.support.mcp import free_port, gateway_instance, serve, stop, wait_ready
+from tests.support.tls import DocumentServer, make_ca_and_cert
 
 pytestmark = pytest.mark.anyio
 PASSWORD = "correct horse battery"

@@ -13,9 +13,9 @@ from app.extensions import db
 from app.models import AuditEvent, OAuthClient, OAuthCode, OAuthConsent, OAuthRefreshToken, SigningKey
 from app.models.base import utcnow
 from app.oauth_server import keys, tokens
-from tests.api_helpers import admin_api, anon_api, member_api  # noqa: F401
+from tests.support.api import admin_api, anon_api, member_api  # noqa: F401
 from tests.conftest import make_user
-from tests.oauth_helpers import (BASE, MCP, REDIRECT, authorize_url, code_for, consent, exchange, pkce, query_of,
+from tests.support.oauth import (BASE, MCP, REDIRECT, authorize_url, code_for, consent, exchange, pkce, query_of,
                                  refresh, register, tokens_for)
 from tests.test_web_pages import HX, Web
 
@@ -246,7 +246,7 @@ def test_loopback_redirect_may_use_any_port(client, member):
 
 
 def test_consent_as_one_of_my_keys(app, client, member, member_id):
-    from tests.mcp_fixtures import add_key
+    from tests.support.mcp import add_key
 
     key_id, _ = add_key(app, name="laptop", owner_id=member_id)
     other_id, _ = add_key(app, name="not-mine")

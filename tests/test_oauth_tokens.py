@@ -12,7 +12,7 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 from app.oauth_server import keys, tokens
-from tests.oauth_helpers import BASE, MCP
+from tests.support.oauth import BASE, MCP
 
 
 @pytest.fixture

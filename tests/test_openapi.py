@@ -4,8 +4,8 @@ from jsonschema import ValidationError
 from openapi_spec_validator import validate as validate_spec
 from openapi_spec_validator.validation.validators import OpenAPIV31SpecValidator
 
-from tests.api_helpers import PREFIX, admin_api, anon_api, member_api, new_key, new_server, new_service  # noqa: F401
-from tests.api_helpers import openapi_path, validate
+from tests.support.api import PREFIX, admin_api, anon_api, member_api, new_key, new_server, new_service  # noqa: F401
+from tests.support.api import openapi_path, validate
 
 IGNORED = {"HEAD", "OPTIONS"}
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}

@@ -10,9 +10,9 @@ from sqlalchemy import select
 from app.extensions import db
 from app.credentials.store import headers_for as upstream_headers
 from app.models import AuditEvent, Credential, McpServer
-from tests.api_helpers import admin_api  # noqa: F401
-from tests.api_helpers import assert_error, count
-from tests.mcp_fixtures import keyed_upstreams
+from tests.support.api import admin_api  # noqa: F401
+from tests.support.api import assert_error, count
+from tests.support.mcp import keyed_upstreams
 
 SAMPLE = "sample-canary-9b2e71"
 ALICE = "alice-canary-31c4d0"
@@ -96,7 +96,7 @@ def test_per_user_values_win_over_shared_headers():
 def _credential(app, server_id, status="active"):
     from tests.conftest import make_user
 
-    from tests.mcp_fixtures import add_key
+    from tests.support.mcp import add_key
 
     uid = make_user(app, f"u{status}@example.com")
     if status != "orphaned":  # an active credential needs a granted binding (or it is orphaned at once)

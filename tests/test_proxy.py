@@ -15,9 +15,9 @@ from sqlalchemy import text
 from app import snapshot
 from app.extensions import db
 from app.models.base import utcnow
-from tests.mcp_fixtures import free_port
+from tests.support.mcp import free_port
 from tests.upstream.http_echo import gate
-from tests.proxy_helpers import ROOT_SECRET, add_proxy_key, add_service, echo, key_row, seen_headers, set_key  # noqa: F401
+from tests.support.proxy import ROOT_SECRET, add_proxy_key, add_service, echo, key_row, seen_headers, set_key  # noqa: F401
 
 
 @pytest.fixture

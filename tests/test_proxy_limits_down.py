@@ -8,8 +8,8 @@ import subprocess
 
 import httpx
 
-from tests.mcp_fixtures import free_port, gateway_instance, serve, stop, wait_ready
-from tests.proxy_helpers import echo, seen_headers  # noqa: F401
+from tests.support.mcp import free_port, gateway_instance, serve, stop, wait_ready
+from tests.support.proxy import echo, seen_headers  # noqa: F401
 
 
 def serve_with_redis_down(tmp_path, env: dict, port: int, **settings: str):

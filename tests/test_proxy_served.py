@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.mcp_fixtures import free_port, stop, wait_for
-from tests.proxy_helpers import add_proxy_key, add_service, echo  # noqa: F401
+from tests.support.mcp import free_port, stop, wait_for
+from tests.support.proxy import add_proxy_key, add_service, echo  # noqa: F401
 from tests.upstream.http_echo import PATTERN, gate
 
 ROOT = Path(__file__).parent.parent

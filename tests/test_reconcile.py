@@ -12,8 +12,8 @@ from app.credentials import reconcile
 from app.extensions import db
 from app.models import AuditEvent, Credential, Flow, McpServer, VirtualKey, VirtualKeyServerGrant
 from app.models.base import utcnow
-from tests.api_helpers import admin_api  # noqa: F401
-from tests.api_helpers import assert_error
+from tests.support.api import admin_api  # noqa: F401
+from tests.support.api import assert_error
 from tests.conftest import make_user
 from tests.test_web_pages import Web
 
@@ -459,7 +459,7 @@ def test_overlapping_edits_see_each_other(app):
 
 @pytest.fixture(scope="module")
 def keyed_url():
-    from tests.mcp_fixtures import start_upstream, stop
+    from tests.support.mcp import start_upstream, stop
 
     proc, url = start_upstream("--name", "keyed", "--require-header", "X-Api-Key=sample-77",
                                "--require-header", "X-Api-Key=alice-canary-31")
@@ -469,7 +469,7 @@ def keyed_url():
 
 def test_orphaned_binding_is_an_unknown_tool_and_regrant_restores_it(app, admin_api, keyed_url):
     from app.ops.servers import create_server
-    from tests.mcp_fixtures import add_key
+    from tests.support.mcp import add_key
     from tests.test_mcp_protocol import Rpc
 
     with app.app_context():

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.mcp_fixtures import free_port, wait_for, wait_ready
+from tests.support.mcp import free_port, wait_for, wait_ready
 
 ROOT = Path(__file__).parent.parent
 BIN = Path(sys.executable).parent

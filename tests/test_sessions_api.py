@@ -1,7 +1,7 @@
 """GET /api/v1/sessions, POST /api/v1/sessions/<id>/reauth, DELETE /api/v1/sessions/<id>: every
 filter and bad parameter, who sees what, hidden superseded flows, re-authentication and revocation,
 on the real database (SQLite, or PostgreSQL with TEST_DATABASE_URL). Every answer is checked
-against the OpenAPI document by the api_helpers fixtures."""
+against the OpenAPI document by the tests/support/api.py fixtures."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,8 +13,8 @@ from sqlalchemy import select
 from app.extensions import db
 from app.models import AuditEvent, Credential, Flow, McpServer, McpSession, VirtualKey, VirtualKeyServerGrant
 from app.models.base import utcnow
-from tests.api_helpers import admin_api, member_api  # noqa: F401
-from tests.api_helpers import CheckedApi, assert_error, audit_actions, count
+from tests.support.api import admin_api, member_api  # noqa: F401
+from tests.support.api import CheckedApi, assert_error, audit_actions, count
 from tests.conftest import Api, make_user, token_for
 
 CANARY = "header-value-canary-5e55"

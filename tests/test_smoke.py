@@ -1,6 +1,6 @@
 import pytest
 
-from tests.mcp_fixtures import mcp_url
+from tests.support.mcp import mcp_url
 
 pytestmark = pytest.mark.usefixtures("real_upstream")  # servers are discovered when created
 

@@ -12,8 +12,8 @@ from app.models import Credential, Flow, McpServer, VirtualKey, VirtualKeyServer
 from app.models.base import utcnow
 from app.sweep import LEASE_KEY, start_background, sweep
 
-from .conftest import make_user
-from .mcp_fixtures import wait_for
+from tests.conftest import make_user
+from tests.support.mcp import wait_for
 
 
 @pytest.fixture

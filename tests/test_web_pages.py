@@ -13,7 +13,7 @@ from app.ops import keys as key_ops
 from app.ops import servers as server_ops
 from app.ops import services as service_ops
 from tests.conftest import PASSWORD, Api, make_user, token_for
-from tests.mcp_fixtures import mcp_url
+from tests.support.mcp import mcp_url
 
 pytestmark = pytest.mark.usefixtures("real_upstream")  # servers are discovered when created
 
@@ -247,7 +247,7 @@ def test_server_form_errors_inline(app, admin):
 
 
 def test_refresh_tools_button(app, admin, member, faulty, monkeypatch):
-    from tests.mcp_fixtures import add_server, free_port
+    from tests.support.mcp import add_server, free_port
     from tests.test_cli import NEW_TOOLS, stored_tools
 
     url, upstream = faulty

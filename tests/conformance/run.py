@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.mcp_fixtures import free_port, gateway_instance, serve, stop, wait_ready  # noqa: E402
+from tests.support.mcp import free_port, gateway_instance, serve, stop, wait_ready  # noqa: E402
 
 HERE = Path(__file__).parent
 NAME = "conformance"

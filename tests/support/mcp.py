@@ -16,7 +16,7 @@ import pytest
 
 from app.extensions import db
 
-HERE = Path(__file__).parent
+TESTS = Path(__file__).resolve().parents[1]
 UPSTREAM_KEY = "upstream-shared-key-4f2a"
 
 
@@ -67,7 +67,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 def start_upstream(*args: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(HERE / "upstream" / "mcp_server.py"), "--port", str(port), *args])
+    proc = subprocess.Popen([sys.executable, str(TESTS / "upstream" / "mcp_server.py"), "--port", str(port), *args])
     url = f"http://127.0.0.1:{port}/mcp"
     wait_ready(proc, url)
     return proc, url
@@ -98,7 +98,7 @@ def upstreams():
     stop(beta)
 
 
-ROOT = HERE.parent
+ROOT = TESTS.parent
 BIN = Path(sys.executable).parent
 
 

@@ -5,7 +5,7 @@ every answer they get is checked against /api/v1/openapi.json (the status code m
 documented for that operation and the body must validate against the documented schema), so
 each API test also tests the OpenAPI document. Import them into a test module to use them:
 
-    from tests.api_helpers import admin_api, anon_api, member_api  # noqa: F401
+    from tests.support.api import admin_api, anon_api, member_api  # noqa: F401
 """
 from __future__ import annotations
 

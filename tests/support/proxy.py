@@ -2,7 +2,7 @@
 (tests/upstream/http_echo.py, started once per session), services and keys made through the
 ops layer as the API would. Import the fixtures into a test module to use them:
 
-    from tests.proxy_helpers import echo  # noqa: F401
+    from tests.support.proxy import echo  # noqa: F401
 """
 from __future__ import annotations
 
