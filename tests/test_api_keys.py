@@ -9,9 +9,9 @@ import pytest
 from app.extensions import db
 from app.models import VirtualKey, VirtualKeyServerGrant, VirtualKeyServiceGrant
 from app.models.base import digest, utcnow
+from tests.conftest import make_user
 from tests.support.api import admin_api, member_api  # noqa: F401 (answers checked against the OpenAPI document)
 from tests.support.api import assert_error, audit_actions, count, last_event, new_key, new_server, new_service, unchanged
-from tests.conftest import make_user
 
 FIELDS = {"id", "name", "key_prefix", "owner_id", "source", "agent_id", "mcp_servers", "services",
           "rate_limit_per_minute", "expires_at", "active", "status", "created_at", "updated_at", "last_used_at"}

@@ -2,7 +2,6 @@
 format, pagination, the audit log, and secrets (canaries) that must never come back out."""
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 
 import pytest
@@ -11,12 +10,11 @@ from sqlalchemy import select, text
 from app.extensions import db
 from app.models import ApiToken, AuditEvent, McpServer, Service, User
 from app.models.base import utcnow
-from tests.support.api import PREFIX, admin_api, anon_api, member_api  # noqa: F401
-from tests.support.api import (CheckedApi, assert_error, audit_actions, check_against_doc, count, new_key,
-                               new_server, new_service, new_user, openapi_path)
 from tests.conftest import PASSWORD, Api, make_user, token_for
+from tests.support.api import admin_api, anon_api, member_api  # noqa: F401
+from tests.support.api import (PUBLIC, CheckedApi, api_rules, assert_error, audit_actions, check_against_doc, count,
+                               new_key, new_server, new_service, new_user)
 
-PUBLIC = {"api.create_token", "api.openapi"}
 MEMBER_ALLOWED = {"api.list_keys", "api.get_key", "api.delete_key",
                   # a member's own header flows and credentials (tests/test_header_flows_api.py)
                   "api.get_header_flow", "api.submit_header_flow", "api.delete_credential",
@@ -26,16 +24,6 @@ MEMBER_ALLOWED = {"api.list_keys", "api.get_key", "api.delete_key",
                   "api.list_tokens", "api.delete_token",
                   # their own connected apps (tests/test_oauth_server.py)
                   "api.list_oauth_consents", "api.revoke_oauth_consent"}
-
-
-def api_rules(app):
-    """(method, concrete path, endpoint) for every /api/v1 route, ids set to 999999."""
-    for rule in app.url_map.iter_rules():
-        if not rule.rule.startswith(PREFIX + "/"):
-            continue
-        path = re.sub(r"\{[^}]+\}", "999999", openapi_path(rule.rule))
-        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
-            yield method, path, rule.endpoint
 
 
 def call(api, method, path, **kw):

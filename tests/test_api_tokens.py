@@ -11,21 +11,12 @@ from sqlalchemy import select
 
 from app.extensions import db
 from app.models import ApiToken, AuditEvent, Login, User
+from tests.conftest import Api, make_user, token_for
 from tests.support.api import admin_api, member_api  # noqa: F401 (answers checked against the OpenAPI document)
-from tests.support.api import CheckedApi, assert_error, audit_actions, check_against_doc, count
-from tests.conftest import PASSWORD, Api, make_user, token_for
-from tests.test_api_misc import PUBLIC, api_rules
-from tests.test_web_pages import Web, csrf_in
+from tests.support.api import PUBLIC, CheckedApi, api_rules, assert_error, audit_actions, check_against_doc, count, mint
+from tests.support.web import Web, csrf_in
 
 NEW_PASSWORD = "a completely new password"
-
-
-def mint(app, client, email: str, password: str = PASSWORD) -> CheckedApi:
-    """A token from POST /api/v1/tokens, as a client holding it."""
-    r = client.post("/api/v1/tokens", json={"email": email, "password": password})
-    check_against_doc(app, "POST", "/api/v1/tokens", r)
-    assert r.status_code == 201, r.get_json()
-    return CheckedApi(Api(client, r.get_json()["token"]))
 
 
 class Person:

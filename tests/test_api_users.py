@@ -9,9 +9,9 @@ from sqlalchemy import select
 from app.extensions import db
 from app.models import ApiToken, AuditEvent, Login, User, VirtualKey
 from app.models.base import digest, utcnow
+from tests.conftest import PASSWORD, Api, make_user, token_for
 from tests.support.api import admin_api, member_api  # noqa: F401 (answers checked against the OpenAPI document)
 from tests.support.api import assert_error, audit_actions, count, new_key, new_user, unchanged
-from tests.conftest import PASSWORD, Api, make_user, token_for
 
 
 def login(client, email, password):

@@ -14,14 +14,10 @@ from app import IdConverter
 from app.extensions import db
 from app.models import Credential, Flow, McpServer
 from app.ops.fields import MAX_HEADER_VALUE, MAX_ID, MAX_JSON_DEPTH, MAX_QUERY, header_value_ok
-from tests.support.api import PREFIX, assert_error
 from tests.conftest import PASSWORD
-from tests.support.mcp import add_key
-from tests.test_header_flows_api import SAMPLE, agent, auth_required, creds, make_server
-from tests.test_header_flows_api import urls  # noqa: F401 (module fixture)
-from tests.test_mcp_protocol import Rpc
-from tests.test_per_user_headers import raw_dump
-from tests.test_web_pages import Web, csrf_in
+from tests.support.api import PREFIX, assert_error
+from tests.support.mcp import SAMPLE, Rpc, add_key, agent, auth_required, creds, make_server, raw_dump
+from tests.support.web import Web, csrf_in
 
 # --- ids -----------------------------------------------------------------------------------
 

@@ -139,8 +139,7 @@ def test_live_search_filters_servers(page, app):
 
 
 def test_refresh_tools_button_swaps_the_tools_card(page, app, faulty, monkeypatch):
-    from tests.support.mcp import add_server
-    from tests.test_cli import NEW_TOOLS
+    from tests.support.mcp import NEW_TOOLS, add_server
 
     url, upstream = faulty
     sid = add_server(app, "watched", f"{url}/ok/mcp")

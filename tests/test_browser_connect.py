@@ -5,10 +5,7 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
-from tests.support.mcp import add_key
-from tests.test_header_flows_api import BOB, auth_required, creds, make_server, tool
-from tests.test_header_flows_api import urls  # noqa: F401 (module fixture)
-from tests.test_mcp_protocol import Rpc
+from tests.support.mcp import BOB, Rpc, add_key, auth_required, creds, make_server, tool
 
 
 

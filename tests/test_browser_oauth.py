@@ -15,9 +15,8 @@ from sqlalchemy import select
 from app.extensions import db
 from app.models import OAuthConsent
 from tests.conftest import PASSWORD
-from tests.support.mcp import add_key, add_server
+from tests.support.mcp import Rpc, add_key, add_server
 from tests.support.oauth import BASE, authorize_url, exchange, pkce, register
-from tests.test_mcp_protocol import Rpc
 
 @pytest.fixture
 def client_app():

@@ -22,7 +22,7 @@ from app.extensions import db
 from app.models import User
 from app.proxy import forward
 from tests.conftest import PASSWORD, make_user
-from tests.support.proxy import add_proxy_key, add_service, echo  # noqa: F401
+from tests.support.proxy import add_proxy_key, add_service
 
 ADMIN = "proxy-admin@example.com"
 INTRUDER = "intruder@example.com"

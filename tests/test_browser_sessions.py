@@ -11,7 +11,7 @@ from playwright.sync_api import expect
 from app.extensions import db
 from app.models import Credential, VirtualKeyServerGrant
 from tests.conftest import PASSWORD
-from tests.test_sessions_api import _cred, _server, world  # noqa: F401 (fixture)
+from tests.support.mcp import _cred, _server
 
 
 

@@ -55,20 +55,9 @@ def test_ensure_admin_uses_the_environment_and_never_prints_its_password(app, mo
         in r.output
 
 
-NEW_TOOLS = [{"name": "x", "description": "fails", "inputSchema": {"type": "object"}},
-             {"name": "added", "description": "appeared upstream", "inputSchema": {"type": "object"}}]
-
-
-def stored_tools(app, name):
-    from app.models import McpServer
-
-    with app.app_context():
-        return [t["name"] for t in db.session.scalar(db.select(McpServer).filter_by(name=name)).tools]
-
-
 def test_refresh_tools_rediscovers_enabled_servers_and_reports_failures(app, faulty, monkeypatch):
     from app.models import McpServer
-    from tests.support.mcp import add_server, free_port
+    from tests.support.mcp import NEW_TOOLS, add_server, free_port, stored_tools
 
     url, upstream = faulty
     for name in ("one", "two", "off"):

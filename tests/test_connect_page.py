@@ -11,11 +11,8 @@ from app.extensions import db
 from app.models import Credential, Flow, McpServer, VirtualKey
 from app.models.base import utcnow
 from tests.conftest import make_user
-from tests.support.mcp import add_key
-from tests.test_header_flows_api import ALICE, BOB, TOKEN_HEADER, agent, auth_required, creds, make_server, tool
-from tests.test_header_flows_api import urls  # noqa: F401 (module fixture)
-from tests.test_mcp_protocol import Rpc
-from tests.test_web_pages import Web
+from tests.support.mcp import ALICE, BOB, TOKEN_HEADER, Rpc, add_key, agent, auth_required, creds, make_server, tool
+from tests.support.web import Web
 
 HX = {"HX-Request": "true"}
 
@@ -65,7 +62,7 @@ def test_vk_flow_page_needs_the_token(app, client, urls):
     assert c.get(path + "/form", headers={**HX, TOKEN_HEADER: "wrong"}).status_code == 403
     form = c.get(path + "/form", headers={**HX, TOKEN_HEADER: token}).get_data(as_text=True)
     assert "header:x-api-key" in form
-    from tests.test_web_pages import csrf_in
+    from tests.support.web import csrf_in
 
     csrf = csrf_in(form)
     r = c.post(path, data={"header:x-api-key": BOB, "csrf_token": csrf}, headers={**HX, TOKEN_HEADER: token})

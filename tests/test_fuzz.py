@@ -30,9 +30,7 @@ from app.extensions import db
 from app.models import User
 from app.ops import services as service_ops
 from tests.conftest import PASSWORD, token_for
-from tests.support.mcp import add_key, add_server
-from tests.test_mcp_protocol import Rpc
-from tests.test_sessions_api import world  # noqa: F401 (fixture: users, keys, credentials, flows)
+from tests.support.mcp import Rpc, add_key, add_server
 
 SEED = 13
 EXAMPLES = 6  # per operation and run: generated, on existing objects, malformed

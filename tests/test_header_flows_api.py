@@ -6,60 +6,16 @@ import logging
 import threading
 from datetime import timedelta
 
-import pytest
 from sqlalchemy import select, update
 
 from app.extensions import db
-from app.models import Credential, Flow, VirtualKey
+from app.models import Flow, VirtualKey
 from app.models.base import utcnow
+from tests.conftest import make_user, token_for
 from tests.support.api import admin_api, member_api  # noqa: F401
 from tests.support.api import PREFIX, assert_error, check_against_doc
-from tests.conftest import make_user, token_for
-from tests.support.mcp import add_key, keyed_upstreams
-from tests.test_mcp_protocol import Rpc
-from tests.test_per_user_headers import raw_dump
-
-SAMPLE, ALICE, BOB, TEAM = "sample-51ab", "alice-canary-c0ffee11", "bob-canary-deadbe22", "team-canary-77aa01"
-TOKEN_HEADER = "X-Portcullis-Flow-Token"
-
-
-@pytest.fixture(scope="module")
-def urls():
-    with keyed_upstreams(SAMPLE, ALICE, BOB, TEAM) as urls:
-        yield urls
-
-
-def make_server(app, url, keys=("X-Api-Key",), samples=None, name="keyed"):
-    from app.ops.servers import create_server
-
-    with app.app_context():
-        server = create_server({"name": name, "url": url, "auth_type": "per_user_headers",
-                                "per_user_header_keys": list(keys),
-                                "sample_headers": samples or {"x-api-key": SAMPLE}})
-        db.session.commit()
-        return server.id
-
-
-def agent(app, client, server_id, **key_fields):
-    _, secret = add_key(app, {server_id: None}, **key_fields)
-    rpc = Rpc(client, secret)
-    rpc.initialize()
-    return rpc
-
-
-def tool(rpc):
-    return rpc.call("tools/call", {"name": "keyed__headers", "arguments": {}}).json["result"]
-
-
-def auth_required(rpc):
-    result = tool(rpc)
-    assert result["isError"] is True, result
-    return result["_meta"]["portcullis/auth_required"]
-
-
-def creds(app):
-    with app.app_context():
-        return [(c.auth_mode, c.status, c.header_keys) for c in db.session.scalars(select(Credential))]
+from tests.support.mcp import (ALICE, BOB, SAMPLE, TEAM, TOKEN_HEADER, Rpc, add_key, agent, auth_required, creds,
+                               make_server, raw_dump, tool)
 
 
 def pending(app):

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import pytest
-from mcp import Client, MCPError
-from mcp.client.streamable_http import streamable_http_client
+from mcp import MCPError
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from tests.support.mcp import UPSTREAM_KEY, add_key, add_server
+from tests.support.mcp import UPSTREAM_KEY, add_key, add_server, client
 
 pytestmark = pytest.mark.anyio
 
@@ -21,12 +20,6 @@ def two_servers(app, upstreams):
     alpha = add_server(app, "alpha", upstreams["alpha"])
     beta = add_server(app, "beta", upstreams["beta"], auth_type="headers", headers={"X-Api-Key": UPSTREAM_KEY})
     return alpha, beta
-
-
-def client(url: str, key: str | None, **kw):
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    http = create_mcp_http_client(headers=headers)
-    return http, Client(streamable_http_client(url, http_client=http), **kw)
 
 
 async def open_client(url, key, **kw):

@@ -12,7 +12,7 @@ from app.extensions import db
 from app.models import AuditEvent, VirtualKey
 from app.models.base import utcnow
 from tests.support.mcp import add_server
-from tests.support.proxy import add_proxy_key, add_service, echo, naive_utc, seen_headers, set_key  # noqa: F401
+from tests.support.proxy import add_proxy_key, add_service, naive_utc, seen_headers, set_key
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client

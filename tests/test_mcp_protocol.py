@@ -10,44 +10,7 @@ import pytest
 from app.extensions import db
 from app.models import McpServer, VirtualKey
 from app.models.base import utcnow
-from tests.support.mcp import add_key, add_server, wait_for
-
-ACCEPT = "application/json, text/event-stream"
-
-
-class Rpc:
-    def __init__(self, client, key=None, path="/mcp"):
-        self.client, self.key, self.path, self.session = client, key, path, None
-        self._id = 0
-
-    def headers(self, extra=None):
-        h = {"Accept": ACCEPT, "Content-Type": "application/json"}
-        if self.key:
-            h["Authorization"] = f"Bearer {self.key}"
-        if self.session:
-            h["Mcp-Session-Id"] = self.session
-            h["MCP-Protocol-Version"] = "2025-11-25"
-        h.update(extra or {})
-        return h
-
-    def raw(self, body, extra=None, method="POST"):
-        data = body if isinstance(body, (str, bytes)) else json.dumps(body)
-        return self.client.open(self.path, method=method, data=data, headers=self.headers(extra))
-
-    def initialize(self, version="2025-11-25"):
-        r = self.raw({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
-        assert r.status_code == 200, r.get_data(as_text=True)
-        self.session = r.headers["Mcp-Session-Id"]
-        assert self.raw({"jsonrpc": "2.0", "method": "notifications/initialized"}).status_code == 202
-        return r.json["result"]
-
-    def call(self, method, params=None, extra=None):
-        self._id += 1
-        msg = {"jsonrpc": "2.0", "id": self._id, "method": method}
-        if params is not None:
-            msg["params"] = params
-        return self.raw(msg, extra)
+from tests.support.mcp import ACCEPT, Rpc, add_key, add_server, wait_for
 
 
 @pytest.fixture

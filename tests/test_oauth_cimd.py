@@ -9,8 +9,8 @@ from app.extensions import db
 from app.models import OAuthClient
 from app.oauth_server import clients
 from tests.support.oauth import REDIRECT, authorize_url, consent, exchange, pkce, query_of
-from tests.test_web_pages import Web
 from tests.support.tls import DocumentServer, make_ca_and_cert
+from tests.support.web import Web
 
 
 @pytest.fixture(scope="module")

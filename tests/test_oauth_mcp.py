@@ -17,10 +17,9 @@ from app.models import Login, OAuthConsent
 from app.models.base import utcnow
 from app.oauth_server import keys
 from tests.conftest import make_user
-from tests.support.mcp import add_key, add_server
+from tests.support.mcp import Rpc, add_key, add_server
 from tests.support.oauth import BASE, MCP, register, tokens_for
-from tests.test_mcp_protocol import Rpc
-from tests.test_web_pages import Web
+from tests.support.web import Web
 
 PRM = BASE + "/.well-known/oauth-protected-resource/mcp"
 

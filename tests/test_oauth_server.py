@@ -13,11 +13,11 @@ from app.extensions import db
 from app.models import AuditEvent, OAuthClient, OAuthCode, OAuthConsent, OAuthRefreshToken, SigningKey
 from app.models.base import utcnow
 from app.oauth_server import keys, tokens
-from tests.support.api import admin_api, anon_api, member_api  # noqa: F401
 from tests.conftest import make_user
+from tests.support.api import admin_api, anon_api, member_api  # noqa: F401
 from tests.support.oauth import (BASE, MCP, REDIRECT, authorize_url, code_for, consent, exchange, pkce, query_of,
                                  refresh, register, tokens_for)
-from tests.test_web_pages import HX, Web
+from tests.support.web import HX, Web
 
 
 @pytest.fixture

@@ -13,8 +13,7 @@ from app.extensions import db
 from app.models import Credential, Flow
 from app.models.base import digest
 from tests.conftest import make_user
-from tests.support.mcp import add_key, start_upstream, stop
-from tests.test_mcp_protocol import Rpc
+from tests.support.mcp import Rpc, add_key, start_upstream, stop
 
 SAMPLE, ALICE, BOB = "sample-4a1c", "alice-canary-8d2f", "bob-canary-19e0"
 

@@ -12,7 +12,7 @@ from app.credentials.store import headers_for as upstream_headers
 from app.models import AuditEvent, Credential, McpServer
 from tests.support.api import admin_api  # noqa: F401
 from tests.support.api import assert_error, count
-from tests.support.mcp import keyed_upstreams
+from tests.support.mcp import keyed_upstreams, raw_dump
 
 SAMPLE = "sample-canary-9b2e71"
 ALICE = "alice-canary-31c4d0"
@@ -25,16 +25,6 @@ def keyed():
     """An upstream that needs X-Api-Key (any of three values), and one that also needs X-Team."""
     with keyed_upstreams(SAMPLE, ALICE, BOB, TEAM) as urls:
         yield urls
-
-
-def raw_dump(app) -> str:
-    """Every row of every table as the database stores it (no column type decrypts anything)."""
-    out = []
-    with app.app_context():
-        with db.engine.connect() as conn:
-            for table in db.metadata.sorted_tables:
-                out.extend(repr(tuple(r)) for r in conn.exec_driver_sql(f'SELECT * FROM "{table.name}"'))
-    return "\n".join(out)
 
 
 def make(admin_api, url, **fields):

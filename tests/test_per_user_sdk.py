@@ -8,10 +8,7 @@ from mcp import MCPError, UrlElicitationRequiredError
 from app.extensions import db
 from app.models import Credential
 from tests.conftest import make_user
-from tests.support.mcp import add_key
-from tests.test_header_flows_api import ALICE, make_server
-from tests.test_header_flows_api import urls  # noqa: F401 (module fixture)
-from tests.test_mcp_gateway import client
+from tests.support.mcp import ALICE, add_key, client, make_server
 
 pytestmark = pytest.mark.anyio
 

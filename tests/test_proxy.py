@@ -16,8 +16,8 @@ from app import snapshot
 from app.extensions import db
 from app.models.base import utcnow
 from tests.support.mcp import free_port
+from tests.support.proxy import ROOT_SECRET, add_proxy_key, add_service, key_row, seen_headers, set_key
 from tests.upstream.http_echo import gate
-from tests.support.proxy import ROOT_SECRET, add_proxy_key, add_service, echo, key_row, seen_headers, set_key  # noqa: F401
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from app import snapshot
 from app.proxy import host_values
 from tests.conftest import PASSWORD
 from tests.support.mcp import add_key, add_server, free_port, gateway_instance, serve, stop, wait_ready
-from tests.support.proxy import add_proxy_key, add_service, echo, seen_headers  # noqa: F401
+from tests.support.proxy import add_proxy_key, add_service, seen_headers
 
 SANDBOX = ("sandbox", "default-src 'none'", "frame-ancestors 'none'", "base-uri 'none'", "form-action 'none'")
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')

@@ -9,7 +9,7 @@ import subprocess
 import httpx
 
 from tests.support.mcp import free_port, gateway_instance, serve, stop, wait_ready
-from tests.support.proxy import echo, seen_headers  # noqa: F401
+from tests.support.proxy import seen_headers
 
 
 def serve_with_redis_down(tmp_path, env: dict, port: int, **settings: str):

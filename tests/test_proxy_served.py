@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.support.mcp import free_port, stop, wait_for
-from tests.support.proxy import add_proxy_key, add_service, echo  # noqa: F401
+from tests.support.proxy import add_proxy_key, add_service
 from tests.upstream.http_echo import PATTERN, gate
 
 ROOT = Path(__file__).parent.parent

@@ -12,10 +12,10 @@ from app.credentials import reconcile
 from app.extensions import db
 from app.models import AuditEvent, Credential, Flow, McpServer, VirtualKey, VirtualKeyServerGrant
 from app.models.base import utcnow
+from tests.conftest import make_user
 from tests.support.api import admin_api  # noqa: F401
 from tests.support.api import assert_error
-from tests.conftest import make_user
-from tests.test_web_pages import Web
+from tests.support.web import Web
 
 COL = {"user": "user_id", "vk": "virtual_key_id", "session": "session_id"}
 
@@ -469,8 +469,7 @@ def keyed_url():
 
 def test_orphaned_binding_is_an_unknown_tool_and_regrant_restores_it(app, admin_api, keyed_url):
     from app.ops.servers import create_server
-    from tests.support.mcp import add_key
-    from tests.test_mcp_protocol import Rpc
+    from tests.support.mcp import Rpc, add_key
 
     with app.app_context():
         sid = create_server({"name": "keyed", "url": keyed_url, "auth_type": "per_user_headers",
@@ -504,7 +503,7 @@ def test_a_stale_link_stores_an_orphaned_credential_and_says_so(app, keyed_url):
     """A flow started before access was withdrawn (another instance's snapshot was older): the
     submission is verified and stored, orphaned at once, and the page says it is not in use."""
     from app.ops.servers import create_server
-    from tests.test_web_pages import csrf_in
+    from tests.support.web import csrf_in
 
     with app.app_context():
         sid = create_server({"name": "keyed", "url": keyed_url, "auth_type": "per_user_headers",

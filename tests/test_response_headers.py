@@ -13,7 +13,7 @@ from app.ops import keys as key_ops
 from app.ops import services as service_ops
 from app.ops import users as user_ops
 from tests.conftest import PASSWORD, make_user
-from tests.test_web_pages import HX, Web
+from tests.support.web import HX, Web
 
 
 def policy(resp) -> dict[str, str]:

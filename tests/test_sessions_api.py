@@ -4,109 +4,18 @@ on the real database (SQLite, or PostgreSQL with TEST_DATABASE_URL). Every answe
 against the OpenAPI document by the tests/support/api.py fixtures."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
 
 from app.extensions import db
-from app.models import AuditEvent, Credential, Flow, McpServer, McpSession, VirtualKey, VirtualKeyServerGrant
+from app.models import AuditEvent, Credential, Flow, McpServer
 from app.models.base import utcnow
+from tests.conftest import Api, token_for
 from tests.support.api import admin_api, member_api  # noqa: F401
 from tests.support.api import CheckedApi, assert_error, audit_actions, count
-from tests.conftest import Api, make_user, token_for
-
-CANARY = "header-value-canary-5e55"
-T0 = datetime(2030, 1, 1, 12, 0, 0)
-
-
-@dataclass
-class World:
-    admin_id: int
-    member_id: int
-    other_id: int
-    servers: dict   # name -> id
-    keys: dict      # name -> id
-    session: str    # an MCP session id
-    creds: dict     # label -> credential id
-    flows: dict     # label -> flow id
-
-    def cid(self, label):
-        return f"cred_{self.creds[label]}"
-
-    def fid(self, label):
-        return f"flow_{self.flows[label]}"
-
-
-def _server(name, auth_type="per_user_headers"):
-    s = McpServer(name=name, url=f"http://127.0.0.1:9/{name}", auth_type=auth_type,
-                  per_user_header_keys=["x-api-key"] if auth_type == "per_user_headers" else [])
-    db.session.add(s)
-    db.session.flush()
-    return s.id
-
-
-def _key(name, owner_id=None, servers=()):
-    k, _ = VirtualKey.generate(name=name, owner_id=owner_id, source="api")
-    k.server_grants = [VirtualKeyServerGrant(mcp_server_id=sid) for sid in servers]
-    db.session.add(k)
-    db.session.flush()
-    return k.id
-
-
-def _cred(mode, identity, server_id, status, minutes):
-    col = {"user": "user_id", "vk": "virtual_key_id", "session": "session_id"}[mode]
-    c = Credential(auth_mode=mode, mcp_server_id=server_id, auth_kind="headers", status=status,
-                   values={"x-api-key": CANARY}, header_keys=["x-api-key"], **{col: identity},
-                   created_at=T0 + timedelta(minutes=minutes), updated_at=T0 + timedelta(minutes=minutes))
-    db.session.add(c)
-    db.session.flush()
-    return c.id
-
-
-def _flow(fid, mode, identity, server_id, minutes, status="pending", expires_in=timedelta(minutes=15)):
-    col = {"user": "user_id", "vk": "virtual_key_id", "session": "session_id"}[mode]
-    f = Flow(id=fid, kind="headers", auth_mode=mode, mcp_server_id=server_id, status=status,
-             expires_at=utcnow() + expires_in, created_at=T0 + timedelta(minutes=minutes),
-             updated_at=T0 + timedelta(minutes=minutes), **{col: identity})
-    db.session.add(f)
-    db.session.flush()
-    return f.id
-
-
-@pytest.fixture
-def world(app, admin_id, member_id) -> World:
-    other_id = make_user(app, "other@example.com")
-    with app.app_context():
-        servers = {n: _server(n) for n in ("github", "linear", "jira")}
-        servers["plain"] = _server("plain", "none")
-        # the grants that make these states consistent (reconciliation would correct any other)
-        keys = {"member-key": _key("member-key", member_id, (servers["github"], servers["linear"])),
-                "other-key": _key("other-key", other_id, (servers["jira"],)),
-                "ci-bot": _key("ci-bot", None, (servers["linear"], servers["jira"]))}
-        sess = McpSession(id="mcp-session-abcdef0123456789", virtual_key_id=None, principal="anonymous",
-                          protocol_version="2025-11-25")
-        db.session.add(sess)
-        db.session.flush()
-        creds = {
-            "member_github": _cred("user", member_id, servers["github"], "active", 1),
-            "other_github": _cred("user", other_id, servers["github"], "needs_update", 2),
-            "bot_linear": _cred("vk", keys["ci-bot"], servers["linear"], "active", 3),
-            "memberkey_jira": _cred("vk", keys["member-key"], servers["jira"], "orphaned", 4),
-            "session_github": _cred("session", sess.id, servers["github"], "active", 5),
-            "member_linear": _cred("user", member_id, servers["linear"], "needs_update", 6),
-        }
-        flows = {
-            "member_linear": _flow("flowMemberLinear", "user", member_id, servers["linear"], 7),
-            "member_github": _flow("flowMemberGithub", "user", member_id, servers["github"], 8),  # superseded
-            "bot_jira": _flow("flowBotJira", "vk", keys["ci-bot"], servers["jira"], 9),
-            "other_jira_expired": _flow("flowOtherJiraOld", "user", other_id, servers["jira"], 10,
-                                        expires_in=-timedelta(seconds=1)),
-            "member_jira_used": _flow("flowMemberJiraUsed", "user", member_id, servers["jira"], 11, status="used"),
-        }
-        db.session.commit()
-    return World(admin_id, member_id, other_id, servers, keys, "mcp-session-abcdef0123456789", creds, flows)
+from tests.support.mcp import CANARY, T0
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from app.extensions import db
 from app.models import AuditEvent, Credential, Flow, McpServer, VirtualKey, VirtualKeyServerGrant
 from app.models.base import utcnow
 from tests.conftest import make_user
-from tests.test_sessions_api import CANARY, _cred, _key, _server, world  # noqa: F401 (fixture)
-from tests.test_web_pages import HX, Web, text
+from tests.support.mcp import CANARY, _cred, _key, _server
+from tests.support.web import HX, Web, text
 
 
 def member_web(app):

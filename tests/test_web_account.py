@@ -12,10 +12,9 @@ from sqlalchemy import select
 
 from app.extensions import db
 from app.models import AuditEvent, Login, User
-from tests.support.api import CheckedApi, assert_error
 from tests.conftest import PASSWORD, Api, make_user, token_for
-from tests.test_api_tokens import mint
-from tests.test_web_pages import Web, csrf_in
+from tests.support.api import CheckedApi, assert_error, mint
+from tests.support.web import Web, csrf_in
 
 NEW_PASSWORD = "a completely new password"
 

@@ -12,44 +12,14 @@ from app.models import AuditEvent, McpServer, Service, User, VirtualKey
 from app.ops import keys as key_ops
 from app.ops import servers as server_ops
 from app.ops import services as service_ops
-from tests.conftest import PASSWORD, Api, make_user, token_for
+from tests.conftest import Api, make_user, token_for
 from tests.support.mcp import mcp_url
+from tests.support.web import HX, Web, csrf_in, ok, text
 
 pytestmark = pytest.mark.usefixtures("real_upstream")  # servers are discovered when created
 
 
-CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 SECRET_RE = re.compile(r'class="secret"[^>]*>(vk_[A-Za-z0-9_\-]+)<')
-HX = {"HX-Request": "true"}
-
-
-def csrf_in(html: str) -> str:
-    match = CSRF_RE.search(html)
-    assert match, "no csrf_token in the page"
-    return match.group(1)
-
-
-class Web:
-    """A logged-in dashboard user: posts forms with the CSRF token taken from a page."""
-
-    def __init__(self, client):
-        self.client, self.token = client, None
-
-    def login(self, email: str, password: str = PASSWORD):
-        token = csrf_in(self.client.get("/login").get_data(as_text=True))
-        r = self.client.post("/login", data={"email": email, "password": password, "csrf_token": token})
-        assert r.status_code == 302, r.get_data(as_text=True)
-        # the login starts a fresh session: take the new token from a page
-        self.token = csrf_in(self.client.get("/keys").get_data(as_text=True))
-        return self
-
-    def get(self, path: str, htmx: bool = False, **kw):
-        return self.client.get(path, headers=HX if htmx else {}, **kw)
-
-    def post(self, path: str, data: dict | None = None, htmx: bool = False, **kw):
-        data = dict(data or {})
-        data.setdefault("csrf_token", self.token)
-        return self.client.post(path, data=data, headers=HX if htmx else {}, **kw)
 
 
 @pytest.fixture
@@ -60,16 +30,6 @@ def admin(client, admin_id) -> Web:
 @pytest.fixture
 def member(app, member_id) -> Web:
     return Web(app.test_client()).login("member@example.com")
-
-
-def text(r) -> str:
-    return r.get_data(as_text=True)
-
-
-def ok(r) -> str:
-    """A page that was served (200): a secret's absence from an error page would prove nothing."""
-    assert r.status_code == 200, (r.status_code, r.headers.get("Location"))
-    return text(r)
 
 
 def one(app, model, **by):
@@ -247,8 +207,7 @@ def test_server_form_errors_inline(app, admin):
 
 
 def test_refresh_tools_button(app, admin, member, faulty, monkeypatch):
-    from tests.support.mcp import add_server, free_port
-    from tests.test_cli import NEW_TOOLS, stored_tools
+    from tests.support.mcp import NEW_TOOLS, add_server, free_port, stored_tools
 
     url, upstream = faulty
     sid = add_server(app, "watched", f"{url}/ok/mcp")

@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException
 from app.api.openapi import DOCUMENT
 from app.extensions import db
 from app.models import AuditEvent
+from tests.conftest import PASSWORD, Api
 
 PREFIX = "/api/v1"
 DOC_URI = "urn:portcullis:openapi"
@@ -227,3 +228,24 @@ def new_user(api, email="someone@example.com", password="a-long-password", **fie
     r = api.post("/users", json={"email": email, "password": password, **fields})
     assert r.status_code == 201, r.get_json()
     return r.get_json()
+
+
+PUBLIC = {"api.create_token", "api.openapi"}  # the endpoints that need no token
+
+
+def api_rules(app):
+    """(method, concrete path, endpoint) for every /api/v1 route, ids set to 999999."""
+    for rule in app.url_map.iter_rules():
+        if not rule.rule.startswith(PREFIX + "/"):
+            continue
+        path = re.sub(r"\{[^}]+\}", "999999", openapi_path(rule.rule))
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            yield method, path, rule.endpoint
+
+
+def mint(app, client, email: str, password: str = PASSWORD) -> CheckedApi:
+    """A token from POST /api/v1/tokens, as a client holding it."""
+    r = client.post("/api/v1/tokens", json={"email": email, "password": password})
+    check_against_doc(app, "POST", "/api/v1/tokens", r)
+    assert r.status_code == 201, r.get_json()
+    return CheckedApi(Api(client, r.get_json()["token"]))

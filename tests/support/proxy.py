@@ -1,9 +1,6 @@
 """Fixtures and helpers for the proxy tests: a real HTTP upstream that echoes what it received
 (tests/upstream/http_echo.py, started once per session), services and keys made through the
-ops layer as the API would. Import the fixtures into a test module to use them:
-
-    from tests.support.proxy import echo  # noqa: F401
-"""
+ops layer as the API would. tests/conftest.py loads the fixtures here for every test."""
 from __future__ import annotations
 
 from datetime import datetime
