@@ -16,13 +16,13 @@ from tests.support.api import (PUBLIC, CheckedApi, api_rules, assert_error, audi
                                new_key, new_server, new_service, new_user)
 
 MEMBER_ALLOWED = {"api.list_keys", "api.get_key", "api.delete_key",
-                  # a member's own header flows and credentials (tests/test_header_flows_api.py)
+                  # a member's own header flows and credentials (tests/api/test_header_flows_api.py)
                   "api.get_header_flow", "api.submit_header_flow", "api.delete_credential",
-                  # the sessions of their own bindings (tests/test_sessions_api.py)
+                  # the sessions of their own bindings (tests/api/test_sessions_api.py)
                   "api.list_sessions", "api.reauth_session", "api.delete_session",
-                  # their own API tokens (tests/test_api_tokens.py)
+                  # their own API tokens (tests/api/test_api_tokens.py)
                   "api.list_tokens", "api.delete_token",
-                  # their own connected apps (tests/test_oauth_server.py)
+                  # their own connected apps (tests/oauth/test_oauth_server.py)
                   "api.list_oauth_consents", "api.revoke_oauth_consent"}
 
 
@@ -68,7 +68,7 @@ def test_token_for_member(app, client, member_id):
 
 @pytest.mark.parametrize("email,password,target", [
     ("admin@example.com", "wrong password!", "admin@example.com"),
-    ("nobody@example.com", PASSWORD, "unknown e-mail #"),  # an unknown address is not kept (test_web_account.py)
+    ("nobody@example.com", PASSWORD, "unknown e-mail #"),  # an unknown address is not kept (web/test_web_account.py)
 ])
 def test_token_denied(app, client, admin_id, email, password, target):
     r = post_token(client, email, password, app)
@@ -194,7 +194,7 @@ def test_revoked_token(app, client, admin_id):
 
 def test_token_of_inactive_or_deleted_user(app, client, admin_api):
     """Deactivation ends the token for good (re-activation does not bring it back); deletion
-    deletes it. (Every way a login ends: tests/test_api_tokens.py.)"""
+    deletes it. (Every way a login ends: tests/api/test_api_tokens.py.)"""
     uid = make_user(app, "second@example.com", "admin")
     api = CheckedApi(Api(client, token_for(app, uid)))
     assert api.get("/users").status_code == 200

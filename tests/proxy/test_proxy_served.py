@@ -19,7 +19,7 @@ from tests.support.mcp import free_port, stop, wait_for
 from tests.support.proxy import add_proxy_key, add_service
 from tests.upstream.http_echo import PATTERN, gate
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 BIN = Path(sys.executable).parent
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 PREFIX = f"test-{uuid.uuid4().hex[:12]}"  # this run's counters only: other runs may share the Redis

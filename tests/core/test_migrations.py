@@ -21,7 +21,7 @@ def test_migration_head_is_applied(app):
     from sqlalchemy import text
 
     cfg = Config()
-    cfg.set_main_option("script_location", str(Path(__file__).parent.parent / "migrations"))
+    cfg.set_main_option("script_location", str(Path(__file__).parents[2] / "migrations"))
     head = ScriptDirectory.from_config(cfg).get_current_head()
     with app.app_context():
         with db.engine.connect() as conn:

@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.mcp import free_port, wait_for, wait_ready
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 BIN = Path(sys.executable).parent
 CANARY = "canary-0b8e6f-run"
 

@@ -8,7 +8,7 @@
   truncated and non-UTF-8 bodies, odd headers and methods.
 
 Deterministic (derandomized Hypothesis, fixed seeds) and small, so the suite stays fast. What it
-found is fixed, each with a test of its own in tests/test_bad_input.py."""
+found is fixed, each with a test of its own in tests/core/test_bad_input.py."""
 from __future__ import annotations
 
 import json

@@ -3,7 +3,7 @@ opening a ``?key=`` link is refused, the dashboard's login is worth nothing on /
 and PORTCULLIS_PROXY_BASE_URL gives the proxy a host of its own. Flask's test client against
 the real HTTP echo upstream and a real upstream MCP server, and one gunicorn-served instance
 for the host setting behind a trusted reverse proxy. The attack itself, in Chromium:
-tests/test_browser_proxy.py."""
+tests/proxy/test_browser_proxy.py."""
 from __future__ import annotations
 
 import re

@@ -1,6 +1,6 @@
 """No input is a 500: what a client sends that the app cannot take is a clear 4xx and changes
 nothing (ids beyond what the database holds, JSON nested deeper than anything real, header values
-HTTP cannot carry, text no database stores). tests/test_fuzz.py looks for more of these at random."""
+HTTP cannot carry, text no database stores). tests/core/test_fuzz.py looks for more of these at random."""
 from __future__ import annotations
 
 import logging
