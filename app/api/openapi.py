@@ -1,7 +1,7 @@
 """The OpenAPI 3.1 description of the JSON admin API, served at /api/v1/openapi.json.
 
 Built once as a plain dict. Paths are relative to the server URL ``/api/v1`` and every
-operationId is the Flask endpoint name, so tests/test_openapi.py can check the document
+operationId is the Flask endpoint name, so tests/api/test_openapi.py can check the document
 against ``app.url_map`` route by route and validate real answers against these schemas.
 """
 from __future__ import annotations

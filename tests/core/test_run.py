@@ -1,4 +1,4 @@
-"""What `make run` does, for real: upgrade, ensure-admin, gunicorn with gunicorn.conf.py; then
+"""What `make run` does, for real: upgrade, setup (the first admin and the OAuth signing key), gunicorn with gunicorn.conf.py; then
 log in with the printed one-time password. Also: no secret reaches the process's logs."""
 import os
 import re
@@ -40,8 +40,9 @@ def served(tmp_path):
     assert up.returncode == 0, up.stderr
     assert "generated a strong one" in up.stderr  # first run: secrets created and announced
     assert (tmp_path / "instance" / "secrets.env").exists()
-    admin = subprocess.run([*flask, "ensure-admin"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    admin = subprocess.run([*flask, "setup"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert admin.returncode == 0, admin.stderr
+    assert "Created the OAuth signing key" in admin.stdout  # once, before any worker starts
     log = open(tmp_path / "gunicorn.log", "w+")
     proc = subprocess.Popen([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT)

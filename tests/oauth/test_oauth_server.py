@@ -17,7 +17,7 @@ from tests.conftest import make_user
 from tests.support.api import admin_api, anon_api, member_api  # noqa: F401
 from tests.support.oauth import (BASE, MCP, REDIRECT, authorize_url, code_for, consent, exchange, pkce, query_of,
                                  refresh, register, tokens_for)
-from tests.support.web import HX, Web
+from tests.support.web import Web
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ from datetime import timedelta
 from sqlalchemy import select, update
 
 from app.extensions import db
-from app.models import Credential, Flow, McpServer, VirtualKey
+from app.models import Flow, McpServer, VirtualKey
 from app.models.base import utcnow
 from tests.conftest import make_user
-from tests.support.mcp import ALICE, BOB, TOKEN_HEADER, Rpc, add_key, agent, auth_required, creds, make_server, tool
+from tests.support.mcp import ALICE, BOB, TOKEN_HEADER, Rpc, agent, auth_required, creds, make_server, tool
 from tests.support.web import Web
 
 HX = {"HX-Request": "true"}
