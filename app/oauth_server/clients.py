@@ -73,7 +73,7 @@ def redirect_origin(uri: str) -> str | None:
 
 
 def _redirect_uri_ok(uri) -> bool:
-    if not isinstance(uri, str) or len(uri) > MAX_URI:
+    if not isinstance(uri, str) or len(uri) > MAX_URI or not uri.isprintable() or " " in uri:
         return False
     parts = urlsplit(uri)
     if parts.fragment or parts.username or parts.password or not parts.hostname:
@@ -120,8 +120,8 @@ def validate_metadata(data: dict, *, cimd: bool = False) -> dict:
 def find(client_id) -> OAuthClient | None:
     """Authlib's query_client: a registered client, or a metadata document's (fetched or
     re-read when older than CIMD_TTL). None when unknown or unusable."""
-    if not isinstance(client_id, str) or not client_id or len(client_id) > MAX_URI:
-        return None
+    if not isinstance(client_id, str) or not client_id or len(client_id) > MAX_URI or not client_id.isprintable():
+        return None  # (a NUL would reach the database, which refuses it)
     client = db.session.scalar(select(OAuthClient).where(OAuthClient.client_id == client_id))
     if not client_id.startswith("https://"):
         return client if client is not None and client.kind == "dcr" else None

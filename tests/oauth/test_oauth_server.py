@@ -524,3 +524,18 @@ def test_setup_creates_the_first_key_once(app):
     assert "signing key" not in out.output  # the test session's key exists already
     with app.app_context():
         assert db.session.scalar(select(db.func.count(SigningKey.id))) == 1
+
+
+@pytest.mark.parametrize("client_id", ["a\x00b", "https://x.example/c\x00.json", "\u2028", "x" * 3000])
+def test_odd_client_ids_are_unknown_clients(client, member, client_id):
+    r = member.get(authorize_url(client_id, pkce()[1]))
+    assert r.status_code == 400 and "Cannot connect this app" in r.get_data(as_text=True)
+    r = client.post("/oauth/token", data={"grant_type": "authorization_code", "client_id": client_id, "code": "x",
+                                          "code_verifier": "v" * 43, "redirect_uri": REDIRECT})
+    assert r.status_code in (400, 401) and r.get_json()["error"] == "invalid_client"
+
+
+@pytest.mark.parametrize("uri", ["https://app.example/cb\x00", "https://app.example/c b", "https://app.example/\u2028"])
+def test_redirect_uris_with_control_characters_are_refused(client, uri):
+    r = client.post("/oauth/register", json={"redirect_uris": [uri]})
+    assert r.status_code == 400 and r.get_json()["error"] in ("invalid_client_metadata", "invalid_redirect_uri")
