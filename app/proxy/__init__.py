@@ -138,7 +138,8 @@ def _forward(cfg, environ, method, service, svc, caller, scope, raw_query) -> Re
         identity_headers.append((f"{prefix}-Agent-ID", _header_value(key.agent_id)))
     prefixes = tuple({prefix.lower() + "-", "x-portcullis-"})
     overrides = forward.METHOD_OVERRIDE_HEADERS if scope == "read" else frozenset()
-    headers = forward.request_headers(_headers(environ), secret, prefixes, credential, identity_headers, overrides)
+    headers = forward.request_headers(_headers(environ), secret, prefixes, credential, identity_headers, overrides,
+                                      issuer=cfg["PORTCULLIS_BASE_URL"])
 
     try:
         content = _request_body(environ, cfg["PORTCULLIS_PROXY_MAX_BODY_BYTES"] or None)

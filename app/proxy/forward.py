@@ -7,7 +7,9 @@ to httpx as an iterator over the WSGI input, the answer is relayed chunk by chun
 """
 from __future__ import annotations
 
+import base64
 import errno
+import json
 import logging
 import re
 from urllib.parse import unquote_to_bytes
@@ -15,6 +17,7 @@ from urllib.parse import unquote_to_bytes
 import httpx
 
 from ..identity import QUERY_KEY, query_pairs
+from ..oauth_server.tokens import looks_like_jwt
 
 log = logging.getLogger("portcullis.proxy")
 CHUNK = 256 * 1024  # request body read size
@@ -120,8 +123,9 @@ def upstream_url(base: httpx.URL, rest: bytes, query: bytes) -> str:
 
 def request_headers(items, secret: str | None, identity_prefixes: tuple[str, ...],
                     credential: tuple[str, str], identity: list[tuple[str, str]],
-                    also_dropped: frozenset[str] = frozenset()) -> list[tuple[bytes, bytes]]:
-    """What goes upstream: the client's headers minus what must not pass (and ``also_dropped``),
+                    also_dropped: frozenset[str] = frozenset(), issuer: str | None = None) -> list[tuple[bytes, bytes]]:
+    """What goes upstream: the client's headers minus what must not pass (and ``also_dropped``,
+    and an OAuth access token of ``issuer``: Portcullis's own tokens never reach a service),
     then the root credential and the identity headers (set by Portcullis only)."""
     items = list(items)
     dropped = set(REQUEST_DROPPED)
@@ -135,7 +139,7 @@ def request_headers(items, secret: str | None, identity_prefixes: tuple[str, ...
         low = name.lower()
         if low in dropped or low.startswith(identity_prefixes) or low.startswith("x-forwarded-"):
             continue
-        if low == "authorization" and _is_key_bearer(value):
+        if low == "authorization" and (_is_key_bearer(value) or _is_own_token(value, issuer)):
             continue
         if secret and secret in value:  # the key, wherever the client put it, never leaves
             continue
@@ -144,6 +148,20 @@ def request_headers(items, secret: str | None, identity_prefixes: tuple[str, ...
     for name, value in identity:
         out.append((name.encode("latin-1"), value.encode("latin-1")))
     return out
+
+
+def _is_own_token(value: str, issuer: str | None) -> bool:
+    """``Bearer <a JWT whose iss is Portcullis>`` (decoded, not verified: only to drop it)."""
+    scheme, _, token = value.strip().partition(" ")
+    token = token.strip()
+    if issuer is None or scheme.lower() != "bearer" or not looks_like_jwt(token):
+        return False
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(claims, dict) and claims.get("iss") == issuer
 
 
 def _is_key_bearer(value: str) -> bool:

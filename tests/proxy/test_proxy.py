@@ -102,6 +102,29 @@ def test_a_non_key_authorization_header_passes_when_not_the_credential_header(cl
     assert seen_headers(r.json)["authorization"] == ["Basic dXNlcjpwdw=="]
 
 
+def test_portcullis_own_access_tokens_never_reach_a_service(app, client, key):
+    """An agent that sends its Portcullis OAuth token to /proxy by mistake does not hand it to the
+    service (it would work on /mcp); another issuer's JWT, meant for the service, passes."""
+    import time
+
+    from joserfc import jwt
+
+    from app.oauth_server import keys
+
+    _, secret = key
+    now = int(time.time())
+    with app.app_context():
+        kid, signing = keys.cache().signing_key()
+        ours = jwt.encode({"alg": "RS256", "kid": kid}, {"iss": app.config["PORTCULLIS_BASE_URL"], "sub": "1",
+                                                          "exp": now + 60}, signing)
+        theirs = jwt.encode({"alg": "RS256", "kid": kid}, {"iss": "https://idp.example", "sub": "1",
+                                                            "exp": now + 60}, signing)
+    r = client.get("/proxy/echo/x", headers={**vk(secret), "Authorization": f"Bearer {ours}"})
+    assert r.status_code == 200 and "authorization" not in seen_headers(r.json)
+    r = client.get("/proxy/echo/x", headers={**vk(secret), "Authorization": f"Bearer {theirs}"})
+    assert r.status_code == 200 and seen_headers(r.json)["authorization"] == [f"Bearer {theirs}"]
+
+
 def test_hop_by_hop_cookies_forwarding_and_spoofed_identity_headers_are_stripped(client, key):
     key_id, secret = key
     r = client.get("/proxy/echo/x", headers={
