@@ -41,9 +41,18 @@ def gate():
     if request.method == "OPTIONS" and request.endpoint in CORS_ENDPOINTS:
         return make_response("", 204)
     g.user = g.login = None
+    if request.endpoint in ("oauth.authorize", "oauth.token", "oauth.revoke") and not _ascii_params():
+        # OAuth parameters are printable ASCII (RFC 6749 Appendix A); anything else would reach
+        # the protocol library's error texts, which refuse it
+        return oauth_error(400, "invalid_request", "parameters must be printable ASCII")
     if request.endpoint == "oauth.authorize":
         load_dashboard_user()
     return None
+
+
+def _ascii_params() -> bool:
+    return all(v.isascii() and v.isprintable() for values in (request.args, request.form)
+               for key in values for v in (key, *values.getlist(key)))
 
 
 @bp.after_request

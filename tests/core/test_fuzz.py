@@ -236,3 +236,46 @@ def test_mcp(served, client, upstreams):
             rpc.initialize()  # that ended the session: carry on in a new one
     assert statuses[200] and statuses[202] and statuses[400] and statuses[404], statuses
     assert Rpc(client, key).call("ping").json["result"] == {}  # still serving
+
+
+OAUTH_CALLS = 600  # seeded odd requests to the authorization server's endpoints
+
+
+def test_oauth(served, client):
+    """The authorization server's endpoints (not in the OpenAPI document): odd values in every
+    parameter, as a stranger and as a logged-in person, never a 5xx or a traceback."""
+    from tests.support.oauth import REDIRECT, authorize_url, pkce, register
+    from tests.support.web import Web
+    from tests.conftest import make_user
+
+    make_user(served, "fuzz-person@example.com")
+    person = Web(client).login("fuzz-person@example.com")
+    known = register(client)["client_id"]
+    rng = random.Random(SEED)
+    statuses = Counter()
+    params = ["grant_type", "code", "client_id", "redirect_uri", "code_verifier", "refresh_token", "resource",
+              "scope", "token", "token_type_hint", "client_secret", "state", "code_challenge",
+              "code_challenge_method", "response_type", "decision", "mode", "key_id"]
+    for _ in range(OAUTH_CALLS):
+        # (forms and URLs carry UTF-8: a lone surrogate cannot be sent there at all)
+        data = {name: rng.choice([known, REDIRECT, "authorization_code", "refresh_token", "S256", "approve", "vk",
+                                  str(odd_value(rng))[:3000].encode("utf-8", "replace").decode()])
+                for name in rng.sample(params, rng.randint(0, len(params)))}
+        kind = rng.randrange(5)
+        if kind == 0:
+            resp = client.post("/oauth/token", data=data)
+        elif kind == 1:
+            resp = client.post("/oauth/revoke", data=data)
+        elif kind == 2:
+            body = odd_value(rng) if rng.random() < 0.5 else {"redirect_uris": [odd_value(rng)], **{
+                k: odd_value(rng) for k in rng.sample(["client_name", "grant_types", "response_types",
+                                                       "token_endpoint_auth_method", "scope", "client_uri"], 2)}}
+            resp = client.post("/oauth/register", data=json.dumps(body, ensure_ascii=False).encode(
+                "utf-8", "surrogatepass"), content_type="application/json")
+        else:
+            url = authorize_url(data.get("client_id", known), pkce()[1], **{
+                k: v for k, v in data.items() if k not in ("client_id",)})
+            resp = person.get(url) if kind == 3 else person.post(url, data)
+        statuses[resp.status_code] += 1
+        assert resp.status_code < 500, (kind, data, resp.status_code, resp.get_data(as_text=True)[:300])
+    assert statuses[400] and (statuses[302] or statuses[200]), statuses

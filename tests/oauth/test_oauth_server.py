@@ -539,3 +539,15 @@ def test_odd_client_ids_are_unknown_clients(client, member, client_id):
 def test_redirect_uris_with_control_characters_are_refused(client, uri):
     r = client.post("/oauth/register", json={"redirect_uris": [uri]})
     assert r.status_code == 400 and r.get_json()["error"] in ("invalid_client_metadata", "invalid_redirect_uri")
+
+
+@pytest.mark.parametrize("change", [{"response_type": "cöde"}, {"redirect_uri": "https://ä.example/cb"},
+                                    {"state": "\u2028"}])
+def test_parameters_that_are_not_printable_ascii_are_a_400(client, member, change):
+    """Found by the fuzz test: the protocol library puts some parameters into error texts, which
+    it refuses to build from anything but printable ASCII (a 500)."""
+    app_client = register(client)
+    r = member.get(authorize_url(app_client["client_id"], pkce()[1], **change))
+    assert r.status_code == 400 and r.get_json()["error"] == "invalid_request"
+    r = client.post("/oauth/token", data={"grant_type": "authorizatiön_code", "client_id": app_client["client_id"]})
+    assert r.status_code == 400 and r.get_json()["error"] == "invalid_request"
