@@ -111,7 +111,8 @@ class Snapshot:
         row = db.session.scalar(select(VirtualKey).where(VirtualKey.key_hash == key_hash).options(*_KEY_LOADS))
         view = None
         if row is not None:
-            first = _own_view(row)  # the row just read; issuers, if any, are read by id
+            first = _own_view(row)  # the row just read, never an older view of that id; issuers by id
+            self._by_id.pop(row.id, None)
             view = access.resolve_key(row.id, lambda i: first if i == row.id else self._own(i), self._by_id)
         if len(self._keys) >= MAX_KEYS:
             self._keys.clear()

@@ -37,6 +37,9 @@ class VirtualKey(db.Model):
     __table_args__ = (
         db.CheckConstraint("source IN ('dashboard', 'api', 'mcp')", name="source"),
         db.CheckConstraint("rate_limit_per_minute > 0", name="rate_limit_positive"),
+        # ids are never reused (SQLite would reuse the highest one after a delete): an issued key
+        # names its issuer by id, and caches and rate-limit budgets are keyed by id
+        {"sqlite_autoincrement": True},
     )
 
     @classmethod

@@ -393,3 +393,12 @@ def test_member_deletes_own_key_only(app, admin_api, member_api, member_id):
 def test_delete_unknown(admin_api):
     with unchanged(admin_api, "/virtual-keys"):
         assert_error(admin_api.delete("/virtual-keys/999999"), 404, "not_found")
+
+
+def test_a_deleted_keys_id_is_never_reused(admin_api):
+    """Issued keys name their issuer by id, and caches and rate-limit budgets are keyed by id: a
+    new key must never get the id of a deleted one (SQLite reused the highest id by default)."""
+    first = admin_api.post("/virtual-keys", json={"name": "one"}).get_json()["id"]
+    assert admin_api.delete(f"/virtual-keys/{first}").status_code == 204
+    second = admin_api.post("/virtual-keys", json={"name": "two"}).get_json()["id"]
+    assert second > first
