@@ -11,13 +11,12 @@ of each token against its snapshot).
 """
 from __future__ import annotations
 
-import logging
 from datetime import timedelta
 
 from authlib.common.security import generate_token
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import grants
-from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError, InvalidScopeError
+from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7591 import ClientRegistrationEndpoint
 from authlib.oauth2.rfc7636 import CodeChallenge
@@ -29,14 +28,10 @@ from ..audit import record
 from ..extensions import db
 from ..models import OAuthClient, OAuthCode, OAuthConsent, OAuthRefreshToken
 from ..models.base import digest, utcnow
-from ..models.oauth import loopback_redirect
 from . import clients, consents, tokens
 from .metadata import resource_allowed
 
-log = logging.getLogger(__name__)
 CODE_TTL = timedelta(seconds=60)
-GRANT_TYPES = ("authorization_code", "refresh_token")
-AUTH_METHODS = ("none", "client_secret_basic", "client_secret_post")
 
 
 class Grantee:
@@ -78,7 +73,7 @@ def _requested_resource(req, default: str | None = None) -> str | None:
 
 
 class CodeGrant(grants.AuthorizationCodeGrant):
-    TOKEN_ENDPOINT_AUTH_METHODS = list(AUTH_METHODS)
+    TOKEN_ENDPOINT_AUTH_METHODS = list(clients.AUTH_METHODS)
 
     def validate_authorization_request(self):
         redirect_uri = super().validate_authorization_request()
@@ -150,7 +145,7 @@ def _reused_code(row: OAuthCode) -> None:
 
 
 class RefreshGrant(grants.RefreshTokenGrant):
-    TOKEN_ENDPOINT_AUTH_METHODS = list(AUTH_METHODS)
+    TOKEN_ENDPOINT_AUTH_METHODS = list(clients.AUTH_METHODS)
     INCLUDE_NEW_REFRESH_TOKEN = True
 
     def validate_token_request(self):
@@ -200,7 +195,7 @@ class Revocation(RevocationEndpoint):
     """RFC 7009. Revoking a refresh token or an access token revokes its consent: every token
     of that authorization stops working."""
 
-    CLIENT_AUTH_METHODS = list(AUTH_METHODS)
+    CLIENT_AUTH_METHODS = list(clients.AUTH_METHODS)
 
     def query_token(self, token_string, token_type_hint):
         if token_type_hint != "access_token":
@@ -327,9 +322,3 @@ def create_server(app) -> AuthorizationServer:
     server.register_extension(Issuer())
     return server
 
-
-def loopback_allowed(uri: str) -> bool:  # re-exported for clients.py's validation
-    return loopback_redirect(uri)
-
-
-__all__ = ["Grantee", "create_server", "InvalidScopeError"]
