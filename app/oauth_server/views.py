@@ -43,7 +43,10 @@ def gate():
     g.user = g.login = None
     if request.endpoint in ("oauth.authorize", "oauth.token", "oauth.revoke") and not _ascii_params():
         # OAuth parameters are printable ASCII (RFC 6749 Appendix A); anything else would reach
-        # the protocol library's error texts, which refuse it
+        # the protocol library's error texts, which refuse it. A person sees a page, a client JSON.
+        if request.endpoint == "oauth.authorize":
+            return render_template("web/oauth_error.html", error="invalid_request",
+                                   description="parameters must be printable ASCII"), 400
         return oauth_error(400, "invalid_request", "parameters must be printable ASCII")
     if request.endpoint == "oauth.authorize":
         load_dashboard_user()
