@@ -258,3 +258,40 @@ def test_request_key_in_user_mode_is_cut_to_one_of_the_persons_keys(app, client,
     too_much = rpc.call("tools/call", {"name": "portcullis__request_key",
                                        "arguments": {"service_name": "weather", "rate_limit": 11}}).json["result"]
     assert too_much["isError"]
+
+
+def test_two_people_through_two_clients_use_their_own_credentials(app, client, member_id):
+    """Each person's token reaches the upstream with that person's own stored value, never the
+    other's (per_user_headers: user bindings)."""
+    from app.models import Credential
+    from tests.support.mcp import start_upstream, stop
+
+    proc, url = start_upstream("--name", "keyed", "--require-header", "X-Api-Key=sample-2",
+                               "--require-header", "X-Api-Key=ada-value", "--require-header", "X-Api-Key=bob-value")
+    try:
+        with app.app_context():
+            from app.ops.servers import create_server
+
+            server = create_server({"name": "keyed", "url": url, "auth_type": "per_user_headers",
+                                    "per_user_header_keys": ["X-Api-Key"], "sample_headers": {"x-api-key": "sample-2"}})
+            db.session.commit()
+            sid = server.id
+        bob_id = make_user(app, "bob@example.com")
+        tokens = {}
+        for uid, email, value in ((member_id, "member@example.com", "ada-value"), (bob_id, "bob@example.com",
+                                                                                   "bob-value")):
+            add_key(app, {sid: None}, owner_id=uid)
+            with app.app_context():
+                db.session.add(Credential(auth_mode="user", user_id=uid, mcp_server_id=sid, values={"x-api-key": value},
+                                          header_keys=["x-api-key"]))
+                db.session.commit()
+            web = Web(client).login(email)
+            tokens[value] = tokens_for(client, web)[1]["access_token"]  # a client of their own each
+            web.post("/logout")
+        for _ in range(2):  # alternate, so that a cache keyed without the person would show
+            for value, token in tokens.items():
+                rpc = session_rpc(client, token)
+                r = rpc.call("tools/call", {"name": "keyed__headers", "arguments": {}})
+                assert r.json["result"]["structuredContent"]["x-api-key"] == value
+    finally:
+        stop(proc)

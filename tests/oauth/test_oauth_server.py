@@ -552,3 +552,19 @@ def test_parameters_that_are_not_printable_ascii_are_a_400(client, member, chang
     assert "Location" not in r.headers
     r = client.post("/oauth/token", data={"grant_type": "authorizatiön_code", "client_id": app_client["client_id"]})
     assert r.status_code == 400 and r.get_json()["error"] == "invalid_request"
+
+
+def test_the_sweeper_removes_what_the_authorization_server_no_longer_needs(app, client, member):
+    app_client, tok = tokens_for(client, member)
+    code, _ = code_for(member, app_client["client_id"])  # an unused code
+    with app.app_context():
+        long_ago = utcnow() - timedelta(days=2)
+        db.session.execute(update(OAuthCode).values(expires_at=long_ago))
+        db.session.execute(update(OAuthRefreshToken).values(expires_at=long_ago))
+        db.session.commit()
+    out = app.test_cli_runner().invoke(args=["sweep"])
+    assert out.exit_code == 0, out.output
+    with app.app_context():
+        assert db.session.scalar(select(db.func.count(OAuthCode.id))) == 0
+        assert db.session.scalar(select(db.func.count(OAuthRefreshToken.id))) == 0
+        assert db.session.scalar(select(db.func.count(OAuthConsent.id))) == 1  # still live, just signed out
