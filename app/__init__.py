@@ -143,6 +143,8 @@ def _scope_limiter(app: Flask, blueprints: tuple[str, ...]) -> None:
 def _logging(app: Flask) -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Authlib logs issued tokens and authorization codes at DEBUG: never, whatever the root level.
+    logging.getLogger("authlib").setLevel(max(logging.INFO, logging.getLogger("authlib").getEffectiveLevel()))
 
 
 @event.listens_for(Engine, "connect")

@@ -568,3 +568,20 @@ def test_the_sweeper_removes_what_the_authorization_server_no_longer_needs(app, 
         assert db.session.scalar(select(db.func.count(OAuthCode.id))) == 0
         assert db.session.scalar(select(db.func.count(OAuthRefreshToken.id))) == 0
         assert db.session.scalar(select(db.func.count(OAuthConsent.id))) == 1  # still live, just signed out
+
+
+def test_no_token_or_code_reaches_the_log_even_at_debug(app, client, member, caplog):
+    """Authlib logs the tokens it issues at DEBUG; that logger stays at INFO whatever the root says."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("authlib").setLevel(logging.DEBUG)  # someone turns everything up ...
+    from app import _logging
+
+    _logging(app)  # ... the app's own set-up turns the protocol library down again
+    app_client = register(client)
+    code, verifier = code_for(member, app_client["client_id"])
+    tok = exchange(client, app_client["client_id"], code, verifier).get_json()
+    second = refresh(client, app_client["client_id"], tok["refresh_token"]).get_json()
+    for secret in (code, tok["access_token"], tok["refresh_token"], second["access_token"], second["refresh_token"]):
+        assert secret not in caplog.text
