@@ -585,3 +585,17 @@ def test_no_token_or_code_reaches_the_log_even_at_debug(app, client, member, cap
     second = refresh(client, app_client["client_id"], tok["refresh_token"]).get_json()
     for secret in (code, tok["access_token"], tok["refresh_token"], second["access_token"], second["refresh_token"]):
         assert secret not in caplog.text
+
+
+def test_the_sweeper_forgets_registered_clients_that_never_got_a_token(app, client, member):
+    used, _ = tokens_for(client, member)
+    abandoned = register(client)
+    fresh = register(client)
+    with app.app_context():
+        db.session.execute(update(OAuthClient).where(OAuthClient.client_id.in_(
+            [used["client_id"], abandoned["client_id"]])).values(created_at=utcnow() - timedelta(days=2)))
+        db.session.commit()
+    assert app.test_cli_runner().invoke(args=["sweep"]).exit_code == 0
+    with app.app_context():
+        left = set(db.session.scalars(select(OAuthClient.client_id)))
+    assert left == {used["client_id"], fresh["client_id"]}
