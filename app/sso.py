@@ -27,7 +27,7 @@ from .audit import record
 from .extensions import db
 from .models import User
 from .models.base import new_secret
-from .ops.users import active_admins_besides
+from .ops.users import active_admins_besides, end_logins
 
 HTTP_TIMEOUT = 10  # seconds for each request to the provider (discovery, JWKS, token, userinfo)
 CALLBACK = "/login/sso/callback"
@@ -133,6 +133,9 @@ def user_for(who: Identity) -> User:
         if user is not None and user.sso_subject is not None:
             raise Refused("account_tied_elsewhere", "This e-mail's account belongs to another sign-in.",
                           email=who.email, user=user)
+    if user is not None and not user.active:
+        raise Refused("deactivated", "Your account is deactivated.", email=who.email, user=user)
+    if user is None or user.sso_subject is None:
         if user is None:
             user = User(email=who.email, role=_role_from(who.groups) or "member", active=True)
             user.set_password(new_secret("", 32))  # never told to anyone: this person signs in through SSO
@@ -143,11 +146,11 @@ def user_for(who: Identity) -> User:
             record("user.sso_link", user, "tied to the identity provider's subject (verified e-mail)")
         user.sso_issuer, user.sso_subject = who.issuer, who.subject
         if user.must_change_password:
-            # A printed one-time password that was never used: it stops working now.
+            # A printed one-time password never replaced: it stops working now, and so do the
+            # logins made with it (as for any password change).
             user.set_password(new_secret("", 32))
             user.must_change_password = False
-    if not user.active:
-        raise Refused("deactivated", "Your account is deactivated.", email=who.email, user=user)
+            end_logins(user)
     _apply_groups(user, who.groups)
     return user
 
@@ -171,3 +174,4 @@ def _apply_groups(user: User, groups: list[str]) -> None:
         return
     record("user.role_change", user, f"{user.role} -> {role} (identity provider groups)")
     user.role = role
+    end_logins(user)  # as for any role change (app/ops/users.py): every earlier login and API token ends

@@ -7,6 +7,7 @@ import requests
 from authlib.common.errors import AuthlibBaseError
 from flask import abort, current_app, g, redirect, render_template, request, session
 from joserfc.errors import JoseError
+from sqlalchemy.exc import IntegrityError
 
 from .. import sso
 from ..audit import record
@@ -63,9 +64,11 @@ def sso_callback():
         record_failed_login("login.sso_refused", e.email or (who.email if who else ""), e.user, e.reason)
         db.session.commit()
         return login_page(e.message, 403)
-    except (requests.RequestException, AuthlibBaseError, JoseError, ValueError, KeyError, TypeError) as e:
+    except (requests.RequestException, AuthlibBaseError, JoseError, ValueError, KeyError, TypeError,
+            IntegrityError) as e:
         # A wrong or replayed state, a nonce or signature that does not match, a refused code,
-        # an unreachable provider: nobody is signed in, and nothing of the answer is shown.
+        # an unreachable provider, the same person's first sign-in racing in another tab:
+        # nobody is signed in, and nothing of the answer is shown.
         db.session.rollback()
         reason = getattr(e, "error", None) or type(e).__name__
         record("login.sso_refused", target_name="single sign-on", detail=f"invalid answer: {str(reason)[:60]}")
