@@ -71,7 +71,8 @@ class RedisBus:
     def publish(self, payload: str) -> None:
         self.client.publish(self.channel, payload)
 
-    def listen(self, stop: threading.Event, ready: Callable[[], None]) -> None:
+    def listen(self, stop: threading.Event, ready: Callable[[], None], handle=None) -> None:
+        handle = handle or received
         pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(self.channel)
@@ -82,7 +83,7 @@ class RedisBus:
                     pubsub.ping()  # a dead connection raises here rather than waiting forever
                 elif message.get("type") == "message":
                     data = message["data"]
-                    received(data.decode() if isinstance(data, bytes) else data)
+                    handle(data.decode() if isinstance(data, bytes) else data)
         finally:
             pubsub.close()
 
@@ -98,9 +99,10 @@ class PostgresBus:
             conn.exec_driver_sql("SELECT pg_notify(%(c)s, %(p)s)", {"c": CHANNEL, "p": payload})
             conn.commit()
 
-    def listen(self, stop: threading.Event, ready: Callable[[], None]) -> None:
+    def listen(self, stop: threading.Event, ready: Callable[[], None], handle=None) -> None:
         import psycopg
 
+        handle = handle or received
         with psycopg.connect(self.dsn, autocommit=True, connect_timeout=3) as conn:
             conn.execute(f"LISTEN {CHANNEL}")
             ready()
@@ -108,7 +110,7 @@ class PostgresBus:
                 got = False
                 for note in conn.notifies(timeout=POLL_SECONDS, stop_after=64):
                     got = True
-                    received(note.payload)
+                    handle(note.payload)
                 if not got:
                     conn.execute("SELECT 1")  # raises on a dead connection
 
@@ -133,15 +135,15 @@ class Listener:
         self.thread = threading.Thread(target=self._run, daemon=True, name="portcullis-invalidate")
 
     def _run(self) -> None:
-        first = True
+        ever = False
         while not self.stop.is_set():
             try:
-                self.bus.listen(self.stop, self._ready if first else self._reconnected)
+                self.bus.listen(self.stop, self._reconnected if ever else self._ready)
             except Exception as e:  # noqa: BLE001  (retried; the expiry covers the gap)
                 if self.connected.is_set():
                     log.warning("invalidation listener lost its connection (%s); reconnecting", type(e).__name__)
-                self.connected.clear()
-            first = first and not self.connected.is_set()
+            ever = ever or self.connected.is_set()
+            self.connected.clear()
             self.stop.wait(RETRY_SECONDS)
 
     def _ready(self) -> None:
