@@ -284,6 +284,10 @@ def load_config(instance_path: str, overrides: dict | None = None) -> dict:
         "PORTCULLIS_REFRESH_TOKEN_DAYS": _int(env, "PORTCULLIS_REFRESH_TOKEN_DAYS", 30, lo=1),
         "PORTCULLIS_REGISTRATION_RATE_LIMIT": env.get("PORTCULLIS_REGISTRATION_RATE_LIMIT") or "20 per minute",
         "PORTCULLIS_CIMD_ALLOW_LOOPBACK": _bool(env.get("PORTCULLIS_CIMD_ALLOW_LOOPBACK"), False),
+        # Operations (app/operations.py, app/logs.py): the bearer token /metrics asks for (None:
+        # open), and the log format (text or json).
+        "PORTCULLIS_METRICS_TOKEN": (env.get("PORTCULLIS_METRICS_TOKEN") or "").strip() or None,
+        "PORTCULLIS_LOG_FORMAT": _choice(env, "PORTCULLIS_LOG_FORMAT", ("text", "json"), "text"),
         "RATELIMIT_STORAGE_URI": redis_url or "memory://",
         # Prefix of every rate-limit counter (several deployments sharing one Redis database).
         "RATELIMIT_KEY_PREFIX": (env.get("PORTCULLIS_RATE_LIMIT_PREFIX") or "").strip(),

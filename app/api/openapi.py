@@ -265,7 +265,8 @@ SCHEMAS = {
                       ["type", "id", "name"]),
         "detail": {"type": "string", "description": "A short note; never a secret."},
         "ip": nullable(STR),
-    }, ["id", "created_at", "actor", "action", "target", "detail", "ip"]),
+        "request_id": nullable(STR),
+    }, ["id", "created_at", "actor", "action", "target", "detail", "ip", "request_id"]),
     "AuditEventList": listing("audit_events", "AuditEvent"),
 
     "HeaderFlow": obj({

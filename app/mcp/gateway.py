@@ -19,7 +19,7 @@ from ..credentials import (DISCOVERABLE, AuthRequired, CredentialUnavailable, Si
                            wants_url_elicitation)
 from ..oauth_server import metadata as oauth_metadata
 from ..extensions import db
-from .. import identity
+from .. import identity, metrics
 from ..identity import Caller
 from ..ops.fields import JsonRefused, parse_json
 from . import native
@@ -274,21 +274,27 @@ def _call_tool(ex: Exchange, params: dict) -> Response:
         return ex.error(types.INVALID_PARAMS, "invalid params: _meta must be an object")
     if ex.scope is None and native.is_native(name):
         result = native.call(ex.caller, name, arguments or {})
+        metrics.tool_call("portcullis" if result else "", name if result else "", _outcome(result))
         return ex.error(types.INVALID_PARAMS, f"Unknown tool: {name}") if result is None else ex.result(result)
     found = toolnames.resolve(ex.caller, ex.scope, name)
     if found is None:  # unknown, not granted and filtered out look the same
+        metrics.tool_call("", "", "unknown_tool")
         return ex.error(types.INVALID_PARAMS, f"Unknown tool: {name}")
     server, tool = found
     try:
         endpoint = endpoint_for(server, ex.caller.in_session(ex.session))
     except SignInAgain as e:  # the session gate: no new flow for a token whose login ended
+        metrics.tool_call(server.name, tool, "auth_required")
         return _refused(ex.id, identity.Refusal(401, "invalid_token", str(e)),
                         ex.scope.name if ex.scope else None)
     except AuthRequired as e:  # the call does not reach the upstream
+        metrics.tool_call(server.name, tool, "auth_required")
+        metrics.AUTH_REQUIRED.labels(server.name).inc()
         if wants_url_elicitation(ex.session):
             return ex.answer({"jsonrpc": "2.0", "id": ex.id, "error": e.rpc_error()})
         return ex.result(e.tool_result())
     except CredentialUnavailable as e:
+        metrics.tool_call(server.name, tool, "credential_unavailable")
         return ex.result(tool_error(str(e)))
     upstream_params = dict(params)
     upstream_params["name"] = tool
@@ -296,20 +302,36 @@ def _call_tool(ex: Exchange, params: dict) -> Response:
     try:
         call = current_app.extensions["mcp_client"].open(endpoint, "tools/call", upstream_params)
     except UpstreamError as e:
+        _upstream_failed(server.name, tool)
         return ex.result(tool_error(str(e)))
     if call.streaming and ex.takes_sse:
         session = ex.session
         floor = LOG_LEVELS.index(session.log_level) if session is not None and session.log_level else 0
-        return Response(_relay(call, ex.id, floor), mimetype="text/event-stream", headers=SSE_HEADERS)
+        return Response(_relay(call, ex.id, floor, (server.name, tool)), mimetype="text/event-stream", headers=SSE_HEADERS)
     try:
         msg = call.result()
     except UpstreamError as e:
+        _upstream_failed(server.name, tool)
         return ex.result(tool_error(str(e)))
+    metrics.tool_call(server.name, tool, _outcome(msg.get("result"), msg.get("error")))
     msg["id"] = ex.id
     return ex.answer(msg)
 
 
-def _relay(call, req_id, log_floor: int):
+def _outcome(result, error=None) -> str:
+    if error is not None:
+        return "rpc_error"
+    if not isinstance(result, dict):
+        return "unknown_tool"
+    return "tool_error" if result.get("isError") else "ok"
+
+
+def _upstream_failed(server: str, tool: str) -> None:
+    metrics.tool_call(server, tool, "upstream_error")
+    metrics.UPSTREAM_ERRORS.labels("mcp", server).inc()
+
+
+def _relay(call, req_id, log_floor: int, labels: tuple[str, str]):
     """The upstream's SSE answer, event by event: progress notifications and log messages (at
     or above the session's logging/setLevel) as they arrive, then the answer under the agent's
     own request id."""
@@ -327,8 +349,10 @@ def _relay(call, req_id, log_floor: int):
             if method is not None:
                 continue
             msg["id"] = req_id
+            metrics.tool_call(*labels, _outcome(msg.get("result"), msg.get("error")))
             yield _sse_event(msg)
     except UpstreamError as e:
+        _upstream_failed(*labels)
         yield _sse_event({"jsonrpc": "2.0", "id": req_id, "result": tool_error(str(e))})
     finally:
         call.close()
