@@ -15,7 +15,7 @@ import mcp_types as types
 from flask import current_app
 from werkzeug.wrappers import Request, Response
 
-from ..credentials import (DISCOVERABLE, AuthRequired, CredentialUnavailable, SignInAgain, endpoint_for,
+from ..credentials import (DISCOVERABLE, AuthRequired, CredentialUnavailable, SignInAgain, endpoint_for, resolver,
                            wants_url_elicitation)
 from ..oauth_server import metadata as oauth_metadata
 from ..extensions import db
@@ -24,7 +24,7 @@ from ..identity import Caller
 from ..ops.fields import JsonRefused, parse_json
 from . import native
 from . import tools as toolnames
-from ..upstream.client import UpstreamError
+from ..upstream.client import UpstreamError, UpstreamRefused
 from ..upstream.discovery import refresh_stale
 from .sessions import McpSessionInfo
 
@@ -281,8 +281,19 @@ def _call_tool(ex: Exchange, params: dict) -> Response:
         metrics.tool_call("", "", "unknown_tool")
         return ex.error(types.INVALID_PARAMS, f"Unknown tool: {name}")
     server, tool = found
+    caller = ex.caller.in_session(ex.session)
+    upstream_params = dict(params)
+    upstream_params["name"] = tool
     try:
-        endpoint = endpoint_for(server, ex.caller.in_session(ex.session))
+        endpoint = endpoint_for(server, caller)
+        try:
+            call = current_app.extensions["mcp_client"].open(endpoint, "tools/call", upstream_params)
+        except UpstreamRefused as e:
+            # an OAuth upstream refused the token: once more with a newer or refreshed one
+            retry = resolver(server.auth_type).after_refused(server, caller, endpoint) if e.status == 401 else None
+            if retry is None:
+                raise
+            call = current_app.extensions["mcp_client"].open(retry, "tools/call", upstream_params)
     except SignInAgain as e:  # the session gate: no new flow for a token whose login ended
         metrics.tool_call(server.name, tool, "auth_required")
         return _refused(ex.id, identity.Refusal(401, "invalid_token", str(e)),
@@ -296,11 +307,6 @@ def _call_tool(ex: Exchange, params: dict) -> Response:
     except CredentialUnavailable as e:
         metrics.tool_call(server.name, tool, "credential_unavailable")
         return ex.result(tool_error(str(e)))
-    upstream_params = dict(params)
-    upstream_params["name"] = tool
-
-    try:
-        call = current_app.extensions["mcp_client"].open(endpoint, "tools/call", upstream_params)
     except UpstreamError as e:
         _upstream_failed(server.name, tool)
         return ex.result(tool_error(str(e)))

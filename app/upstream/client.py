@@ -34,6 +34,16 @@ class UpstreamError(Exception):
     """A failure talking to one upstream; ``str()`` is safe to show to the agent."""
 
 
+class UpstreamRefused(UpstreamError):
+    """The upstream answered 401 or 403: ``status`` and its ``WWW-Authenticate`` (``challenge``,
+    None when absent), which an OAuth upstream uses to point at its authorization server or to
+    say why the token failed (RFC 6750 ``error``, ``scope``)."""
+
+    def __init__(self, message: str, status: int, challenge: str | None):
+        super().__init__(message)
+        self.status, self.challenge = status, challenge
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """Where and how to reach one upstream server for one credential."""
@@ -190,7 +200,8 @@ class UpstreamClient:
             if resp.status_code == 404 and session is not None and session.session_id:
                 raise _SessionExpired()
             if resp.status_code in (401, 403):
-                raise UpstreamError(f"{ep.name}: the server refused the credentials (HTTP {resp.status_code})")
+                raise UpstreamRefused(f"{ep.name}: the server refused the credentials (HTTP {resp.status_code})",
+                                      resp.status_code, resp.headers.get("www-authenticate"))
             if not 200 <= resp.status_code < 300:
                 raise UpstreamError(f"{ep.name}: the server answered HTTP {resp.status_code}")
             ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
