@@ -1,0 +1,84 @@
+"""Server-to-client requests relayed during a call (sampling, elicitation in form and URL mode,
+roots), with the real `mcp` SDK client against a real stateful upstream (the SDK's MCPServer):
+the upstream's request reaches the agent's session, the agent's answer reaches the upstream;
+an agent without the capability gets the upstream's request refused, never a hang."""
+from __future__ import annotations
+
+import pytest
+from mcp import MCPError
+from mcp.types import CreateMessageResult, ElicitRequestURLParams, ElicitResult, ListRootsResult, Root, TextContent
+
+from app.mcp.relay import PREFIX
+from tests.support.mcp import UPSTREAM_KEY, Rpc, add_key, add_server, client
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture
+def beta(app, upstreams):
+    return add_server(app, "beta", upstreams["beta"], auth_type="headers", headers={"X-Api-Key": UPSTREAM_KEY})
+
+
+async def on_sample(ctx, params):
+    return CreateMessageResult(role="assistant", model="agent-llm",
+                               content=TextContent(type="text", text="echo " + params.messages[0].content.text))
+
+
+async def on_elicit(ctx, params):
+    if isinstance(params, ElicitRequestURLParams):
+        return ElicitResult(action="accept" if params.url == "http://127.0.0.1/x" else "decline")
+    return ElicitResult(action="accept", content={"answer": "Ada"})
+
+
+async def on_roots(ctx):
+    return ListRootsResult(roots=[Root(uri="file:///work/project", name="project")])
+
+
+@pytest.mark.parametrize("path,prefix", [("/mcp", "beta__"), ("/mcp/beta", "")])
+async def test_requests_reach_the_agent_and_answers_the_upstream(app, live_server, beta, path, prefix):
+    _, key = add_key(app, {beta: None})
+    http, c = client(live_server + path, key, sampling_callback=on_sample, elicitation_callback=on_elicit,
+                     list_roots_callback=on_roots)
+    async with http, c:
+        r = await c.call_tool(prefix + "sample", {"prompt": "hello"})
+        assert r.content[0].text == "agent-llm:echo hello" and not r.is_error
+        assert (await c.call_tool(prefix + "ask", {})).content[0].text == "accept:Ada"
+        assert (await c.call_tool(prefix + "ask_url", {})).content[0].text == "accept"
+        assert (await c.call_tool(prefix + "roots", {})).structured_content == {"result": ["file:///work/project"]}
+
+
+async def test_an_agent_without_the_capability_is_never_asked(app, live_server, beta):
+    _, key = add_key(app, {beta: None})
+    http, c = client(live_server + "/mcp", key)  # no callbacks: no sampling, elicitation or roots
+    async with http, c:
+        for tool, need in (("sample", "sampling"), ("ask", "elicitation (form mode)"),
+                           ("ask_url", "elicitation (url mode)"), ("roots", "roots")):
+            # the upstream's request is refused at once (-32601 naming the capability), the
+            # upstream's tool fails with that error, and the call ends
+            with pytest.raises(MCPError) as e:
+                await c.call_tool("beta__" + tool, {"prompt": "x"} if tool == "sample" else {})
+            assert e.value.message == f"the agent did not declare the {need} capability", tool
+    # elicitation declared, sampling not: each capability on its own
+    http, c = client(live_server + "/mcp", key, elicitation_callback=on_elicit)
+    async with http, c:
+        assert (await c.call_tool("beta__ask", {})).content[0].text == "accept:Ada"
+        assert (await c.call_tool("beta__ask_url", {})).content[0].text == "accept"
+        with pytest.raises(MCPError, match="sampling capability"):
+            await c.call_tool("beta__sample", {"prompt": "x"})
+
+
+def test_answers_are_bound_to_the_agent_session(app, client, beta):
+    """A relayed request's id is an authenticated token naming the agent session: another
+    session (or a forged id) cannot answer it, and bad answers change nothing."""
+    _, key = add_key(app, {beta: None})
+    rpc = Rpc(client, key)
+    rpc.initialize()
+    for bad in (PREFIX + "garbage", PREFIX, PREFIX + "x" * 5000):
+        assert rpc.raw({"jsonrpc": "2.0", "id": bad, "result": {}}).status_code == 202
+    other = Rpc(client, key)
+    assert other.raw({"jsonrpc": "2.0", "id": PREFIX + "x", "result": {}}).status_code == 400  # no session
