@@ -5,7 +5,7 @@ import logging
 
 import requests
 from authlib.common.errors import AuthlibBaseError
-from flask import abort, current_app, g, redirect, render_template, request, session
+from flask import abort, current_app, g, redirect, request, session
 from joserfc.errors import JoseError
 from sqlalchemy.exc import IntegrityError
 

@@ -23,17 +23,41 @@ from tests.support.web import csrf_in
 
 CALLBACK = "/login/sso/callback"
 SECRET = "sso-client-secret-5d1c"
-PORT = free_port()  # the live server's (Chromium); the test client's requests use the same base URL
-BASE = f"http://127.0.0.1:{PORT}"
+
+
+class Later:
+    """A WSGI app that is chosen after its server is listening (its port goes into the settings)."""
+    target = None
+
+    def __call__(self, environ, start_response):
+        return self.target(environ, start_response)
 
 
 @pytest.fixture(scope="module")
-def provider(oidc_provider_factory):
+def live():
+    """A real HTTP server on a free port, bound before anything needs its URL (Chromium's test
+    uses it; the test client's requests name the same base URL)."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    later = Later()
+    server = make_server("127.0.0.1", 0, later, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    later.base = f"http://127.0.0.1:{server.server_port}"
+    yield later
+    server.shutdown()
+    thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def provider(oidc_provider_factory, live):
     return oidc_provider_factory(clients=[static_client("portcullis", secret=SECRET,
-                                                       redirect_uris=[BASE + CALLBACK])])
+                                                       redirect_uris=[live.base + CALLBACK])])
 
 
-def _make_app(app, encryption_key, tmp_path_factory, provider, **env):
+def _make_app(app, encryption_key, tmp_path_factory, provider, base, **env):
     """An app on the suite's database (emptied after each test) with single sign-on configured
     through the environment, as in production (overrides would skip the settings' parsing)."""
     settings = {
@@ -43,7 +67,7 @@ def _make_app(app, encryption_key, tmp_path_factory, provider, **env):
         "PORTCULLIS_ENCRYPTION_KEY": encryption_key,
         "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
         "PORTCULLIS_LOGIN_RATE_LIMIT": "1000 per minute",
-        "PORTCULLIS_BASE_URL": BASE,
+        "PORTCULLIS_BASE_URL": base,
     }
     environment = {
         "PORTCULLIS_OIDC_ISSUER": provider.issuer,
@@ -59,16 +83,17 @@ def _make_app(app, encryption_key, tmp_path_factory, provider, **env):
 
 
 @pytest.fixture(scope="module")
-def sso_app(app, encryption_key, tmp_path_factory, provider):
-    sso = _make_app(app, encryption_key, tmp_path_factory, provider)
+def sso_app(app, encryption_key, tmp_path_factory, provider, live):
+    sso = _make_app(app, encryption_key, tmp_path_factory, provider, live.base)
+    live.target = sso
     yield sso
     with sso.app_context():
         db.engine.dispose()
 
 
 @pytest.fixture(scope="module")
-def no_password_app(app, encryption_key, tmp_path_factory, provider):
-    sso = _make_app(app, encryption_key, tmp_path_factory, provider, PORTCULLIS_PASSWORD_LOGIN="false")
+def no_password_app(app, encryption_key, tmp_path_factory, provider, live):
+    sso = _make_app(app, encryption_key, tmp_path_factory, provider, live.base, PORTCULLIS_PASSWORD_LOGIN="false")
     yield sso
     with sso.app_context():
         db.engine.dispose()
@@ -84,15 +109,16 @@ def _with_query(url: str, **changes) -> str:
 def sso_login(client, login: str, *, next_path: str | None = None, tamper_auth=None, tamper_callback=None):
     """Start at /login/sso, let ``login`` sign in at the provider, deliver the callback; the
     dashboard's answer to the callback."""
+    callback = client.application.config["PORTCULLIS_BASE_URL"] + CALLBACK
     start = client.get("/login/sso" + (f"?next={next_path}" if next_path else ""))
     assert start.status_code == 302, start.get_data(as_text=True)
     url = start.headers["Location"]
     q = dict(parse_qsl(urlsplit(url).query))
     assert q["code_challenge_method"] == "S256" and q["code_challenge"] and q["nonce"] and q["state"]
-    assert q["redirect_uri"] == BASE + CALLBACK and "openid" in q["scope"].split()
+    assert q["redirect_uri"] == callback and "openid" in q["scope"].split()
     if tamper_auth:
         url = tamper_auth(url)
-    result = HttpxBrowser(login).authorize(url, stop_at=BASE + CALLBACK)
+    result = HttpxBrowser(login).authorize(url, stop_at=callback)
     assert result.code, result.params
     back = result.url
     if tamper_callback:
@@ -346,23 +372,24 @@ def test_half_done_settings_stop_the_start(tmp_path, env, message):
         load_config(str(tmp_path), {**base, **env})
 
 
-def test_provider_down_gives_a_clear_page(app, encryption_key, tmp_path_factory, provider):
+def test_provider_down_gives_a_clear_page(app, encryption_key, tmp_path_factory, live):
     class Gone:
-        issuer = f"http://127.0.0.1:{free_port()}"
+        issuer = f"http://127.0.0.1:{free_port()}"  # nothing listens there
 
-    down = _make_app(app, encryption_key, tmp_path_factory, Gone)
+    down = _make_app(app, encryption_key, tmp_path_factory, Gone, live.base)
     r = down.test_client().get("/login/sso")
     assert r.status_code == 502 and "cannot be reached" in r.get_data(as_text=True)
     with down.app_context():
         db.engine.dispose()
 
 
-def test_claims_only_in_userinfo(app, encryption_key, tmp_path_factory, oidc_provider_factory):
+def test_claims_only_in_userinfo(app, encryption_key, tmp_path_factory, oidc_provider_factory, live):
     """A provider that keeps e-mail and groups out of the ID token (OpenID's strict reading):
     they come from its userinfo endpoint, for the same subject."""
-    strict = oidc_provider_factory(clients=[static_client("portcullis", secret=SECRET, redirect_uris=[BASE + CALLBACK])],
+    strict = oidc_provider_factory(clients=[static_client("portcullis", secret=SECRET,
+                                                         redirect_uris=[live.base + CALLBACK])],
                                    claims_in_id_token=False)
-    strict_app = _make_app(app, encryption_key, tmp_path_factory, strict)
+    strict_app = _make_app(app, encryption_key, tmp_path_factory, strict, live.base)
     try:
         assert sso_login(strict_app.test_client(), "alice@example.com").status_code == 302
         assert _user(strict_app, "alice@example.com").role == "admin"
@@ -372,21 +399,8 @@ def test_claims_only_in_userinfo(app, encryption_key, tmp_path_factory, oidc_pro
             db.engine.dispose()
 
 
-@pytest.fixture(scope="module")
-def sso_live(sso_app):
-    import threading
-
-    from werkzeug.serving import make_server
-
-    server = make_server("127.0.0.1", PORT, sso_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield BASE
-    server.shutdown()
-    thread.join(timeout=5)
-
-
-def test_chromium_signs_in_with_the_button(sso_live, sso_app, browser_context):
+def test_chromium_signs_in_with_the_button(live, sso_app, browser_context):
+    sso_live = live.base
     page = browser_context().new_page()
     page.goto(sso_live + "/login?next=/sessions")
     page.click("#sso")
