@@ -481,3 +481,17 @@ def test_client_metadata_document_only_on_an_https_base_url(app, client):
         assert client.get("/connect/client-metadata.json").status_code == 404
     finally:
         app.config["PORTCULLIS_BASE_URL"] = saved
+
+
+def test_a_member_connects_from_the_sessions_page(app, world, inner):
+    email = "bob@example.com"
+    person = world["people"][email]
+    page = person["web"].get("/sessions").get_data(as_text=True)
+    assert 'name="server_id" value="%d"' % world["server_id"] in page  # offered: granted, not connected yet
+    r = person["web"].post("/sessions/connect", {"server_id": str(world["server_id"])})
+    assert r.status_code in (302, 303)
+    flow_id = r.headers["Location"].rsplit("/connect/", 1)[1]
+    assert "Connected" in connect(person["web"], flow_id, email)
+    assert echo(person["rpc"], "from sessions")["result"]["content"][0]["text"] == "from sessions"
+    page = person["web"].get("/sessions").get_data(as_text=True)
+    assert "oauth credential" in page and "scopes: mcp" in page and "token expires" in page
