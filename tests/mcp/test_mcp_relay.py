@@ -4,6 +4,10 @@ the upstream's request reaches the agent's session, the agent's answer reaches t
 an agent without the capability gets the upstream's request refused, never a hang."""
 from __future__ import annotations
 
+import json
+import time
+
+import httpx
 import pytest
 from mcp import MCPError
 from mcp.types import CreateMessageResult, ElicitRequestURLParams, ElicitResult, ListRootsResult, Root, TextContent
@@ -82,3 +86,37 @@ def test_answers_are_bound_to_the_agent_session(app, client, beta):
         assert rpc.raw({"jsonrpc": "2.0", "id": bad, "result": {}}).status_code == 202
     other = Rpc(client, key)
     assert other.raw({"jsonrpc": "2.0", "id": PREFIX + "x", "result": {}}).status_code == 400  # no session
+
+
+def _sse(lines):
+    data = []
+    for line in lines:
+        if line == "":
+            if data:
+                yield json.loads("\n".join(data))
+                data = []
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip())
+
+
+def test_the_agents_cancellation_reaches_the_upstream(app, live_server, beta, tmp_path):
+    """notifications/cancelled for a call in flight is forwarded under the upstream's request
+    id: the upstream stops the tool (which would otherwise wait 15 s) and the call ends."""
+    _, key = add_key(app, {beta: None})
+    url, headers = live_server + "/mcp", {"Authorization": f"Bearer {key}", "Accept": "application/json, text/event-stream"}
+    r = httpx.post(url, headers=headers, timeout=10, json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+    headers.update({"Mcp-Session-Id": r.headers["Mcp-Session-Id"], "MCP-Protocol-Version": "2025-11-25"})
+    httpx.post(url, headers=headers, timeout=10, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+    call = {"jsonrpc": "2.0", "id": "call-7", "method": "tools/call", "params": {
+        "name": "beta__gate", "arguments": {"path": str(tmp_path / "never"), "timeout": 15},
+        "_meta": {"progressToken": "p"}}}
+    started = time.monotonic()
+    with httpx.stream("POST", url, headers=headers, json=call, timeout=30) as stream:
+        events = _sse(stream.iter_lines())
+        assert next(events)["params"]["message"] == "waiting"  # the tool runs upstream
+        cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "call-7"}}
+        assert httpx.post(url, headers=headers, json=cancel, timeout=10).status_code == 202
+        rest = list(events)
+    assert time.monotonic() - started < 10  # not the tool's 15 s
+    assert not any(e.get("result", {}).get("content", [{}])[0].get("text") in ("opened", "timed out") for e in rest)
