@@ -120,3 +120,16 @@ def test_the_agents_cancellation_reaches_the_upstream(app, live_server, beta, tm
         rest = list(events)
     assert time.monotonic() - started < 10  # not the tool's 15 s
     assert not any(e.get("result", {}).get("content", [{}])[0].get("text") in ("opened", "timed out") for e in rest)
+
+
+def test_list_changed_is_relayed_during_a_call(app, client, beta):
+    """The upstream's list_changed notifications reach the agent on the call's stream (a
+    tools/list_changed also refreshes the stored tool list, in the background)."""
+    _, key = add_key(app, {beta: None})
+    rpc = Rpc(client, key)
+    rpc.initialize()
+    r = rpc.call("tools/call", {"name": "beta__change", "arguments": {}}, {"Accept": "text/event-stream"})
+    events = list(_sse(r.get_data(as_text=True).splitlines()))
+    assert [e.get("method") for e in events[:-1]] == ["notifications/tools/list_changed",
+                                                      "notifications/prompts/list_changed"]
+    assert events[-1]["result"]["content"][0]["text"] == "changed"

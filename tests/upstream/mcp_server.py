@@ -17,7 +17,8 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.prompts.base import UserMessage
 from mcp.shared.message import ServerMessageMetadata
 from mcp.types import (AudioContent, CallToolResult, Completion, ElicitRequestURLParams, EmbeddedResource,
-                       EmptyResult, ImageContent, ListRootsRequest, ListRootsResult, PromptReference, ResourceLink, SamplingMessage, SetLevelRequestParams,
+                       EmptyResult, ImageContent, ListRootsRequest, ListRootsResult, PromptListChangedNotification,
+                       PromptReference, ToolListChangedNotification, ResourceLink, SamplingMessage, SetLevelRequestParams,
                        SubscribeRequestParams, TextContent, TextResourceContents, UnsubscribeRequestParams)
 
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==")
@@ -183,6 +184,13 @@ def build(name: str) -> MCPServer:
         result = await ctx.session.send_request(  # on this call's stream (the GET stream is not relayed)
             ListRootsRequest(), ListRootsResult, metadata=ServerMessageMetadata(related_request_id=ctx.request_id))
         return [str(r.uri) for r in result.roots]
+
+    @mcp.tool()
+    async def change(ctx: Context) -> str:
+        """Says its tool and prompt lists changed, on this call's stream."""
+        await ctx.session.send_notification(ToolListChangedNotification(), related_request_id=ctx.request_id)
+        await ctx.session.send_notification(PromptListChangedNotification(), related_request_id=ctx.request_id)
+        return "changed"
 
     @mcp.tool()
     def log_levels() -> list[str]:
