@@ -176,6 +176,9 @@ def handle(req: Request, server_name: str | None) -> Response:
                 return session
             if method == "notifications/cancelled" and session is not None and params:
                 relay.calls.cancel(session.id, params)  # forwarded to the upstream call it names
+            elif method == "notifications/progress" and session is not None and params:
+                _release_db()
+                relay.progress(Exchange(req, None, caller, scope, session), params, _endpoint_or_fail)
             return Response(status=202)
         return rpc_error(None, types.INVALID_REQUEST, f"invalid request: {method} needs an id", 400)
     if not _valid_id(message["id"]):

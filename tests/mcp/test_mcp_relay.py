@@ -133,3 +133,29 @@ def test_list_changed_is_relayed_during_a_call(app, client, beta):
     assert [e.get("method") for e in events[:-1]] == ["notifications/tools/list_changed",
                                                       "notifications/prompts/list_changed"]
     assert events[-1]["result"]["content"][0]["text"] == "changed"
+
+
+def test_the_agents_progress_on_a_relayed_request_reaches_the_upstream(app, live_server, beta):
+    _, key = add_key(app, {beta: None})
+    url, headers = live_server + "/mcp", {"Authorization": f"Bearer {key}", "Accept": "application/json, text/event-stream"}
+    r = httpx.post(url, headers=headers, timeout=10, json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {"sampling": {}}, "clientInfo": {"name": "t", "version": "1"}}})
+    headers.update({"Mcp-Session-Id": r.headers["Mcp-Session-Id"], "MCP-Protocol-Version": "2025-11-25"})
+    httpx.post(url, headers=headers, timeout=10, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "beta__sample_progress", "arguments": {}}}
+    with httpx.stream("POST", url, headers=headers, json=call, timeout=20) as stream:
+        events = _sse(stream.iter_lines())
+        asked = next(events)
+        token = asked["params"]["_meta"]["progressToken"]
+        assert asked["method"] == "sampling/createMessage" and token.startswith(PREFIX)
+        for step in (1, 2):
+            httpx.post(url, headers=headers, timeout=10, json={"jsonrpc": "2.0", "method": "notifications/progress",
+                       "params": {"progressToken": token, "progress": step, "total": 2, "message": f"s{step}"}})
+        # a forged token changes nothing
+        httpx.post(url, headers=headers, timeout=10, json={"jsonrpc": "2.0", "method": "notifications/progress",
+                   "params": {"progressToken": PREFIX + "forged", "progress": 9, "total": 9}})
+        answer = {"jsonrpc": "2.0", "id": asked["id"], "result": {
+            "role": "assistant", "model": "m", "content": {"type": "text", "text": "ok"}}}
+        assert httpx.post(url, headers=headers, json=answer, timeout=10).status_code == 202
+        final = next(events)
+    assert final["result"]["structuredContent"]["result"] == ["1/2 s1", "2/2 s2"]
