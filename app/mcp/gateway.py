@@ -389,6 +389,12 @@ def _relay(app, call, ex: Exchange, server, log_floor: int):
                         refresh_now(server.id)  # the stored list follows
                 yield _sse_event({"jsonrpc": "2.0", "method": method})
                 continue
+            if method == "notifications/resources/updated":  # on a session of this agent's own (subscribe)
+                params = msg.get("params") or {}
+                if ex.scope is None:
+                    params = {**params, "uri": catalog.wrap_uri(server, params.get("uri"))}
+                yield _sse_event({"jsonrpc": "2.0", "method": method, "params": params})
+                continue
             if method == "notifications/cancelled":
                 params = msg.get("params") or {}
                 relay_id = relayed.get(json.dumps(params.get("requestId")))

@@ -159,3 +159,17 @@ def test_the_agents_progress_on_a_relayed_request_reaches_the_upstream(app, live
         assert httpx.post(url, headers=headers, json=answer, timeout=10).status_code == 202
         final = next(events)
     assert final["result"]["structuredContent"]["result"] == ["1/2 s1", "2/2 s2"]
+
+
+def test_resource_updates_during_a_call_reach_the_agent(app, client, beta):
+    _, key = add_key(app, {beta: None})
+    for path, uri in (("/mcp", "portcullis://beta/test://static/text"), ("/mcp/beta", "test://static/text")):
+        rpc = Rpc(client, key, path)
+        rpc.initialize()
+        assert rpc.call("resources/subscribe", {"uri": uri}).json["result"] == {}
+        name = "beta__touch" if path == "/mcp" else "touch"
+        r = rpc.call("tools/call", {"name": name, "arguments": {"uri": "test://static/text"}},
+                     {"Accept": "text/event-stream"})
+        events = list(_sse(r.get_data(as_text=True).splitlines()))
+        assert events[0] == {"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": uri}}
+        assert events[-1]["result"]["content"][0]["text"] == "touched"

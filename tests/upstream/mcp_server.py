@@ -19,7 +19,8 @@ from mcp.shared.message import ServerMessageMetadata
 from mcp.types import (AudioContent, CallToolResult, Completion, CreateMessageRequest, CreateMessageRequestParams,
                        CreateMessageResult, ElicitRequestURLParams, EmbeddedResource,
                        EmptyResult, ImageContent, ListRootsRequest, ListRootsResult, PromptListChangedNotification,
-                       PromptReference, ToolListChangedNotification, ResourceLink, SamplingMessage, SetLevelRequestParams,
+                       PromptReference, ResourceUpdatedNotification, ResourceUpdatedNotificationParams,
+                       ToolListChangedNotification, ResourceLink, SamplingMessage, SetLevelRequestParams,
                        SubscribeRequestParams, TextContent, TextResourceContents, UnsubscribeRequestParams)
 
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==")
@@ -200,6 +201,13 @@ def build(name: str) -> MCPServer:
             CreateMessageResult, metadata=ServerMessageMetadata(related_request_id=ctx.request_id),
             progress_callback=on_progress)
         return seen
+
+    @mcp.tool()
+    async def touch(uri: str, ctx: Context) -> str:
+        """Says a resource was updated, on this call's stream."""
+        await ctx.session.send_notification(ResourceUpdatedNotification(
+            params=ResourceUpdatedNotificationParams(uri=uri)), related_request_id=ctx.request_id)
+        return "touched"
 
     @mcp.tool()
     async def change(ctx: Context) -> str:
