@@ -162,3 +162,22 @@ def test_set_level_reaches_the_upstreams(app, client, two_servers):
     assert rpc.call("logging/setLevel", {"level": "critical"}).json["result"] == {}
     r = rpc.call("tools/call", {"name": "log_levels", "arguments": {}}, {"Accept": "application/json"})
     assert r.json["result"]["structuredContent"]["result"][-1] == "critical"
+
+
+def test_bad_params_get_json_rpc_errors(app, client, two_servers):
+    alpha, beta = two_servers
+    _, key = add_key(app, {alpha: None})
+    bad_values = (None, 5, "", "x" * 10_000, [], {}, {"type": "ref/prompt", "name": 5}, "portcullis://alpha/",
+                  "portcullis://ALPHA/test://static/text", "portcullis://alpha__x/y")
+    methods = ("resources/read", "resources/subscribe", "resources/unsubscribe", "prompts/get", "completion/complete",
+               "resources/list", "resources/templates/list", "prompts/list", "logging/setLevel")
+    for path in ("/mcp", "/mcp/alpha"):
+        rpc = Rpc(client, key, path)
+        rpc.initialize()
+        for method in methods:
+            for field in ("uri", "name", "ref", "cursor", "level", "argument"):
+                for value in bad_values:
+                    r = rpc.call(method, {field: value}, {"Accept": "application/json"})
+                    assert r.status_code == 200, (path, method, field, value, r.status_code)
+                    body = r.json
+                    assert "error" in body or "result" in body, (path, method, field, value)
