@@ -181,3 +181,27 @@ def test_bad_params_get_json_rpc_errors(app, client, two_servers):
                     assert r.status_code == 200, (path, method, field, value, r.status_code)
                     body = r.json
                     assert "error" in body or "result" in body, (path, method, field, value)
+
+
+def test_cursors_walk_the_servers_and_stay_stable(app, client, two_servers, faulty):
+    """alpha, beta (one page each) and paged (two pages): the first page holds alpha's, beta's
+    and paged's first prompts, its cursor continues at paged's second page, every time."""
+    alpha, beta = two_servers
+    url, _ = faulty
+    paged = add_server(app, "paged", url + "/paged")
+    _, key = add_key(app, {alpha: None, beta: None, paged: None})
+    rpc = Rpc(client, key)
+    rpc.initialize()
+    first = rpc.call("prompts/list", {}, {"Accept": "application/json"}).json["result"]
+    names = [p["name"] for p in first["prompts"]]
+    assert names[-1] == "paged__p1" and {"alpha__greet", "beta__greet"} <= set(names)
+    cursor = first["nextCursor"]
+    assert "c2" not in cursor and "paged" not in cursor  # opaque
+    for _ in range(2):  # stable: the same cursor gives the same page
+        second = rpc.call("prompts/list", {"cursor": cursor}, {"Accept": "application/json"}).json["result"]
+        assert second == {"prompts": [{"name": "paged__p2"}]}
+    # a key without paged cannot use its cursor
+    _, other = add_key(app, {alpha: None})
+    rpc = Rpc(client, other)
+    rpc.initialize()
+    assert rpc.call("prompts/list", {"cursor": cursor}).json["error"]["code"] == -32602
