@@ -205,3 +205,21 @@ def test_cursors_walk_the_servers_and_stay_stable(app, client, two_servers, faul
     rpc = Rpc(client, other)
     rpc.initialize()
     assert rpc.call("prompts/list", {"cursor": cursor}).json["error"]["code"] == -32602
+
+
+def test_capabilities_follow_what_the_upstreams_announced(app, client, faulty):
+    url, _ = faulty
+    plain = add_server(app, "plain", url + "/ok")  # announces tools only
+    _, key = add_key(app, {plain: None})
+    for path in ("/mcp", "/mcp/plain"):
+        rpc = Rpc(client, key, path)
+        assert rpc.initialize()["capabilities"] == {"tools": {"listChanged": False}, "logging": {}}
+    r = rpc.call("resources/list")
+    assert r.json["error"]["code"] == -32601 and "offers no resources" in r.json["error"]["message"]
+    assert rpc.call("prompts/get", {"name": "x"}).json["error"]["code"] == -32601
+    rpc = Rpc(client, key)
+    rpc.initialize()
+    assert rpc.call("prompts/list").json["result"] == {"prompts": []}  # nothing to walk
+    paged = add_server(app, "paged", url + "/paged")
+    _, both = add_key(app, {plain: None, paged: None})
+    assert Rpc(client, both).initialize()["capabilities"]["prompts"] == {"listChanged": False}
