@@ -176,6 +176,9 @@ def handle(req: Request, server_name: str | None) -> Response:
                 return session
             if method == "notifications/cancelled" and session is not None and params:
                 relay.calls.cancel(session.id, params)  # forwarded to the upstream call it names
+            elif method == "notifications/progress" and session is not None and params:
+                _release_db()
+                relay.progress(Exchange(req, None, caller, scope, session), params, _endpoint_or_fail)
             return Response(status=202)
         return rpc_error(None, types.INVALID_REQUEST, f"invalid request: {method} needs an id", 400)
     if not _valid_id(message["id"]):
@@ -416,6 +419,12 @@ def _relay(app, call, ex: Exchange, server, tool: str, log_floor: int):
                     with app.app_context():
                         refresh_now(server.id)  # the stored list follows
                 yield _sse_event({"jsonrpc": "2.0", "method": method})
+                continue
+            if method == "notifications/resources/updated":  # on a session of this agent's own (subscribe)
+                params = msg.get("params") or {}
+                if ex.scope is None:
+                    params = {**params, "uri": catalog.wrap_uri(server, params.get("uri"))}
+                yield _sse_event({"jsonrpc": "2.0", "method": method, "params": params})
                 continue
             if method == "notifications/cancelled":
                 params = msg.get("params") or {}

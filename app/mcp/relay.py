@@ -14,7 +14,9 @@ An agent that did not declare the capability a request needs (``sampling``, ``el
 with the request's mode, ``roots``) never sees it: the upstream gets -32601 at once and the
 call goes on. ``ping`` from an upstream is answered by Portcullis.
 
-Cancellation: ``notifications/cancelled`` from the agent for a call in flight in this process
+Progress: a relayed request that asks for progress gets a relay token as its ``progressToken``;
+the agent's ``notifications/progress`` with it reaches the upstream (any worker, as answers do)
+under the upstream's own token. Cancellation: ``notifications/cancelled`` from the agent for a call in flight in this process
 reaches the upstream under the upstream's request id (see ``calls``); the upstream's own
 cancellation of a relayed request reaches the agent under the relay id.
 """
@@ -70,10 +72,31 @@ def outgoing(ex, server, call, msg: dict) -> dict | None:
     if reason is not None:
         client._refuse(call.ep, call.session, msg["id"], types.METHOD_NOT_FOUND, reason)
         return None
-    token = keyring().encrypt(json.dumps({
-        "a": ex.session.id, "s": server.id, "u": call.session.session_id if call.session else None,
-        "v": call.session.protocol_version if call.session else None, "i": msg["id"]}, separators=(",", ":")))
-    return {**msg, "id": PREFIX + token}
+    out = {**msg, "id": _seal(ex, server, call, i=msg["id"])}
+    params = msg.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    if isinstance(meta, dict) and "progressToken" in meta:  # the agent's progress goes back the same way
+        out["params"] = {**params, "_meta": {**meta, "progressToken": _seal(ex, server, call, p=meta["progressToken"])}}
+    return out
+
+
+def _seal(ex, server, call, **data) -> str:
+    """A relay id: where an answer (or progress) of this agent session goes upstream."""
+    session = call.session
+    data.update({"a": ex.session.id, "s": server.id, "u": session.session_id if session else None,
+                 "v": session.protocol_version if session else None})
+    return PREFIX + keyring().encrypt(json.dumps(data, separators=(",", ":")))
+
+
+def _unseal(ex, relay_id):
+    """The upstream server and the relay's data, when the relay id is this agent session's."""
+    data = _open(relay_id) if is_relayed(relay_id) else None
+    if data is None or ex.session is None or data.get("a") != ex.session.id:
+        return None, None
+    server = ex.caller.snapshot.servers.get(data.get("s"))
+    if server is None or server.id not in ex.caller.allowlist:
+        return None, None
+    return server, data
 
 
 def is_relayed(message_id) -> bool:
@@ -91,26 +114,37 @@ def _open(relay_id: str) -> dict | None:
 def deliver(ex, message: dict, endpoint_of) -> None:
     """The agent's answer (``message``: a JSON-RPC response with a relay id) to the upstream
     request it answers. Answers that are not the agent session's own are dropped."""
-    data = _open(message["id"])
-    if data is None or ex.session is None or data.get("a") != ex.session.id:
+    server, data = _unseal(ex, message["id"])
+    if server is None or "i" not in data:
         return
-    server = ex.caller.snapshot.servers.get(data.get("s"))
-    if server is None or server.id not in ex.caller.allowlist:
-        return
-    answer = {"jsonrpc": "2.0", "id": data.get("i")}
+    answer = {"jsonrpc": "2.0", "id": data["i"]}
     if isinstance(message.get("error"), dict):
         answer["error"] = message["error"]
     elif isinstance(message.get("result"), dict):
         answer["result"] = message["result"]
     else:
         answer["error"] = {"code": types.INTERNAL_ERROR, "message": "the agent sent an invalid answer"}
+    _post(ex, server, data, answer, endpoint_of)
+
+
+def progress(ex, params: dict, endpoint_of) -> None:
+    """The agent's notifications/progress for a relayed request that asked for progress: to
+    the upstream, under the upstream's own progress token."""
+    server, data = _unseal(ex, params.get("progressToken"))
+    if server is None or "p" not in data:
+        return
+    _post(ex, server, data, {"jsonrpc": "2.0", "method": "notifications/progress",
+                             "params": {**params, "progressToken": data["p"]}}, endpoint_of)
+
+
+def _post(ex, server, data: dict, message: dict, endpoint_of) -> None:
     try:
         ep = endpoint_of(ex, server)
-        current_app.extensions["mcp_client"].answer(ep, data.get("u"), data.get("v") or "2025-11-25", answer)
+        current_app.extensions["mcp_client"].answer(ep, data.get("u"), data.get("v") or "2025-11-25", message)
     except UpstreamError as e:
-        log.info("a relayed answer could not reach %s: %s", server.name, e)
+        log.info("a relayed message could not reach %s: %s", server.name, e)
     except Exception as e:  # noqa: BLE001 - credentials gone meanwhile (Failed, SignInAgain): dropped
-        log.info("a relayed answer for %s was dropped: %s", server.name, type(e).__name__)
+        log.info("a relayed message for %s was dropped: %s", server.name, type(e).__name__)
 
 
 # -- calls in flight (this process): cancellation from the agent ------------------------------

@@ -5,13 +5,13 @@ logging), and fans out only to upstreams that offer a feature: both read this co
 asking the upstream on the hot path. NULL: not discovered yet (nothing beyond tools advertised).
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 """
 from alembic import op
 import sqlalchemy as sa
 
 revision = '0009'
-down_revision = '0007'
+down_revision = '0008'
 branch_labels = None
 depends_on = None
 

@@ -1,13 +1,13 @@
 """single sign-on: users remember which person at the OpenID provider they are
 
-Revision ID: 0011_sso
-Revises: 0007
+Revision ID: 0011
+Revises: 0010
 """
 from alembic import op
 import sqlalchemy as sa
 
-revision = '0011_sso'
-down_revision = '0007'
+revision = '0011'
+down_revision = '0010'
 branch_labels = None
 depends_on = None
 

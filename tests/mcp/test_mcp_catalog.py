@@ -162,3 +162,64 @@ def test_set_level_reaches_the_upstreams(app, client, two_servers):
     assert rpc.call("logging/setLevel", {"level": "critical"}).json["result"] == {}
     r = rpc.call("tools/call", {"name": "log_levels", "arguments": {}}, {"Accept": "application/json"})
     assert r.json["result"]["structuredContent"]["result"][-1] == "critical"
+
+
+def test_bad_params_get_json_rpc_errors(app, client, two_servers):
+    alpha, beta = two_servers
+    _, key = add_key(app, {alpha: None})
+    bad_values = (None, 5, "", "x" * 10_000, [], {}, {"type": "ref/prompt", "name": 5}, "portcullis://alpha/",
+                  "portcullis://ALPHA/test://static/text", "portcullis://alpha__x/y")
+    methods = ("resources/read", "resources/subscribe", "resources/unsubscribe", "prompts/get", "completion/complete",
+               "resources/list", "resources/templates/list", "prompts/list", "logging/setLevel")
+    for path in ("/mcp", "/mcp/alpha"):
+        rpc = Rpc(client, key, path)
+        rpc.initialize()
+        for method in methods:
+            for field in ("uri", "name", "ref", "cursor", "level", "argument"):
+                for value in bad_values:
+                    r = rpc.call(method, {field: value}, {"Accept": "application/json"})
+                    assert r.status_code == 200, (path, method, field, value, r.status_code)
+                    body = r.json
+                    assert "error" in body or "result" in body, (path, method, field, value)
+
+
+def test_cursors_walk_the_servers_and_stay_stable(app, client, two_servers, faulty):
+    """alpha, beta (one page each) and paged (two pages): the first page holds alpha's, beta's
+    and paged's first prompts, its cursor continues at paged's second page, every time."""
+    alpha, beta = two_servers
+    url, _ = faulty
+    paged = add_server(app, "paged", url + "/paged")
+    _, key = add_key(app, {alpha: None, beta: None, paged: None})
+    rpc = Rpc(client, key)
+    rpc.initialize()
+    first = rpc.call("prompts/list", {}, {"Accept": "application/json"}).json["result"]
+    names = [p["name"] for p in first["prompts"]]
+    assert names[-1] == "paged__p1" and {"alpha__greet", "beta__greet"} <= set(names)
+    cursor = first["nextCursor"]
+    assert "c2" not in cursor and "paged" not in cursor  # opaque
+    for _ in range(2):  # stable: the same cursor gives the same page
+        second = rpc.call("prompts/list", {"cursor": cursor}, {"Accept": "application/json"}).json["result"]
+        assert second == {"prompts": [{"name": "paged__p2"}]}
+    # a key without paged cannot use its cursor
+    _, other = add_key(app, {alpha: None})
+    rpc = Rpc(client, other)
+    rpc.initialize()
+    assert rpc.call("prompts/list", {"cursor": cursor}).json["error"]["code"] == -32602
+
+
+def test_capabilities_follow_what_the_upstreams_announced(app, client, faulty):
+    url, _ = faulty
+    plain = add_server(app, "plain", url + "/ok")  # announces tools only
+    _, key = add_key(app, {plain: None})
+    for path in ("/mcp", "/mcp/plain"):
+        rpc = Rpc(client, key, path)
+        assert rpc.initialize()["capabilities"] == {"tools": {"listChanged": False}, "logging": {}}
+    r = rpc.call("resources/list")
+    assert r.json["error"]["code"] == -32601 and "offers no resources" in r.json["error"]["message"]
+    assert rpc.call("prompts/get", {"name": "x"}).json["error"]["code"] == -32601
+    rpc = Rpc(client, key)
+    rpc.initialize()
+    assert rpc.call("prompts/list").json["result"] == {"prompts": []}  # nothing to walk
+    paged = add_server(app, "paged", url + "/paged")
+    _, both = add_key(app, {plain: None, paged: None})
+    assert Rpc(client, both).initialize()["capabilities"]["prompts"] == {"listChanged": False}

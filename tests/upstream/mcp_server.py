@@ -16,8 +16,11 @@ from mcp.server.mcpserver import Context, Image, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.prompts.base import UserMessage
 from mcp.shared.message import ServerMessageMetadata
-from mcp.types import (AudioContent, CallToolResult, Completion, ElicitRequestURLParams, EmbeddedResource,
-                       EmptyResult, ImageContent, ListRootsRequest, ListRootsResult, PromptReference, ResourceLink, SamplingMessage, SetLevelRequestParams,
+from mcp.types import (AudioContent, CallToolResult, Completion, CreateMessageRequest, CreateMessageRequestParams,
+                       CreateMessageResult, ElicitRequestURLParams, EmbeddedResource,
+                       EmptyResult, ImageContent, ListRootsRequest, ListRootsResult, PromptListChangedNotification,
+                       PromptReference, ResourceUpdatedNotification, ResourceUpdatedNotificationParams,
+                       ToolListChangedNotification, ResourceLink, SamplingMessage, SetLevelRequestParams,
                        SubscribeRequestParams, TextContent, TextResourceContents, UnsubscribeRequestParams)
 
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==")
@@ -183,6 +186,35 @@ def build(name: str) -> MCPServer:
         result = await ctx.session.send_request(  # on this call's stream (the GET stream is not relayed)
             ListRootsRequest(), ListRootsResult, metadata=ServerMessageMetadata(related_request_id=ctx.request_id))
         return [str(r.uri) for r in result.roots]
+
+    @mcp.tool()
+    async def sample_progress(ctx: Context) -> list[str]:
+        """Asks the client's LLM with a progress token; returns the progress the client reported."""
+        seen: list[str] = []
+
+        async def on_progress(progress, total, message):
+            seen.append(f"{progress:g}/{total:g} {message}")
+
+        await ctx.session.send_request(
+            CreateMessageRequest(params=CreateMessageRequestParams(
+                messages=[SamplingMessage(role="user", content=TextContent(type="text", text="long"))], max_tokens=5)),
+            CreateMessageResult, metadata=ServerMessageMetadata(related_request_id=ctx.request_id),
+            progress_callback=on_progress)
+        return seen
+
+    @mcp.tool()
+    async def touch(uri: str, ctx: Context) -> str:
+        """Says a resource was updated, on this call's stream."""
+        await ctx.session.send_notification(ResourceUpdatedNotification(
+            params=ResourceUpdatedNotificationParams(uri=uri)), related_request_id=ctx.request_id)
+        return "touched"
+
+    @mcp.tool()
+    async def change(ctx: Context) -> str:
+        """Says its tool and prompt lists changed, on this call's stream."""
+        await ctx.session.send_notification(ToolListChangedNotification(), related_request_id=ctx.request_id)
+        await ctx.session.send_notification(PromptListChangedNotification(), related_request_id=ctx.request_id)
+        return "changed"
 
     @mcp.tool()
     def log_levels() -> list[str]:
