@@ -10,6 +10,7 @@ import threading
 from datetime import timedelta
 
 from flask import current_app
+from sqlalchemy.orm.exc import StaleDataError
 
 from ..extensions import db
 from ..models import McpServer
@@ -78,6 +79,8 @@ def _start_refresh(server_id: int) -> None:
                     except UpstreamError as e:
                         db.session.rollback()
                         app.logger.warning("tool refresh failed: %s", e)
+                    except StaleDataError:  # the server was deleted while its tools were read
+                        db.session.rollback()
         finally:
             with _refreshing_lock:
                 _refreshing.discard(server_id)
