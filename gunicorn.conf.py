@@ -1,5 +1,7 @@
 """gunicorn settings used by `make run` (and by the benchmarks, so they measure what runs)."""
 import os
+import shutil
+import tempfile
 
 bind = f"{os.environ.get('PORTCULLIS_HOST', '127.0.0.1')}:{os.environ.get('PORT', '8080')}"
 # Threads, not processes, by default: one process keeps the in-memory rate-limit budgets and
@@ -13,5 +15,32 @@ keepalive = 15
 # Several instances (and the test suite's) may run side by side: no shared control socket.
 control_socket_disable = True
 accesslog = "-"
-# The access log never shows query strings: a client may put a key in ?key=... .
-access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
+# The access log never shows query strings: a client may put a key in ?key=... . Each line names
+# the request id (X-Request-Id); with PORTCULLIS_LOG_FORMAT=json every line is one JSON object.
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms rid=%({x-request-id}o)s'
+logger_class = "app.logs.GunicornLogger"
+
+# Metrics (app/metrics.py): every worker writes its values to files in one folder, a scrape adds
+# them up. Set before any worker imports prometheus_client; a folder of our own unless given.
+_OWN_METRICS_DIR = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _OWN_METRICS_DIR:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="portcullis-metrics-")
+
+
+def on_starting(server):
+    folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(folder):  # values of an earlier run are not this run's
+        if name.endswith(".db"):
+            os.unlink(os.path.join(folder, name))
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _OWN_METRICS_DIR:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

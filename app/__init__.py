@@ -66,6 +66,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.url_map.converters["id"] = IdConverter
     app.after_request(_security_headers)
     app.register_blueprint(web_bp)
+    from .sso import init_app as init_sso
+    init_sso(app)  # dashboard login through the team's OpenID provider, when configured
     app.register_blueprint(api_bp)
     csrf.exempt(api_bp)  # bearer tokens, not cookies: no CSRF exposure
     from .oauth_server import register as register_oauth_server
@@ -80,6 +82,8 @@ def create_app(test_config: dict | None = None) -> Flask:
         from werkzeug.middleware.proxy_fix import ProxyFix
         hops = app.config["PORTCULLIS_TRUSTED_PROXIES"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
+    from .operations import mount as mount_operations
+    mount_operations(app)  # outermost: request ids, /healthz, /readyz, /metrics (app/operations.py)
     if not app.config["PORTCULLIS_ENFORCE_AUTH"]:
         log.warning("PORTCULLIS_ENFORCE_AUTH=false: /mcp serves callers WITHOUT credentials as anonymous "
                     "sessions with every allow-all server. Use this for local development only.")
@@ -89,6 +93,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     if not app.config.get("TESTING"):
         from .sweep import start_background
         start_background(app)  # expired flows, old orphaned credentials (see app/sweep.py)
+        from .cluster import start as start_invalidation
+        start_invalidation(app)  # other instances' edits reach this one within a second (app/cluster.py)
 
     for name in app.config["PORTCULLIS_GENERATED_SECRETS"]:
         log.warning("%s was not set: generated a strong one into %s (mode 0600); "
@@ -141,8 +147,9 @@ def _scope_limiter(app: Flask, blueprints: tuple[str, ...]) -> None:
 
 
 def _logging(app: Flask) -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .logs import configure
+
+    configure()  # text or JSON (PORTCULLIS_LOG_FORMAT), each line with its request id (app/logs.py)
     # Authlib logs issued tokens and authorization codes at DEBUG: never, whatever the root level.
     logging.getLogger("authlib").setLevel(max(logging.INFO, logging.getLogger("authlib").getEffectiveLevel()))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import g, has_request_context, request
 
 from .extensions import db
+from .logs import current_request_id
 from .models import AuditEvent
 
 
@@ -27,6 +28,7 @@ def record(action: str, target=None, detail: str = "", *, target_name: str | Non
         target=(target_name or _name_of(target))[:254],
         detail=detail[:500],
         ip=(request.remote_addr or "")[:64] if has_request_context() else None,
+        request_id=current_request_id(),
     )
     db.session.add(event)
     return event

@@ -46,7 +46,9 @@ def register(app: Flask) -> None:
         user, generated = ensure_admin(email, password)
         db.session.commit()
         url = app.config["PORTCULLIS_BASE_URL"]
-        if generated:
+        if not app.config["PORTCULLIS_PASSWORD_LOGIN"]:
+            _sso_first_admin(user)
+        elif generated:
             click.echo("")
             click.echo("  First run: log in at %s/login" % url)
             click.echo(f"    e-mail:   {user.email}")
@@ -56,6 +58,26 @@ def register(app: Flask) -> None:
             click.echo(f"  Log in at {url}/login as {user.email} with PORTCULLIS_ADMIN_PASSWORD.")
         else:
             click.echo(f"  Admin account exists ({user.email}); log in at {url}/login.")
+
+    def _sso_first_admin(user) -> None:
+        """Password login is off: no password is printed (it could not be used); the first
+        admin signs in through SSO with that address, which ties the account to them."""
+        cfg = app.config
+        domain = user.email.rpartition("@")[2]
+        click.echo("")
+        click.echo(f"  Password login is off: sign in at {cfg['PORTCULLIS_BASE_URL']}/login with "
+                   f"{cfg['PORTCULLIS_OIDC_PROVIDER_NAME']}.")
+        if user.sso_subject is None:
+            click.echo(f"    The admin account {user.email} becomes the person who first signs in with that verified "
+                       "address at the identity provider.")
+            if domain not in cfg["PORTCULLIS_OIDC_ALLOWED_DOMAINS"]:
+                click.echo(f"    Warning: {domain} is not in PORTCULLIS_OIDC_ALLOWED_DOMAINS, so nobody can sign in "
+                           "as it: set PORTCULLIS_ADMIN_EMAIL to your address at the provider"
+                           + (" (or rely on PORTCULLIS_OIDC_ADMIN_GROUPS)." if cfg["PORTCULLIS_OIDC_ADMIN_GROUPS"]
+                              else "."), err=True)
+        if cfg["PORTCULLIS_OIDC_ADMIN_GROUPS"]:
+            click.echo("    Members of " + ", ".join(cfg["PORTCULLIS_OIDC_ADMIN_GROUPS"]) + " sign in as admins.")
+        click.echo("")
 
     @app.cli.command("setup")
     @click.pass_context
@@ -126,6 +148,60 @@ def register(app: Flask) -> None:
         else:
             click.echo(f"deleted {report.flows} expired flow(s), {report.orphans} old orphaned credential(s), "
                        f"{report.oauth} ended OAuth row(s); reconciliation changed {report.reconciled} row(s)")
+
+    @app.cli.command("export")
+    @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default="-",
+                  help="file to write (default: standard output)")
+    def export_cmd(output):
+        """Write users, servers, services, keys (their hashes) and grants as JSON, without any secret."""
+        import json
+
+        from .transfer import export_document
+
+        doc = export_document()
+        with click.open_file(output, "w") as fh:
+            json.dump(doc, fh, indent=1, sort_keys=True)
+            fh.write("\n")
+        if output != "-":
+            os.chmod(output, 0o600)  # password and key hashes: keep it like a backup
+            click.echo(f"exported {len(doc['users'])} user(s), {len(doc['mcp_servers'])} server(s), "
+                       f"{len(doc['services'])} service(s), {len(doc['virtual_keys'])} key(s) to {output}", err=True)
+
+    @app.cli.command("import")
+    @click.argument("source", type=click.File("r"))
+    def import_cmd(source):
+        """Import an export into this (fresh) instance, all or nothing."""
+        import json
+
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from .audit import record
+        from .transfer import ImportRefused, import_document
+
+        g.actor_name = "cli"
+        try:
+            doc = json.load(source)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise click.ClickException(f"not JSON: {e}") from None
+        try:
+            report = import_document(doc)
+            record("instance.import", detail=f"{report['users']} user(s), {report['mcp_servers']} server(s), "
+                   f"{report['services']} service(s), {report['virtual_keys']} key(s)")
+            db.session.commit()
+        except ImportRefused as e:
+            db.session.rollback()
+            raise click.ClickException(f"{e}; nothing was imported") from None
+        except SQLAlchemyError as e:
+            db.session.rollback()
+            reason = str(getattr(e, "orig", None) or type(e).__name__).splitlines()[0][:300]
+            raise click.ClickException(f"the database refused the document ({reason}); nothing was imported") \
+                from None
+        click.echo(f"imported {report['users']} user(s), {report['mcp_servers']} server(s), "
+                   f"{report['services']} service(s), {report['virtual_keys']} key(s)")
+        for email in report["users_kept"]:
+            click.echo(f"  kept the existing user {email}")
+        for item in report["to_set"]:
+            click.echo(f"  set again (secrets are never exported): {item}")
 
     @app.cli.command("rotate-encryption-key")
     def rotate_encryption_key():

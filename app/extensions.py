@@ -19,4 +19,12 @@ db = SQLAlchemy(metadata=MetaData(naming_convention=NAMING))
 migrate = Migrate(render_as_batch=True, compare_type=True)
 csrf = CSRFProtect()
 # Limits are declared per route (login, token); nothing is limited by default.
-limiter = Limiter(key_func=get_remote_address, default_limits=[])
+def _breached(_limit) -> None:
+    from flask import request
+
+    from .metrics import RATE_LIMITED
+
+    RATE_LIMITED.labels(request.blueprint or "app").inc()
+
+
+limiter = Limiter(key_func=get_remote_address, default_limits=[], on_breach=_breached)

@@ -5,7 +5,9 @@ HTTP service of the proxy route (root credential decrypted once) and the virtual
 far, with their grants. It is replaced when a commit in this process touched keys, grants,
 servers, services or users (immediately), and at the latest every
 ``PORTCULLIS_CONFIG_CACHE_SECONDS`` (default 5 s), which bounds how long an edit made by another
-instance takes to reach this one. Readers never lock: they take the current object.
+instance takes to reach this one if its announcement is lost (app/cluster.py announces every
+such commit to the other instances, which drop their snapshot within a second). Readers never
+lock: they take the current object.
 """
 from __future__ import annotations
 
@@ -42,6 +44,11 @@ class ServerView:
     connect_timeout: float
     read_timeout: float
     tools_refreshed_at: datetime | None
+    capabilities: dict | None = None  # as the upstream announced them at discovery
+
+    def offers(self, feature: str) -> bool:
+        """Whether the upstream announced this capability (resources, prompts, completions, logging)."""
+        return isinstance(self.capabilities, dict) and isinstance(self.capabilities.get(feature), dict)
 
     @cached_property
     def tool_names(self) -> frozenset[str]:
@@ -233,7 +240,7 @@ def _load() -> Snapshot:
             headers=tuple(sorted((s.shared_headers or {}).items())),
             per_user_header_keys=tuple(s.per_user_header_keys or ()),
             tools=tuple(s.tools or ()), connect_timeout=s.connect_timeout, read_timeout=s.read_timeout,
-            tools_refreshed_at=s.tools_refreshed_at)
+            tools_refreshed_at=s.tools_refreshed_at, capabilities=s.capabilities)
     services = _load_services()
     return Snapshot(generation=generation, loaded_at=time.monotonic(), servers=servers,
                     by_name={s.name: s for s in servers.values()},
@@ -263,10 +270,19 @@ def _load_services() -> dict[int, ServiceView]:
     return out
 
 
+BOOKKEEPING = frozenset({"last_used_at", "updated_at", "last_seen_at"})  # columns no cache holds
+
+
 def on_commit_touching(classes: tuple, callback, name: str) -> None:
     """Call ``callback`` after every commit whose flushes added, changed or deleted an instance
-    of ``classes`` (in any session of this process). A rolled-back change calls nothing."""
+    of ``classes`` (in any session of this process), or that ran a bulk UPDATE/DELETE statement
+    on their tables (beyond bookkeeping columns), and tell the other instances to do the same
+    (app/cluster.py). A rolled-back change calls nothing."""
+    from . import cluster
+
     flag = "portcullis_changed:" + name
+    tables = frozenset(c.__table__.name for c in classes)
+    cluster.register(name, callback)
 
     @event.listens_for(Session, "after_flush")
     def _note(session, _flush_context):
@@ -274,10 +290,22 @@ def on_commit_touching(classes: tuple, callback, name: str) -> None:
                 isinstance(obj, classes) for obj in (*session.new, *session.dirty, *session.deleted)):
             session.info[flag] = True
 
+    @event.listens_for(Session, "do_orm_execute")
+    def _bulk(state):
+        if not (state.is_update or state.is_delete) or flag in state.session.info:
+            return
+        if getattr(getattr(state.statement, "table", None), "name", None) not in tables:
+            return
+        values = getattr(state.statement, "_values", None) if state.is_update else None
+        if values is not None and {getattr(c, "key", str(c)) for c in values} <= BOOKKEEPING:
+            return  # e.g. the proxy's last_used_at write
+        state.session.info[flag] = True
+
     @event.listens_for(Session, "after_commit")
     def _committed(session):
         if session.info.pop(flag, False):
             callback()
+            cluster.publish((name,))
 
     @event.listens_for(Session, "after_rollback")
     def _rolled_back(session):

@@ -21,6 +21,7 @@ from sqlalchemy import text
 from .credentials import sweep as credentials
 from .oauth_server import sweep as oauth
 
+from . import metrics
 from .extensions import db
 from .models.base import utcnow
 
@@ -58,6 +59,7 @@ def sweep(app, flows: bool = True, orphans: bool = True, now=None) -> SweepRepor
         if not _lease():
             db.session.rollback()
             report.skipped = True
+            metrics.SWEEPS.labels("skipped").inc()
             return report
         # the reconcile lock first, then flow rows, then credential rows (id order): the one lock order
         report.reconciled = credentials.reconcile_all()
@@ -69,7 +71,9 @@ def sweep(app, flows: bool = True, orphans: bool = True, now=None) -> SweepRepor
         db.session.commit()  # releases the lease
     except Exception:
         db.session.rollback()
+        metrics.SWEEPS.labels("failed").inc()
         raise
+    metrics.SWEEPS.labels("done").inc()
     return report
 
 

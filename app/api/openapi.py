@@ -265,7 +265,8 @@ SCHEMAS = {
                       ["type", "id", "name"]),
         "detail": {"type": "string", "description": "A short note; never a secret."},
         "ip": nullable(STR),
-    }, ["id", "created_at", "actor", "action", "target", "detail", "ip"]),
+        "request_id": nullable(STR),
+    }, ["id", "created_at", "actor", "action", "target", "detail", "ip", "request_id"]),
     "AuditEventList": listing("audit_events", "AuditEvent"),
 
     "HeaderFlow": obj({
@@ -502,7 +503,10 @@ PATHS = {
             {**ok(201, "A new token; store it, it is not shown again.", "Token"),
              **problems("BadRequest", "ValidationFailed", "RateLimited"),
              "401": error_response("Wrong e-mail or password, or the user is inactive."),
-             "403": {"$ref": "#/components/responses/PasswordChangeRequired"}},
+             "403": error_response("password_change_required: the user still has a one-time password and must "
+                                   "choose their own on the dashboard (/account/password) first; or "
+                                   "password_login_disabled: PORTCULLIS_PASSWORD_LOGIN=false, people sign in "
+                                   "through single sign-on.")},
             body="TokenRequest", security=[],
             description="Exchanges the e-mail and password of any active user for a personal bearer token, "
                         "valid for PORTCULLIS_API_TOKEN_HOURS. Every token of a user ends with their dashboard "

@@ -21,6 +21,7 @@ from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from .. import metrics
 from ..audit import record
 from ..extensions import db
 from ..models import Credential, Flow, McpServer, User, VirtualKey
@@ -53,6 +54,7 @@ def start(binding: Binding, kind: str = "headers", oauth: dict | None = None) ->
             db.session.delete(flow)
             db.session.flush()
             flow = None
+        started = flow is None
         if flow is None:
             flow = Flow(id=secrets.token_urlsafe(FLOW_ID_BYTES), kind=kind, auth_mode=binding.auth_mode,
                         mcp_server_id=binding.server_id, status="pending", **{binding.column: binding.identity})
@@ -68,6 +70,8 @@ def start(binding: Binding, kind: str = "headers", oauth: dict | None = None) ->
         except IntegrityError:  # another request created the binding's flow at the same moment
             db.session.rollback()
             continue
+        if started:
+            metrics.FLOWS_STARTED.labels(kind).inc()
         return flow.id, token
     raise RuntimeError("could not start a submission flow")
 
@@ -227,12 +231,14 @@ def store(flow_id: str, binding: Binding, values: dict, auth_kind: str = "header
             cred.status, cred.status_changed_at = "active", now
         cred.updated_at = now
         flow.status, flow.token_hash, flow.oauth = "used", None, None
+        kind = flow.kind
         what = f"headers={','.join(sorted(values))}" if auth_kind == "headers" else f"oauth scopes={' '.join(scopes or [])}"
         try:
             db.session.flush()
             record("credential.store", cred, f"{mode} binding, server {server_id}, {what}",
                    target_name=f"{mode}:{identity}:{server_id}")
             db.session.commit()
+            metrics.FLOWS_COMPLETED.labels(kind).inc()
             return cred
         except IntegrityError:  # a concurrent submission inserted the row first: update it
             db.session.rollback()

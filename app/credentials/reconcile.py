@@ -37,6 +37,7 @@ from sqlalchemy import ARRAY, and_, any_, bindparam, delete, event, false, inspe
 from sqlalchemy.orm import Session
 
 from .. import access
+from .. import metrics
 from ..audit import record
 from ..extensions import db
 from ..models import Credential, Flow, McpServer, User, VirtualKey, VirtualKeyServerGrant
@@ -344,6 +345,9 @@ def run(scope: Scope, session=None) -> Result:
 
     if result.changed:
         session.info[CHANGED] = True
+        for change in ("orphaned", "reactivated", "needs_update"):
+            metrics.RECONCILED.labels(change).inc(getattr(result, change))
+        metrics.RECONCILED.labels("pending_flows_deleted").inc(result.flows_deleted)
         record("credentials.reconcile", None,
                f"orphaned={result.orphaned} reactivated={result.reactivated} "
                f"pending_flows_deleted={result.flows_deleted} needs_update={result.needs_update} "

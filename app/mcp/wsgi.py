@@ -10,11 +10,13 @@ goes on to Flask unchanged. bench/mcp_overhead.py measures the difference.
 from __future__ import annotations
 
 import logging
+import time
 
 from flask import Flask
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Request
 
+from ..metrics import REQUEST_SECONDS
 from .gateway import handle, rpc_error
 
 log = logging.getLogger("portcullis.mcp")
@@ -25,6 +27,7 @@ class McpEndpoint:
     def __init__(self, app: Flask, wrapped):
         self.app, self.wrapped = app, wrapped
         self.max_body = app.config.get("MAX_CONTENT_LENGTH")
+        self.latency = REQUEST_SECONDS.labels("mcp")
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
@@ -34,6 +37,7 @@ class McpEndpoint:
             server_name = path[len(PREFIX) + 1:]
         else:
             return self.wrapped(environ, start_response)
+        started = time.perf_counter()
         req = Request(environ)
         req.max_content_length = self.max_body
         with self.app.app_context():  # its teardown returns any database session
@@ -44,6 +48,7 @@ class McpEndpoint:
             except Exception:
                 log.exception("unhandled error on %s", path)
                 response = rpc_error(None, -32603, "internal error", 500)
+        self.latency.observe(time.perf_counter() - started)
         return response(environ, start_response)
 
 

@@ -19,6 +19,7 @@ class AuditEvent(db.Model):
     target = db.Column(db.String(254), nullable=False, default="")
     detail = db.Column(db.String(500), nullable=False, default="")
     ip = db.Column(db.String(64))
+    request_id = db.Column(db.String(128), index=True)  # the request that made the change (app/logs.py)
 
     def to_dict(self) -> dict:
         return {
@@ -26,5 +27,5 @@ class AuditEvent(db.Model):
             "actor": {"type": self.actor_type, "id": self.actor_id, "name": self.actor},
             "action": self.action,
             "target": {"type": self.target_type, "id": self.target_id, "name": self.target},
-            "detail": self.detail, "ip": self.ip,
+            "detail": self.detail, "ip": self.ip, "request_id": self.request_id,
         }

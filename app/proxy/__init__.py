@@ -35,7 +35,7 @@ from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from werkzeug.wrappers import Response
 from werkzeug.wsgi import get_input_stream
 
-from .. import identity
+from .. import identity, metrics
 from ..credentials import CredentialUnavailable, service_credential
 from ..extensions import db
 from ..models.base import utcnow
@@ -110,6 +110,7 @@ def handle(environ, service: str) -> Response:
         budget = None  # configured to pass unlimited
     limit_headers = budget.headers() if budget is not None else {}
     if budget is not None and not budget.allowed:
+        metrics.RATE_LIMITED.labels("proxy").inc()
         return error(429, "rate_limited", f"rate limit of {budget.limit} requests per minute reached for this "
                      f"key; retry in {budget.reset_in} s", limit_headers)
 
@@ -153,6 +154,7 @@ def _forward(cfg, environ, method, service, svc, caller, scope, raw_query) -> Re
         upstream = forward.send(current_app.extensions["proxy_transport"], method, url, headers, content,
                                 timeouts, service)
     except forward.UpstreamFailed as e:
+        metrics.UPSTREAM_ERRORS.labels("proxy", service).inc()
         return error(e.status, e.code, str(e))
     except RequestEntityTooLarge:
         return _too_large(cfg)
@@ -297,6 +299,7 @@ class ProxyEndpoint:
     def __init__(self, app: Flask, wrapped):
         self.app, self.wrapped = app, wrapped
         self._hosts: tuple[str | None, frozenset[str] | None] = (None, None)  # (proxy base URL, its hosts)
+        self.latency = metrics.REQUEST_SECONDS.labels("proxy")
 
     def proxy_hosts(self) -> frozenset[str] | None:
         url = self.app.config["PORTCULLIS_PROXY_BASE_URL"]
@@ -317,6 +320,7 @@ class ProxyEndpoint:
             else:
                 response = error(404, "not_found", f"this host serves the proxy only: {PREFIX}/<service>/<path>")
         elif proxied:
+            started = time.perf_counter()
             service = path[len(PREFIX) + 1:].partition("/")[0]
             with self.app.app_context():  # its teardown returns any database session
                 try:
@@ -324,6 +328,11 @@ class ProxyEndpoint:
                 except Exception:
                     log.exception("unhandled error on %s %s", PREFIX, service[:40])  # never the query
                     response = error(500, "internal_error", "internal error")
+            self.latency.observe(time.perf_counter() - started)
+            # a made-up service name is never a label
+            snap = self.app.extensions["snapshot"].current
+            known = service if snap is not None and service in snap.services_by_name else ""
+            metrics.PROXY_REQUESTS.labels(known, str(response.status_code)).inc()
         else:
             return self.wrapped(environ, start_response)
 

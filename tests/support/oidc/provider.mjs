@@ -82,7 +82,7 @@ const configuration = {
   },
   renderError: async (ctx, out) => {
     ctx.type = 'html';
-    ctx.body = `<!doctype html><title>Error</title><h1>Error</h1><pre id="error">${esc(JSON.stringify(out))}</pre>`;
+    ctx.body = `<!doctype html><title>Error</title><link rel="icon" href="data:,"><h1>Error</h1><pre id="error">${esc(JSON.stringify(out))}</pre>`;
   },
 };
 
@@ -97,7 +97,7 @@ function page(res, status, title, body) {
   res.statusCode = status;
   res.setHeader('Content-Type', 'text/html; charset=utf-8');
   res.setHeader('Cache-Control', 'no-store');
-  res.end(`<!doctype html><html><head><title>${esc(title)}</title></head><body><h1>${esc(title)}</h1>${body}</body></html>`);
+  res.end(`<!doctype html><html><head><title>${esc(title)}</title><link rel="icon" href="data:,"></head><body><h1>${esc(title)}</h1>${body}</body></html>`);
 }
 
 async function readBody(req) {
