@@ -185,6 +185,9 @@ def _clean(headers, required: list[str]) -> dict:
 def submit(flow: Flow, headers) -> Credential:
     """Verify and store; raises BadRequest (missing keys), Gone, Rejected (upstream said no)."""
     check_open(flow)
+    if flow.kind != "headers":
+        raise BadRequest("this link connects an account at the upstream: open it in a browser",
+                         {"headers": "this flow takes no header values"})
     server = db.session.get(McpServer, flow.mcp_server_id)
     required = list(server.per_user_header_keys or [])
     given = _clean(headers, required)

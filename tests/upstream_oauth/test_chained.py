@@ -495,3 +495,12 @@ def test_a_member_connects_from_the_sessions_page(app, world, inner):
     assert echo(person["rpc"], "from sessions")["result"]["content"][0]["text"] == "from sessions"
     page = person["web"].get("/sessions").get_data(as_text=True)
     assert "oauth credential" in page and "scopes: mcp" in page and "token expires" in page
+
+
+def test_an_oauth_flow_takes_no_header_values(app, world):
+    person = world["people"]["ada@example.com"]
+    meta = echo(person["rpc"], "x")["result"]["_meta"]["portcullis/auth_required"]
+    api = Api(app.test_client(), token_for(app, person["id"]))
+    r = api.put(f"/header-flows/{meta['flow_id']}", json={"headers": {}})
+    assert r.status_code == 400 and cred_of(app, person["id"]) is None
+    assert person["web"].post(f"/connect/{meta['flow_id']}", {}).status_code == 405
