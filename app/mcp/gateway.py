@@ -307,7 +307,8 @@ def _call_tool(ex: Exchange, params: dict) -> Response:
     if call.streaming and ex.takes_sse:
         session = ex.session
         floor = LOG_LEVELS.index(session.log_level) if session is not None and session.log_level else 0
-        return Response(_relay(call, ex.id, floor, (server.name, tool)), mimetype="text/event-stream", headers=SSE_HEADERS)
+        return Response(_relay(call, ex.id, floor, (server.name, tool)), mimetype="text/event-stream",
+                        headers=SSE_HEADERS)
     try:
         msg = call.result()
     except UpstreamError as e:
