@@ -140,10 +140,11 @@ class Relay:
 def fresh_database(url: str, name: str) -> str:
     import psycopg
 
-    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+    server = url.rsplit("/", 1)[0]
+    with psycopg.connect(server + "/postgres", autocommit=True, connect_timeout=5) as conn:  # the maintenance db
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
-    return url.rsplit("/", 1)[0] + "/" + name
+    return server + "/" + name
 
 
 def _ok(url: str) -> bool:
