@@ -66,6 +66,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.url_map.converters["id"] = IdConverter
     app.after_request(_security_headers)
     app.register_blueprint(web_bp)
+    from .sso import init_app as init_sso
+    init_sso(app)  # dashboard login through the team's OpenID provider, when configured
     app.register_blueprint(api_bp)
     csrf.exempt(api_bp)  # bearer tokens, not cookies: no CSRF exposure
     from .oauth_server import register as register_oauth_server

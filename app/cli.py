@@ -46,7 +46,9 @@ def register(app: Flask) -> None:
         user, generated = ensure_admin(email, password)
         db.session.commit()
         url = app.config["PORTCULLIS_BASE_URL"]
-        if generated:
+        if not app.config["PORTCULLIS_PASSWORD_LOGIN"]:
+            _sso_first_admin(user)
+        elif generated:
             click.echo("")
             click.echo("  First run: log in at %s/login" % url)
             click.echo(f"    e-mail:   {user.email}")
@@ -56,6 +58,26 @@ def register(app: Flask) -> None:
             click.echo(f"  Log in at {url}/login as {user.email} with PORTCULLIS_ADMIN_PASSWORD.")
         else:
             click.echo(f"  Admin account exists ({user.email}); log in at {url}/login.")
+
+    def _sso_first_admin(user) -> None:
+        """Password login is off: no password is printed (it could not be used); the first
+        admin signs in through SSO with that address, which ties the account to them."""
+        cfg = app.config
+        domain = user.email.rpartition("@")[2]
+        click.echo("")
+        click.echo(f"  Password login is off: sign in at {cfg['PORTCULLIS_BASE_URL']}/login with "
+                   f"{cfg['PORTCULLIS_OIDC_PROVIDER_NAME']}.")
+        if user.sso_subject is None:
+            click.echo(f"    The admin account {user.email} becomes the person who first signs in with that verified "
+                       "address at the identity provider.")
+            if domain not in cfg["PORTCULLIS_OIDC_ALLOWED_DOMAINS"]:
+                click.echo(f"    Warning: {domain} is not in PORTCULLIS_OIDC_ALLOWED_DOMAINS, so nobody can sign in "
+                           "as it: set PORTCULLIS_ADMIN_EMAIL to your address at the provider"
+                           + (" (or rely on PORTCULLIS_OIDC_ADMIN_GROUPS)." if cfg["PORTCULLIS_OIDC_ADMIN_GROUPS"]
+                              else "."), err=True)
+        if cfg["PORTCULLIS_OIDC_ADMIN_GROUPS"]:
+            click.echo("    Members of " + ", ".join(cfg["PORTCULLIS_OIDC_ADMIN_GROUPS"]) + " sign in as admins.")
+        click.echo("")
 
     @app.cli.command("setup")
     @click.pass_context

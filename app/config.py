@@ -94,6 +94,55 @@ def _header_prefix(env: dict) -> str:
     return prefix
 
 
+def _list(env: dict, name: str) -> list[str]:
+    return [v.strip() for v in (env.get(name) or "").split(",") if v.strip()]
+
+
+DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def _sso(env: dict) -> dict:
+    """Single sign-on through the team's OpenID provider (app/sso.py); all unset: off. Checked
+    here so that a half-done setting stops the start with a message instead of failing at login."""
+    issuer = (env.get("PORTCULLIS_OIDC_ISSUER") or "").strip()
+    password_login = _bool(env.get("PORTCULLIS_PASSWORD_LOGIN"), True)
+    cfg = {"PORTCULLIS_OIDC_ISSUER": None, "PORTCULLIS_PASSWORD_LOGIN": password_login}
+    if not issuer:
+        if not password_login:
+            raise RuntimeError("PORTCULLIS_PASSWORD_LOGIN=false needs single sign-on (PORTCULLIS_OIDC_ISSUER): "
+                               "nobody could log in")
+        return cfg
+    parts = urlsplit(issuer)
+    loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if (parts.scheme != "https" and not (parts.scheme == "http" and loopback)) or not parts.hostname \
+            or "@" in parts.netloc or parts.query or parts.fragment:
+        raise RuntimeError("PORTCULLIS_OIDC_ISSUER must be the provider's https URL (http only on the loopback "
+                           f"interface, for development), without query or user, got {issuer!r}")
+    client_id = (env.get("PORTCULLIS_OIDC_CLIENT_ID") or "").strip()
+    if not client_id:
+        raise RuntimeError("PORTCULLIS_OIDC_ISSUER is set: PORTCULLIS_OIDC_CLIENT_ID is needed too")
+    domains = [d.lower().lstrip("@") for d in _list(env, "PORTCULLIS_OIDC_ALLOWED_DOMAINS")]
+    if not domains or not all(DOMAIN_RE.match(d) for d in domains):
+        raise RuntimeError("PORTCULLIS_OIDC_ALLOWED_DOMAINS must list the e-mail domains that may sign in through "
+                           f"single sign-on, comma-separated (e.g. example.com,example.org), got {domains!r}")
+    admin_groups = _list(env, "PORTCULLIS_OIDC_ADMIN_GROUPS")
+    scopes = (env.get("PORTCULLIS_OIDC_SCOPES") or "").split() or \
+        ["openid", "email", "profile", *(["groups"] if admin_groups else [])]
+    if "openid" not in scopes:
+        raise RuntimeError(f"PORTCULLIS_OIDC_SCOPES must include openid, got {' '.join(scopes)!r}")
+    cfg.update({
+        "PORTCULLIS_OIDC_ISSUER": issuer,
+        "PORTCULLIS_OIDC_CLIENT_ID": client_id,
+        "PORTCULLIS_OIDC_CLIENT_SECRET": (env.get("PORTCULLIS_OIDC_CLIENT_SECRET") or "").strip() or None,
+        "PORTCULLIS_OIDC_ALLOWED_DOMAINS": domains,
+        "PORTCULLIS_OIDC_ADMIN_GROUPS": admin_groups,
+        "PORTCULLIS_OIDC_SCOPES": " ".join(scopes),
+        "PORTCULLIS_OIDC_PROVIDER_NAME": (env.get("PORTCULLIS_OIDC_PROVIDER_NAME") or "").strip()[:60]
+        or parts.hostname,
+    })
+    return cfg
+
+
 def _tighten(path: Path, mode: int) -> None:
     """Take away what others may do with a file or directory of ours, saying so in the log."""
     current = stat.S_IMODE(path.stat().st_mode)
@@ -244,6 +293,7 @@ def load_config(instance_path: str, overrides: dict | None = None) -> dict:
         "RATELIMIT_KEY_PREFIX": (env.get("PORTCULLIS_RATE_LIMIT_PREFIX") or "").strip(),
         "RATELIMIT_HEADERS_ENABLED": True,
         "MAX_CONTENT_LENGTH": 1024 * 1024,
+        **_sso(env),
     }
     if overrides:
         cfg.update({k: v for k, v in overrides.items() if k not in GENERATED or v})

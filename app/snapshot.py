@@ -44,6 +44,11 @@ class ServerView:
     connect_timeout: float
     read_timeout: float
     tools_refreshed_at: datetime | None
+    capabilities: dict | None = None  # as the upstream announced them at discovery
+
+    def offers(self, feature: str) -> bool:
+        """Whether the upstream announced this capability (resources, prompts, completions, logging)."""
+        return isinstance(self.capabilities, dict) and isinstance(self.capabilities.get(feature), dict)
 
     @cached_property
     def tool_names(self) -> frozenset[str]:
@@ -235,7 +240,7 @@ def _load() -> Snapshot:
             headers=tuple(sorted((s.shared_headers or {}).items())),
             per_user_header_keys=tuple(s.per_user_header_keys or ()),
             tools=tuple(s.tools or ()), connect_timeout=s.connect_timeout, read_timeout=s.read_timeout,
-            tools_refreshed_at=s.tools_refreshed_at)
+            tools_refreshed_at=s.tools_refreshed_at, capabilities=s.capabilities)
     services = _load_services()
     return Snapshot(generation=generation, loaded_at=time.monotonic(), servers=servers,
                     by_name={s.name: s for s in servers.values()},

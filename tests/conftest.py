@@ -16,7 +16,7 @@ from app.extensions import db, limiter
 from app.models import ApiToken, User
 
 pytest.register_assert_rewrite("tests.support")  # failed asserts in the helpers explain themselves too
-pytest_plugins = ["tests.support.mcp", "tests.support.proxy"]  # their fixtures, for every test
+pytest_plugins = ["tests.support.mcp", "tests.support.proxy", "tests.support.oidc_provider"]  # their fixtures, for every test
 
 PASSWORD = "correct horse battery"
 _SIGNING: dict = {}  # one RSA key for the whole session (making one takes a while), re-stored after each test

@@ -325,13 +325,16 @@ SCHEMAS = {
                         "description": "Names only, never a value: a credential's stored header names, a "
                                        "header flow's requested names."},
         "created_at": TIMESTAMP, "updated_at": TIMESTAMP,
-        "expires_at": nullable({**TIMESTAMP, "description": "When a flow's link expires (null for header "
-                                                            "credentials)."}),
+        "expires_at": nullable({**TIMESTAMP, "description": "When a flow's link expires; for an OAuth "
+                                                            "credential, when its access token expires (it is "
+                                                            "refreshed before); null for header credentials."}),
+        "scopes": nullable({"type": "array", "items": STR,
+                            "description": "OAuth credentials: the scopes the upstream granted (null otherwise)."}),
         "can_reauth": {"type": "boolean", "description": (
             "Whether the caller may start a new flow for this row: credential rows only, not orphaned; "
             "user rows only by that user.")},
     }, ["id", "kind", "auth_kind", "auth_mode", "user", "virtual_key", "session_id", "server", "status",
-        "header_keys", "created_at", "updated_at", "expires_at", "can_reauth"]),
+        "header_keys", "scopes", "created_at", "updated_at", "expires_at", "can_reauth"]),
     "SessionList": listing("sessions", "Session"),
 
     "OAuthClient": obj({
@@ -500,7 +503,10 @@ PATHS = {
             {**ok(201, "A new token; store it, it is not shown again.", "Token"),
              **problems("BadRequest", "ValidationFailed", "RateLimited"),
              "401": error_response("Wrong e-mail or password, or the user is inactive."),
-             "403": {"$ref": "#/components/responses/PasswordChangeRequired"}},
+             "403": error_response("password_change_required: the user still has a one-time password and must "
+                                   "choose their own on the dashboard (/account/password) first; or "
+                                   "password_login_disabled: PORTCULLIS_PASSWORD_LOGIN=false, people sign in "
+                                   "through single sign-on.")},
             body="TokenRequest", security=[],
             description="Exchanges the e-mail and password of any active user for a personal bearer token, "
                         "valid for PORTCULLIS_API_TOKEN_HOURS. Every token of a user ends with their dashboard "

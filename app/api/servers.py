@@ -1,4 +1,4 @@
-from flask import jsonify
+from flask import g, jsonify
 
 from ..extensions import db
 from ..models import McpServer
@@ -41,7 +41,7 @@ def update_server(server_id):
 @bp.post("/mcp-servers/<id:server_id>/refresh-tools")
 @admin_only
 def refresh_server_tools(server_id):
-    server = ops.refresh_tools(ops.get_server(server_id))
+    server = ops.refresh_tools(ops.get_server(server_id), g.get("user"))
     db.session.commit()
     return jsonify(server.to_dict())
 

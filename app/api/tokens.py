@@ -22,6 +22,10 @@ def _login_limit():
 def create_token():
     """Exchange e-mail and password for a personal API token (any active user who has no
     one-time password left to change)."""
+    if not current_app.config["PORTCULLIS_PASSWORD_LOGIN"]:
+        return error(403, "password_login_disabled",
+                     "password login is turned off on this instance (PORTCULLIS_PASSWORD_LOGIN=false): "
+                     "people sign in through single sign-on")
     f = Fields(body(), {"email", "password"})
     email = f.string("email", required=True, max_len=MAX_EMAIL)
     password = f.string("password", required=True, max_len=MAX_PASSWORD, strip=False)

@@ -25,10 +25,15 @@ class AuthRequired(CredentialUnavailable):
                  stored: list[str], reason: str):
         self.kind, self.server, self.flow_id, self.submit_url = kind, server, flow_id, submit_url
         self.required, self.stored, self.reason = required, stored, reason
-        super().__init__(
-            f"Authentication required: {server} needs your own API credentials ({reason}). "
-            f"Ask the person you work for to open {submit_url} , enter the requested header values "
-            f"({', '.join(required)}), then retry this call. The link is valid for 15 minutes.")
+        if kind == "oauth":
+            text = (f"Authentication required: {server} needs you to connect your own account ({reason}). "
+                    f"Ask the person you work for to open {submit_url} , sign in at {server} and allow access, "
+                    "then retry this call. The link is valid for 15 minutes.")
+        else:
+            text = (f"Authentication required: {server} needs your own API credentials ({reason}). "
+                    f"Ask the person you work for to open {submit_url} , enter the requested header values "
+                    f"({', '.join(required)}), then retry this call. The link is valid for 15 minutes.")
+        super().__init__(text)
 
     @property
     def meta(self) -> dict:

@@ -40,10 +40,11 @@ FLOW_ID_BYTES = 24
 TOKEN_BYTES = 32
 
 
-def start(binding: Binding, kind: str = "headers") -> tuple[str, str | None]:
+def start(binding: Binding, kind: str = "headers", oauth: dict | None = None) -> tuple[str, str | None]:
     """Start or refresh the binding's one pending flow: (flow id, temp token or None for user
     flows). A refresh extends the expiry; for vk/session flows it issues a new temp token (only
-    its hash is kept, so the previous link stops working)."""
+    its hash is kept, so the previous link stops working). ``oauth``: what an OAuth flow keeps
+    (encrypted) from the start, e.g. that it connects a server's shared account."""
     for _ in range(3):
         now = utcnow()
         token = secrets.token_urlsafe(TOKEN_BYTES) if binding.auth_mode != "user" else None
@@ -58,6 +59,10 @@ def start(binding: Binding, kind: str = "headers") -> tuple[str, str | None]:
             flow = Flow(id=secrets.token_urlsafe(FLOW_ID_BYTES), kind=kind, auth_mode=binding.auth_mode,
                         mcp_server_id=binding.server_id, status="pending", **{binding.column: binding.identity})
             db.session.add(flow)
+        if flow.kind != kind:  # the server changed its auth type since: the flow follows
+            flow.kind = kind
+        if kind == "oauth":
+            flow.oauth = dict(oauth or {})  # a fresh start: any earlier state and verifier are void
         flow.expires_at = now + FLOW_TTL
         flow.token_hash = None if token is None else digest(token)
         try:
@@ -122,8 +127,14 @@ def form(flow: Flow) -> dict:
     cred = _credential(flow)
     required = list(server.per_user_header_keys or [])
     stored = sorted(k for k in (cred.header_keys if cred else []) if k in required)
-    if cred is None:
+    if flow.kind == "oauth":
+        required, stored = [], []
+    if flow.kind == "oauth" and (flow.oauth or {}).get("shared"):
+        reason = "the server's shared account is to be connected"
+    elif cred is None:
         reason = "no credentials are stored for you yet"
+    elif cred.status == "needs_reauth":
+        reason = "the upstream no longer accepts the stored authorization"
     elif cred.status == "needs_update":
         reason = "the server's required headers changed"
     else:
@@ -191,10 +202,13 @@ def submit(flow: Flow, headers) -> Credential:
     except UpstreamError as e:
         raise Rejected(f"the upstream refused these values: {e}", {"headers": f"refused by the upstream: {e}"}) \
             from None
-    return _store(flow_id, binding, values)
+    return store(flow_id, binding, values)
 
 
-def _store(flow_id: str, binding: Binding, values: dict) -> Credential:
+def store(flow_id: str, binding: Binding, values: dict, auth_kind: str = "headers", expires_at=None,
+          scopes: list | None = None) -> Credential:
+    """Upsert the binding's credential (status active) and mark the flow used, in one
+    transaction; Gone when the flow is no longer open."""
     mode, col, identity, server_id = binding.auth_mode, binding.column, binding.identity, binding.server_id
     for _ in range(3):
         flow = db.session.scalar(select(Flow).where(Flow.id == flow_id).with_for_update())
@@ -204,17 +218,21 @@ def _store(flow_id: str, binding: Binding, values: dict) -> Credential:
         cred = db.session.scalar(select(Credential).where(*binding.where(Credential)).with_for_update())
         now = utcnow()
         if cred is None:
-            cred = Credential(auth_mode=mode, mcp_server_id=server_id, auth_kind="headers", **{col: identity})
+            cred = Credential(auth_mode=mode, mcp_server_id=server_id, auth_kind=auth_kind, **{col: identity})
             db.session.add(cred)
-        cred.values, cred.header_keys = dict(values), sorted(values)
+        cred.auth_kind = auth_kind
+        cred.values = dict(values)
+        cred.header_keys = sorted(values) if auth_kind == "headers" else []
+        cred.expires_at, cred.scopes, cred.refresh_lease_until = expires_at, scopes, None
         if cred.status != "active":
             cred.status, cred.status_changed_at = "active", now
         cred.updated_at = now
-        flow.status, flow.token_hash = "used", None
+        flow.status, flow.token_hash, flow.oauth = "used", None, None
         kind = flow.kind
+        what = f"headers={','.join(sorted(values))}" if auth_kind == "headers" else f"oauth scopes={' '.join(scopes or [])}"
         try:
             db.session.flush()
-            record("credential.store", cred, f"{mode} binding, server {server_id}, headers={','.join(sorted(values))}",
+            record("credential.store", cred, f"{mode} binding, server {server_id}, {what}",
                    target_name=f"{mode}:{identity}:{server_id}")
             db.session.commit()
             metrics.FLOWS_COMPLETED.labels(kind).inc()

@@ -7,12 +7,15 @@ credential is obtained, how one is revoked. OAuth types arrive as two more resol
 - ``start_flow(binding)``: start or refresh the binding's flow (re-authentication from the
   sessions page or API): (flow id, temp token or None).
 - ``revoke(credential)``: delete it with its binding's pending flows (OAuth: also at the upstream).
+- ``after_refused(server, caller, endpoint)`` (OAuth): the upstream answered 401 to ``endpoint``;
+  the endpoint to retry once with (another instance's newer token, or a refreshed one).
 
 Shared types (``none``, ``headers``) are served from the snapshot without touching the database
 or decrypting anything; per-user types read the binding's credential through app/credentials/store.py.
 """
 from __future__ import annotations
 
+from ..models.base import utcnow
 from . import flows, store
 from .answers import AuthRequired, CredentialUnavailable, SignInAgain
 from .bindings import Binding, binding_of
@@ -30,6 +33,9 @@ class Resolver:
 
     def revoke(self, credential, **audit) -> None:
         flows.revoke(credential, **audit)
+
+    def after_refused(self, server, caller, endpoint):
+        return None
 
 
 class Shared(Resolver):
@@ -73,21 +79,122 @@ class PerUserHeaders(Resolver):
         return flows.start(binding, self.kind)
 
 
-class NotYet(Resolver):
-    """``oauth`` and ``per_user_oauth``: configurable, not connectable yet."""
+def _used_token(endpoint) -> str | None:
+    for name, value in endpoint.headers:
+        if name.lower() == "authorization" and value.startswith("Bearer "):
+            return value[7:]
+    return None
+
+
+class _OAuth(Resolver):
+    """What both OAuth types share: a token in a row (a slot), refreshed before it expires and
+    after the upstream refuses it (app/upstream_oauth/refresh.py)."""
+
+    def _view(self, server, caller):
+        raise NotImplementedError
+
+    def _slot(self, view):
+        raise NotImplementedError
+
+    def _reauth(self, server, caller, reason: str):
+        raise NotImplementedError
 
     def endpoint(self, server, caller):
+        from ..upstream_oauth import refresh
+
+        view = self._view(server, caller)
+        if view.endpoint is None:
+            return self._reauth(server, caller, self._reason(view))
+        if not refresh.due(view.expires_at, view.values):
+            return view.endpoint
+        return self._refreshed(server, caller, view, None)
+
+    def after_refused(self, server, caller, endpoint):
+        view = self._view(server, caller)
+        if view.credential_id is None:
+            return None
+        return self._refreshed(server, caller, view, _used_token(endpoint) or "")
+
+    def _refreshed(self, server, caller, view, used):
+        from ..upstream_oauth import refresh
+
+        try:
+            values = refresh.refresh(self._slot(view), used)
+        except refresh.NeedsReauth:
+            return self._reauth(server, caller, "the upstream no longer accepts the stored authorization")
+        except refresh.RefreshUnavailable as e:
+            if used is None and view.expires_at is not None and view.expires_at > utcnow():
+                return view.endpoint  # still valid for a moment; the next call tries again
+            raise CredentialUnavailable(f"{server.name}: the access token could not be refreshed now ({e}); "
+                                        "try again shortly") from None
+        return server.endpoint(store.bearer(dict(server.headers), values["access_token"]))
+
+    @staticmethod
+    def _reason(view) -> str:
+        if view.status is None:
+            return "not connected yet"
+        if view.status == "needs_reauth":
+            return "the upstream no longer accepts the stored authorization"
+        return f"the stored authorization is {view.status}"
+
+
+class PerUserOAuth(_OAuth):
+    """``per_user_oauth``: each binding's own tokens, from a consent at the upstream."""
+
+    kind = "oauth"
+
+    def _view(self, server, caller):
+        binding = binding_of(caller, server.id)
+        if binding is None:
+            raise CredentialUnavailable(
+                f"{server.name}: per-user credentials are bound to an MCP session; initialize one first")
+        return store.stored(server, binding)
+
+    def _slot(self, view):
+        from ..upstream_oauth.refresh import Slot
+        return Slot.credential(view.credential_id)
+
+    def _reauth(self, server, caller, reason: str):
+        if not caller.signed_in():
+            raise SignInAgain()
+        flow_id, token = self.start_flow(binding_of(caller, server.id))
+        raise AuthRequired("oauth", server.name, flow_id, flows.link(flow_id, token), [], [], reason)
+
+    def start_flow(self, binding: Binding) -> tuple[str, str | None]:
+        return flows.start(binding, self.kind)
+
+    def revoke(self, credential, **audit) -> None:
+        from ..upstream_oauth.connect import revoke_upstream
+
+        server_id, values = credential.mcp_server_id, dict(credential.values or {})
+        flows.revoke(credential, **audit)  # commits: the local revocation stands whatever follows
+        revoke_upstream(server_id, values)
+
+
+class SharedOAuth(_OAuth):
+    """``oauth``: one account an admin connected on the server's page, used for every caller.
+    Until it is connected (or after the upstream dropped it) a call is a tool error: agents
+    never start a flow for an admin."""
+
+    def _view(self, server, caller):
+        return store.shared_oauth(server)
+
+    def _slot(self, view):
+        from ..upstream_oauth.refresh import Slot
+        return Slot.shared(view.credential_id)
+
+    def _reauth(self, server, caller, reason: str):
         raise CredentialUnavailable(
-            f"{server.name}: this server uses {server.auth_type} credentials, which this Portcullis "
-            "version cannot supply yet")
+            f"{server.name}: an administrator must connect this server's account on its page in Portcullis "
+            f"({reason})")
 
 
 RESOLVERS: dict[str, Resolver] = {
     "none": Shared(),
     "headers": Shared(),
-    "oauth": NotYet(),
+    "oauth": SharedOAuth(),
     "per_user_headers": PerUserHeaders(),
-    "per_user_oauth": NotYet(),
+    "per_user_oauth": PerUserOAuth(),
 }
 
 

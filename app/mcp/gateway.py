@@ -15,17 +15,17 @@ import mcp_types as types
 from flask import current_app
 from werkzeug.wrappers import Request, Response
 
-from ..credentials import (DISCOVERABLE, AuthRequired, CredentialUnavailable, SignInAgain, endpoint_for,
+from ..credentials import (DISCOVERABLE, AuthRequired, CredentialUnavailable, SignInAgain, endpoint_for, resolver,
                            wants_url_elicitation)
 from ..oauth_server import metadata as oauth_metadata
 from ..extensions import db
 from .. import identity, metrics
 from ..identity import Caller
 from ..ops.fields import JsonRefused, parse_json
-from . import native
+from . import catalog, native, relay
 from . import tools as toolnames
-from ..upstream.client import UpstreamError
-from ..upstream.discovery import refresh_stale
+from ..upstream.client import UpstreamError, UpstreamRefused
+from ..upstream.discovery import refresh_now, refresh_stale
 from .sessions import McpSessionInfo
 
 SUPPORTED_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26")
@@ -144,6 +144,7 @@ def handle(req: Request, server_name: str | None) -> Response:
         if not isinstance(session, McpSessionInfo):
             return session
         store.end(session)
+        _end_upstreams(Exchange(req, None, caller, scope, session))
         return Response(status=204)
 
     # -- the JSON-RPC envelope --
@@ -154,7 +155,13 @@ def handle(req: Request, server_name: str | None) -> Response:
     method = message.get("method")
     if method is None:
         if "id" in message and ("result" in message or "error" in message):
-            return Response(status=202)  # a response to a request we never send; accepted, ignored
+            if relay.is_relayed(message["id"]):  # the agent's answer to a relayed upstream request
+                session = _session(req, store, caller, scope)
+                if isinstance(session, Response):
+                    return session
+                _release_db()
+                relay.deliver(Exchange(req, None, caller, scope, session), message, _endpoint_or_fail)
+            return Response(status=202)  # answers to anything else: accepted, ignored
         return rpc_error(req_id, types.INVALID_REQUEST, "invalid request: method is missing", 400)
     if not isinstance(method, str):
         return rpc_error(req_id, types.INVALID_REQUEST, "invalid request: method must be a string", 400)
@@ -165,7 +172,14 @@ def handle(req: Request, server_name: str | None) -> Response:
     if "id" not in message:
         if method.startswith("notifications/"):
             session = _session(req, store, caller, scope, required=False)
-            return session if isinstance(session, Response) else Response(status=202)
+            if isinstance(session, Response):
+                return session
+            if method == "notifications/cancelled" and session is not None and params:
+                relay.calls.cancel(session.id, params)  # forwarded to the upstream call it names
+            elif method == "notifications/progress" and session is not None and params:
+                _release_db()
+                relay.progress(Exchange(req, None, caller, scope, session), params, _endpoint_or_fail)
+            return Response(status=202)
         return rpc_error(None, types.INVALID_REQUEST, f"invalid request: {method} needs an id", 400)
     if not _valid_id(message["id"]):
         return rpc_error(None, types.INVALID_REQUEST, "invalid request: id must be a string or an integer", 400)
@@ -184,7 +198,10 @@ def handle(req: Request, server_name: str | None) -> Response:
     if method == "logging/setLevel":
         return _set_log_level(ex, params or {}, store)
     _release_db()  # nothing below reads the database: free the connection during the upstream call
-    return METHODS[method](ex, params or {})
+    try:
+        return METHODS[method](ex, params or {})
+    except SignInAgain as e:  # the session gate (see _call_tool), for the other forwarded methods
+        return _refused(ex.id, identity.Refusal(401, "invalid_token", str(e)), ex.scope.name if ex.scope else None)
 
 
 # On /mcp an unknown, a revoked and an expired key look the same from outside.
@@ -230,10 +247,11 @@ def _initialize(ex: Exchange, params: dict, store) -> Response:
     session = store.create(ex.caller, scope.id if scope else None, version,
                            init.client_info.model_dump(mode="json", exclude_none=True),
                            init.capabilities.model_dump(mode="json", by_alias=True, exclude_none=True))
+    servers = ex.caller.snapshot.servers
     result = types.InitializeResult(
         protocol_version=version,
-        capabilities=types.ServerCapabilities(tools=types.ToolsCapability(list_changed=False),
-                                              logging=types.LoggingCapability()),
+        capabilities=types.ServerCapabilities.model_validate(
+            catalog.advertised(scope, (servers[sid] for sid in ex.caller.allowlist))),
         server_info=types.Implementation(name=f"portcullis{'/' + scope.name if scope else ''}", version="1.0"),
         instructions=None if scope else "Tools of every MCP server granted to this key, named <server>__<tool>.",
     )
@@ -247,7 +265,26 @@ def _set_log_level(ex: Exchange, params: dict, store) -> Response:
         return ex.error(types.INVALID_PARAMS, "invalid params: level must be one of " + ", ".join(LOG_LEVELS))
     if ex.session is not None:
         store.set_log_level(ex.session, level)
+    _release_db()
+    catalog.forward_log_level(ex, level)
     return ex.result({})
+
+
+def _endpoint_or_fail(ex: Exchange, server):
+    return catalog.endpoint(ex, server)
+
+
+def _end_upstreams(ex: Exchange) -> None:
+    """The upstream sessions this agent session held of its own end with it."""
+    client = current_app.extensions["mcp_client"]
+    for server_id in sorted(ex.session.stateful):
+        server = ex.caller.snapshot.servers.get(server_id)
+        if server is None:
+            continue
+        try:
+            client.end(catalog.endpoint(ex, server))
+        except (catalog.Failed, SignInAgain):
+            pass
 
 
 def _ping(ex: Exchange, params: dict) -> Response:
@@ -281,8 +318,24 @@ def _call_tool(ex: Exchange, params: dict) -> Response:
         metrics.tool_call("", "", "unknown_tool")
         return ex.error(types.INVALID_PARAMS, f"Unknown tool: {name}")
     server, tool = found
+    caller = ex.caller.in_session(ex.session)
+    upstream_params = dict(params)
+    upstream_params["name"] = tool
     try:
-        endpoint = endpoint_for(server, ex.caller.in_session(ex.session))
+        endpoint = endpoint_for(server, caller)
+        owner = ex.session.id if ex.session is not None and server.id in ex.session.stateful else None
+        if owner is not None:
+            endpoint = endpoint.owned_by(owner)  # this session's own upstream session
+        try:
+            call = current_app.extensions["mcp_client"].open(endpoint, "tools/call", upstream_params)
+        except UpstreamRefused as e:
+            # an OAuth upstream refused the token: once more with a newer or refreshed one
+            retry = resolver(server.auth_type).after_refused(server, caller, endpoint) if e.status == 401 else None
+            if retry is None:
+                raise
+            if owner is not None:
+                retry = retry.owned_by(owner)
+            call = current_app.extensions["mcp_client"].open(retry, "tools/call", upstream_params)
     except SignInAgain as e:  # the session gate: no new flow for a token whose login ended
         metrics.tool_call(server.name, tool, "auth_required")
         return _refused(ex.id, identity.Refusal(401, "invalid_token", str(e)),
@@ -296,24 +349,24 @@ def _call_tool(ex: Exchange, params: dict) -> Response:
     except CredentialUnavailable as e:
         metrics.tool_call(server.name, tool, "credential_unavailable")
         return ex.result(tool_error(str(e)))
-    upstream_params = dict(params)
-    upstream_params["name"] = tool
-
-    try:
-        call = current_app.extensions["mcp_client"].open(endpoint, "tools/call", upstream_params)
     except UpstreamError as e:
         _upstream_failed(server.name, tool)
         return ex.result(tool_error(str(e)))
+    if ex.session is not None:
+        relay.calls.add(ex.session.id, ex.id, call)  # the agent may cancel it meanwhile
     if call.streaming and ex.takes_sse:
         session = ex.session
         floor = LOG_LEVELS.index(session.log_level) if session is not None and session.log_level else 0
-        return Response(_relay(call, ex.id, floor, (server.name, tool)), mimetype="text/event-stream",
-                        headers=SSE_HEADERS)
+        return Response(_relay(current_app._get_current_object(), call, ex, server, tool, floor),
+                        mimetype="text/event-stream", headers=SSE_HEADERS)
     try:
         msg = call.result()
     except UpstreamError as e:
         _upstream_failed(server.name, tool)
         return ex.result(tool_error(str(e)))
+    finally:
+        if ex.session is not None:
+            relay.calls.remove(ex.session.id, ex.id)
     metrics.tool_call(server.name, tool, _outcome(msg.get("result"), msg.get("error")))
     msg["id"] = ex.id
     return ex.answer(msg)
@@ -332,13 +385,27 @@ def _upstream_failed(server: str, tool: str) -> None:
     metrics.UPSTREAM_ERRORS.labels("mcp", server).inc()
 
 
-def _relay(call, req_id, log_floor: int, labels: tuple[str, str]):
-    """The upstream's SSE answer, event by event: progress notifications and log messages (at
-    or above the session's logging/setLevel) as they arrive, then the answer under the agent's
-    own request id."""
+LIST_CHANGED = {"notifications/tools/list_changed", "notifications/prompts/list_changed",
+                "notifications/resources/list_changed"}
+
+
+def _relay(app, call, ex: Exchange, server, tool: str, log_floor: int):
+    """The upstream's SSE answer, event by event: progress notifications, log messages (at
+    or above the session's logging/setLevel), list_changed notifications and the upstream's
+    requests to the client (app/mcp/relay.py) as they arrive, then the answer under the agent's
+    own request id. It runs after the request's app context is gone: one is entered around
+    what needs it, never across a yield."""
+    relayed = {}  # upstream request id -> relay id, for the upstream's cancellations
     try:
-        for msg in call.messages():
+        for msg in call.messages(relay=ex.session is not None):
             method = msg.get("method")
+            if method is not None and "id" in msg:
+                with app.app_context():
+                    out = relay.outgoing(ex, server, call, msg)
+                if out is not None:
+                    relayed[json.dumps(msg["id"])] = out["id"]
+                    yield _sse_event(out)
+                continue
             if method == "notifications/progress":
                 yield _sse_event(msg)
                 continue
@@ -347,15 +414,35 @@ def _relay(call, req_id, log_floor: int, labels: tuple[str, str]):
                 if level in LOG_LEVELS and LOG_LEVELS.index(level) >= log_floor:
                     yield _sse_event(msg)
                 continue
+            if method in LIST_CHANGED:
+                if method == "notifications/tools/list_changed":
+                    with app.app_context():
+                        refresh_now(server.id)  # the stored list follows
+                yield _sse_event({"jsonrpc": "2.0", "method": method})
+                continue
+            if method == "notifications/resources/updated":  # on a session of this agent's own (subscribe)
+                params = msg.get("params") or {}
+                if ex.scope is None:
+                    params = {**params, "uri": catalog.wrap_uri(server, params.get("uri"))}
+                yield _sse_event({"jsonrpc": "2.0", "method": method, "params": params})
+                continue
+            if method == "notifications/cancelled":
+                params = msg.get("params") or {}
+                relay_id = relayed.get(json.dumps(params.get("requestId")))
+                if relay_id is not None:
+                    yield _sse_event({**msg, "params": {**params, "requestId": relay_id}})
+                continue
             if method is not None:
                 continue
-            msg["id"] = req_id
-            metrics.tool_call(*labels, _outcome(msg.get("result"), msg.get("error")))
+            msg["id"] = ex.id
+            metrics.tool_call(server.name, tool, _outcome(msg.get("result"), msg.get("error")))
             yield _sse_event(msg)
     except UpstreamError as e:
-        _upstream_failed(*labels)
-        yield _sse_event({"jsonrpc": "2.0", "id": req_id, "result": tool_error(str(e))})
+        _upstream_failed(server.name, tool)
+        yield _sse_event({"jsonrpc": "2.0", "id": ex.id, "result": tool_error(str(e))})
     finally:
+        if ex.session is not None:
+            relay.calls.remove(ex.session.id, ex.id)
         call.close()
 
 
@@ -374,4 +461,12 @@ METHODS = {
     "ping": _ping,
     "tools/list": _list_tools,
     "tools/call": _call_tool,
+    "resources/list": catalog.list_resources,
+    "resources/templates/list": catalog.list_resource_templates,
+    "resources/read": catalog.read_resource,
+    "resources/subscribe": lambda ex, params: catalog.subscribe(ex, params, "resources/subscribe"),
+    "resources/unsubscribe": lambda ex, params: catalog.subscribe(ex, params, "resources/unsubscribe"),
+    "prompts/list": catalog.list_prompts,
+    "prompts/get": catalog.get_prompt,
+    "completion/complete": catalog.complete,
 }

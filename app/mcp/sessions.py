@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flask import current_app
 from sqlalchemy import update
@@ -27,6 +27,9 @@ class McpSessionInfo:
     ended: bool
     checked_at: float
     log_level: str | None = None
+    # Servers with which this agent session holds an upstream session of its own (it carries
+    # this session's subscriptions or log level); kept in this process's memory.
+    stateful: set = field(default_factory=set)
 
 
 class McpSessionStore:
@@ -70,6 +73,9 @@ class McpSessionStore:
         db.session.execute(update(McpSession).where(McpSession.id == info.id).values(log_level=level))
         db.session.commit()
         info.log_level = level
+
+    def hold_upstream(self, info: McpSessionInfo, server_id: int) -> None:
+        info.stateful.add(server_id)
 
     def _put(self, info: McpSessionInfo) -> None:
         with self._lock:

@@ -6,10 +6,11 @@ from .oauth import OAuthClient, OAuthCode, OAuthConsent, OAuthRefreshToken, Sign
 from .keys import VirtualKey, VirtualKeyServerGrant, VirtualKeyServiceGrant
 from .servers import McpServer
 from .services import Service
+from .upstream_oauth import UpstreamOAuth
 from .users import ApiToken, Login, User
 
 __all__ = [
     "ApiToken", "AuditEvent", "Credential", "Flow", "Login", "McpServer", "McpSession", "OAuthClient", "OAuthCode",
-    "OAuthConsent", "OAuthRefreshToken", "Service", "SigningKey", "User",
+    "OAuthConsent", "OAuthRefreshToken", "Service", "SigningKey", "UpstreamOAuth", "User",
     "VirtualKey", "VirtualKeyServerGrant", "VirtualKeyServiceGrant",
 ]

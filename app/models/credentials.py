@@ -15,9 +15,10 @@ from ..extensions import db
 from .base import iso, utcnow
 
 AUTH_MODES = ("user", "vk", "session")
-STATUSES = ("active", "needs_update", "orphaned")
-AUTH_KINDS = ("headers",)  # per-user OAuth tokens join this table later ('oauth')
-FLOW_KINDS = ("headers",)
+# needs_reauth: an OAuth credential whose refresh the upstream refused for good (invalid_grant)
+STATUSES = ("active", "needs_update", "orphaned", "needs_reauth")
+AUTH_KINDS = ("headers", "oauth")
+FLOW_KINDS = ("headers", "oauth")
 FLOW_TTL = timedelta(minutes=15)
 
 # Exactly the identity column of the mode is set.
@@ -65,19 +66,26 @@ class Credential(BindingMixin, db.Model):
     auth_mode, user_id, virtual_key_id, session_id, mcp_server_id = _binding_columns()
     auth_kind = db.Column(db.String(16), nullable=False, default="headers")
     status = db.Column(db.String(16), nullable=False, default="active")
-    # {header name (canonical, lower-case): value}; the values as typed, never trimmed.
+    # headers: {header name (canonical, lower-case): value}, the values as typed, never trimmed;
+    # oauth: the upstream's token response ({access_token, refresh_token, token_type, ...}).
     values = db.Column(EncryptedJSON("credentials.values"), nullable=False)
     # The header names stored (canonical, sorted), readable without decrypting anything.
     header_keys = db.Column(db.JSON, nullable=False, default=list)
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
     updated_at = db.Column(db.DateTime, nullable=False, default=utcnow, onupdate=utcnow)
     status_changed_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    # oauth: when the access token expires (None: the upstream did not say) and the scopes granted
+    expires_at = db.Column(db.DateTime)
+    scopes = db.Column(db.JSON)
+    # oauth: a refresh in progress holds this lease until then (a conditional UPDATE takes it;
+    # see app/upstream_oauth/refresh.py), so two instances never spend one refresh token twice
+    refresh_lease_until = db.Column(db.DateTime)
 
     __table_args__ = (
         db.CheckConstraint("auth_mode IN ('user', 'vk', 'session')", name="auth_mode"),
         db.CheckConstraint(_BINDING_CHECK, name="binding"),
-        db.CheckConstraint("auth_kind IN ('headers')", name="auth_kind"),
-        db.CheckConstraint("status IN ('active', 'needs_update', 'orphaned')", name="status"),
+        db.CheckConstraint("auth_kind IN ('headers', 'oauth')", name="auth_kind"),
+        db.CheckConstraint("status IN ('active', 'needs_update', 'orphaned', 'needs_reauth')", name="status"),
         db.Index("ix_credentials_mcp_server_id", "mcp_server_id"),
         # the sessions list: newest first, paginated in the database (migration 0004)
         db.Index("ix_credentials_created_at_id", "created_at", "id"),
@@ -113,12 +121,14 @@ class Flow(BindingMixin, db.Model):
     auth_mode, user_id, virtual_key_id, session_id, mcp_server_id = _binding_columns()
     status = db.Column(db.String(16), nullable=False, default="pending")
     token_hash = db.Column(db.String(64))
+    # oauth flows: the PKCE verifier, the state and what the callback needs, encrypted
+    oauth = db.Column(EncryptedJSON("flows.oauth"))
     expires_at = db.Column(db.DateTime, nullable=False)
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
     updated_at = db.Column(db.DateTime, nullable=False, default=utcnow, onupdate=utcnow)
 
     __table_args__ = (
-        db.CheckConstraint("kind IN ('headers')", name="kind"),
+        db.CheckConstraint("kind IN ('headers', 'oauth')", name="kind"),
         db.CheckConstraint("auth_mode IN ('user', 'vk', 'session')", name="auth_mode"),
         db.CheckConstraint(_BINDING_CHECK, name="binding"),
         db.CheckConstraint("status IN ('pending', 'used')", name="status"),

@@ -26,6 +26,8 @@ class McpServer(db.Model):
     enabled = db.Column(db.Boolean, nullable=False, default=True)
     tools = db.Column(db.JSON, nullable=False, default=list)  # as discovered at the upstream
     tools_refreshed_at = db.Column(db.DateTime)
+    # ServerCapabilities the upstream announced at discovery (None: not discovered yet).
+    capabilities = db.Column(db.JSON)
     # Seconds allowed to connect to the upstream, and to wait for (each part of) an answer.
     connect_timeout = db.Column(db.Float, nullable=False, default=5.0, server_default="5")
     read_timeout = db.Column(db.Float, nullable=False, default=30.0, server_default="30")

@@ -34,8 +34,13 @@ class User(db.Model):
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
     updated_at = db.Column(db.DateTime, nullable=False, default=utcnow, onupdate=utcnow)
     last_login_at = db.Column(db.DateTime)
+    # The person at the team's OpenID provider this account belongs to (single sign-on, app/sso.py):
+    # the provider's issuer and its stable `sub` for them, set at the first SSO sign-in.
+    sso_issuer = db.Column(db.String(255))
+    sso_subject = db.Column(db.String(255))
 
-    __table_args__ = (db.CheckConstraint("role IN ('admin', 'member')", name="role"),)
+    __table_args__ = (db.CheckConstraint("role IN ('admin', 'member')", name="role"),
+                      db.UniqueConstraint("sso_issuer", "sso_subject", name="uq_users_sso_identity"))
 
     def set_password(self, password: str) -> None:
         self.password_hash = generate_password_hash(password)

@@ -217,11 +217,12 @@ def _branch(row_kind: str, conds: list, cut: int | None):
     if row_kind == "credential":
         cols = [literal_column("'credential'", String).label("kind"), t.id.label("cred_id"),
                 cast(null(), String(64)).label("flow_id"), t.auth_kind.label("auth_kind"), t.status.label("status"),
-                t.header_keys.label("header_keys"), cast(null(), DateTime).label("expires_at")]
+                t.header_keys.label("header_keys"), t.expires_at.label("expires_at"), t.scopes.label("scopes")]
     else:
         cols = [literal_column("'flow'", String).label("kind"), cast(null(), Integer).label("cred_id"),
                 t.id.label("flow_id"), t.kind.label("auth_kind"), t.status.label("status"),
-                cast(null(), Credential.header_keys.type).label("header_keys"), t.expires_at.label("expires_at")]
+                cast(null(), Credential.header_keys.type).label("header_keys"), t.expires_at.label("expires_at"),
+                cast(null(), Credential.scopes.type).label("scopes")]
     cols += [t.auth_mode.label("auth_mode"), t.user_id.label("user_id"), t.virtual_key_id.label("virtual_key_id"),
              t.session_id.label("session_id"), t.mcp_server_id.label("server_id"),
              t.created_at.label("created_at"), t.updated_at.label("updated_at")]
@@ -285,6 +286,7 @@ def _row(r, viewer) -> dict:
         "server": {"id": r["server_id"], "name": r["server_name"]},
         "status": r["status"],
         "header_keys": sorted(header_keys or []),
+        "scopes": (list(r["scopes"] or []) if is_cred else None) if r["auth_kind"] == "oauth" else None,
         "created_at": iso(r["created_at"]), "updated_at": iso(r["updated_at"]), "expires_at": iso(r["expires_at"]),
         "can_reauth": can_reauth(r, viewer),
         # for the page (not part of the API answer)
@@ -401,7 +403,7 @@ def revoke(viewer, row_id) -> None:
 # --- connecting a server the person is granted ---------------------------------------------
 
 def connectable(user) -> list:
-    """per_user_headers servers in the person's effective allowlist (the union over the usable
+    """per_user_headers and per_user_oauth servers in the person's effective allowlist (the union over the usable
     keys they own, as the gateway computes it) for which they have no credential yet."""
     from .. import snapshot
 
@@ -412,7 +414,7 @@ def connectable(user) -> list:
     have = set(db.session.scalars(select(Credential.mcp_server_id).where(
         Credential.auth_mode == "user", Credential.user_id == user.id)))
     return sorted((s for sid, s in snap.servers.items()
-                   if sid in allowed and sid not in have and s.auth_type == "per_user_headers"),
+                   if sid in allowed and sid not in have and s.auth_type in ("per_user_headers", "per_user_oauth")),
                   key=lambda s: s.name)
 
 

@@ -278,13 +278,25 @@ def _discover(server: McpServer) -> None:
         raise Invalid(f"cannot discover the server's tools: {e}", {"url": f"unreachable or not MCP: {e}"}) from None
 
 
-def refresh_tools(server: McpServer) -> McpServer:
-    """Re-read the upstream's tools on demand (page, API, CLI)."""
-    if server.auth_type not in DISCOVERABLE:
+def refresh_tools(server: McpServer, actor=None) -> McpServer:
+    """Re-read the upstream's tools on demand (page, API, CLI). OAuth servers are read with the
+    shared token (``oauth``) or the refreshing admin's own one (``per_user_oauth``)."""
+    if server.auth_type in OAUTH_TYPES:
+        from ..upstream_oauth.connect import tools_headers
+
+        before = {t.get("name") for t in server.tools or []}
+        headers = tools_headers(server, actor)
+        try:
+            refresh(server, headers)
+        except UpstreamError as e:
+            raise Invalid(f"cannot discover the server's tools: {e}", {"url": f"unreachable or refused: {e}"}) \
+                from None
+    elif server.auth_type not in DISCOVERABLE:
         raise Conflict(f"a {server.auth_type} server's tools are discovered with a member's credentials, "
                        "not on demand")
-    before = {t.get("name") for t in server.tools or []}
-    _discover(server)
+    else:
+        before = {t.get("name") for t in server.tools or []}
+        _discover(server)
     after = {t.get("name") for t in server.tools}
     record("mcp_server.refresh_tools", server,
            f"tools={len(after)}, added={len(after - before)}, removed={len(before - after)}")

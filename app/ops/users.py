@@ -68,7 +68,7 @@ def create_user(data: dict) -> User:
     return user
 
 
-def _active_admins_besides(user: User) -> int:
+def active_admins_besides(user: User) -> int:
     return db.session.scalar(
         select(func.count(User.id)).where(User.role == "admin", User.active.is_(True), User.id != user.id))
 
@@ -87,7 +87,7 @@ def update_user(user: User, data: dict) -> User:
         user.email = email
         changes.append("email")
     loses_admin = (not missing(role) and role != "admin") or (not missing(active) and not active)
-    if user.is_admin and user.active and loses_admin and _active_admins_besides(user) == 0:
+    if user.is_admin and user.active and loses_admin and active_admins_besides(user) == 0:
         raise Conflict("the last active admin cannot be demoted or deactivated")
     if not missing(role) and role != user.role:
         user.role = role
@@ -109,7 +109,7 @@ def update_user(user: User, data: dict) -> User:
 
 
 def delete_user(user: User) -> None:
-    if user.is_admin and user.active and _active_admins_besides(user) == 0:
+    if user.is_admin and user.active and active_admins_besides(user) == 0:
         raise Conflict("the last active admin cannot be deleted")
     record("user.delete", user)
     db.session.delete(user)

@@ -26,12 +26,30 @@ import mcp_types as types
 from mcp_types.version import LATEST_HANDSHAKE_VERSION
 
 CLIENT_INFO = types.Implementation(name="portcullis", version="1.0")
+# What Portcullis offers upstreams as a client: the server-to-client requests it relays to the
+# agent whose call is running (refused per request when that agent did not declare them).
+RELAYED_CAPABILITIES = types.ClientCapabilities(
+    sampling=types.SamplingCapability(),
+    elicitation=types.ElicitationCapability(form=types.FormElicitationCapability(),
+                                            url=types.UrlElicitationCapability()),
+    roots=types.RootsCapability(list_changed=False),
+)
 MAX_SESSIONS = 2048  # upstream sessions kept per process (least recently used dropped)
 MAX_BODY = 16 * 1024 * 1024
 
 
 class UpstreamError(Exception):
     """A failure talking to one upstream; ``str()`` is safe to show to the agent."""
+
+
+class UpstreamRefused(UpstreamError):
+    """The upstream answered 401 or 403: ``status`` and its ``WWW-Authenticate`` (``challenge``,
+    None when absent), which an OAuth upstream uses to point at its authorization server or to
+    say why the token failed (RFC 6750 ``error``, ``scope``)."""
+
+    def __init__(self, message: str, status: int, challenge: str | None):
+        super().__init__(message)
+        self.status, self.challenge = status, challenge
 
 
 @dataclass(frozen=True)
@@ -44,12 +62,20 @@ class Endpoint:
     headers: tuple[tuple[str, str], ...] = ()
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
+    # The agent session that owns the upstream session, when it carries that agent's state
+    # (subscriptions, log level): such sessions are never shared. None: pooled.
+    owner: str | None = None
 
     @cached_property
     def session_key(self) -> tuple:
         # The credential is part of the key (hashed, so no secret sits in a dict key).
         digest = hashlib.sha256(json.dumps(self.headers).encode()).hexdigest()
-        return self.server_id, self.url, digest
+        return self.server_id, self.url, digest, self.owner
+
+    def owned_by(self, owner: str) -> "Endpoint":
+        from dataclasses import replace
+
+        return replace(self, owner=owner)
 
     @cached_property
     def timeout(self) -> dict:
@@ -63,6 +89,7 @@ class UpstreamSession:
     session_id: str | None
     protocol_version: str
     server_info: dict = field(default_factory=dict)
+    capabilities: dict = field(default_factory=dict)  # the upstream's ServerCapabilities
 
 
 Notify = Callable[[dict], None]
@@ -120,7 +147,7 @@ class UpstreamClient:
     def _initialize(self, ep: Endpoint) -> UpstreamSession:
         params = types.InitializeRequestParams(
             protocol_version=LATEST_HANDSHAKE_VERSION,
-            capabilities=types.ClientCapabilities(),
+            capabilities=RELAYED_CAPABILITIES,
             client_info=CLIENT_INFO,
         )
         body = {"jsonrpc": "2.0", "id": next(self._ids), "method": "initialize",
@@ -128,16 +155,41 @@ class UpstreamClient:
         call = self._open(ep, body, None)
         result = _result(ep, "initialize", call.result(), types.InitializeResult)
         session = UpstreamSession(call.session_id, result.protocol_version,
-                                  result.server_info.model_dump(mode="json", exclude_none=True))
+                                  result.server_info.model_dump(mode="json", exclude_none=True),
+                                  result.capabilities.model_dump(mode="json", by_alias=True, exclude_none=True))
         self._notify(ep, session, "notifications/initialized")
         return session
 
-    def _notify(self, ep: Endpoint, session: UpstreamSession, method: str) -> None:
-        headers = self._headers(ep, session)
+    def _notify(self, ep: Endpoint, session: UpstreamSession, method: str, params: dict | None = None) -> None:
+        message = {"jsonrpc": "2.0", "method": method}
+        if params is not None:
+            message["params"] = params
+        self._post_message(ep, session, message)
+
+    def _post_message(self, ep: Endpoint, session: UpstreamSession | None, message: dict) -> None:
+        """POST a notification or a response (the upstream answers 202, nothing to read)."""
         try:
-            self._send(ep, json.dumps({"jsonrpc": "2.0", "method": method}).encode(), headers).close()
+            self._send(ep, json.dumps(message).encode(), self._headers(ep, session)).close()
         except httpx.HTTPError as e:
             raise UpstreamError(_transport_text(ep, e)) from None
+
+    def notify(self, ep: Endpoint, method: str, params: dict | None = None) -> None:
+        """Send a notification (e.g. notifications/cancelled) on the endpoint's session."""
+        self._notify(ep, self.session(ep), method, params)
+
+    def end(self, ep: Endpoint) -> None:
+        """Forget the endpoint's session and end it upstream (DELETE), if there is one."""
+        with self._guard:
+            session = self._sessions.pop(ep.session_key, None)
+            self._locks.pop(ep.session_key, None)
+        if session is None or not session.session_id:
+            return
+        request = httpx.Request("DELETE", ep.url, headers=self._headers(ep, session),
+                                extensions={"timeout": ep.timeout})
+        try:
+            self.transport.handle_request(request).close()
+        except httpx.HTTPError:
+            pass
 
     # -- requests --------------------------------------------------------------------------
 
@@ -158,6 +210,11 @@ class UpstreamClient:
                 on_notification: Notify | None = None) -> dict:
         """The upstream's JSON-RPC response message (with ``result`` or ``error``)."""
         return self.open(ep, method, params).result(on_notification)
+
+    def discover(self, ep: Endpoint) -> tuple[list[dict], dict]:
+        """The upstream's tools and the capabilities it announced."""
+        tools = self.list_tools(ep)
+        return tools, self.session(ep).capabilities
 
     def list_tools(self, ep: Endpoint) -> list[dict]:
         """Every tool of the upstream (all pages), each checked against the SDK's Tool type."""
@@ -190,7 +247,8 @@ class UpstreamClient:
             if resp.status_code == 404 and session is not None and session.session_id:
                 raise _SessionExpired()
             if resp.status_code in (401, 403):
-                raise UpstreamError(f"{ep.name}: the server refused the credentials (HTTP {resp.status_code})")
+                raise UpstreamRefused(f"{ep.name}: the server refused the credentials (HTTP {resp.status_code})",
+                                      resp.status_code, resp.headers.get("www-authenticate"))
             if not 200 <= resp.status_code < 300:
                 raise UpstreamError(f"{ep.name}: the server answered HTTP {resp.status_code}")
             ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -201,14 +259,19 @@ class UpstreamClient:
             raise
         return UpstreamCall(self, ep, session, resp, body["id"], ctype == "text/event-stream")
 
-    def _refuse(self, ep: Endpoint, session, request_id) -> None:
-        """Answer a server-to-client request we did not offer, so the upstream does not wait."""
-        body = {"jsonrpc": "2.0", "id": request_id,
-                "error": {"code": types.METHOD_NOT_FOUND, "message": "not supported through Portcullis"}}
+    def _refuse(self, ep: Endpoint, session, request_id, code: int = types.METHOD_NOT_FOUND,
+                message: str = "not supported through Portcullis") -> None:
+        """Answer a server-to-client request that cannot be relayed, so the upstream does not wait."""
         try:
-            self._send(ep, json.dumps(body).encode(), self._headers(ep, session)).close()
-        except httpx.HTTPError:
+            self._post_message(ep, session, {"jsonrpc": "2.0", "id": request_id,
+                                             "error": {"code": code, "message": message}})
+        except UpstreamError:
             pass
+
+    def answer(self, ep: Endpoint, session_id: str | None, protocol_version: str, message: dict) -> None:
+        """Deliver the agent's answer to a relayed server-to-client request, on the upstream
+        session that asked (named by the relay, so any worker or instance can deliver it)."""
+        self._post_message(ep, UpstreamSession(session_id, protocol_version), message)
 
 
 class UpstreamCall:
@@ -224,8 +287,10 @@ class UpstreamCall:
     def session_id(self) -> str | None:
         return self.resp.headers.get("mcp-session-id")
 
-    def messages(self) -> Iterator[dict]:
-        """Notifications (dicts with ``method``) as they arrive, then the answer."""
+    def messages(self, relay: bool = False) -> Iterator[dict]:
+        """Notifications (dicts with ``method``) as they arrive, then the answer. With ``relay``,
+        the upstream's requests to the client (sampling, elicitation, roots) too, to be
+        answered by the caller; without, they are refused at once."""
         ep = self.ep
         try:
             if not self.streaming:
@@ -240,8 +305,11 @@ class UpstreamCall:
                     continue
                 if "method" in msg and "id" not in msg:  # a notification, e.g. progress
                     yield msg
-                elif "method" in msg:  # a request to us (sampling, elicitation): not offered
-                    self.client._refuse(ep, self.session, msg["id"])
+                elif "method" in msg:  # a request to the client (sampling, elicitation, roots)
+                    if relay:
+                        yield msg
+                    else:
+                        self.client._refuse(ep, self.session, msg["id"])
                 elif msg.get("id") == self.want_id:
                     if "result" not in msg and "error" not in msg:
                         raise UpstreamError(f"{ep.name}: sent an invalid answer")

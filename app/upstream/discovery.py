@@ -32,8 +32,12 @@ def list_tools(server: McpServer, headers: tuple[tuple[str, str], ...] | None = 
 
 
 def refresh(server: McpServer, headers: tuple[tuple[str, str], ...] | None = None) -> list[dict]:
-    """Discover and store the server's tools."""
-    server.tools = list_tools(server, headers)
+    """Discover and store the server's tools and capabilities."""
+    if headers is None:
+        headers = tuple(sorted((server.shared_headers or {}).items()))
+    ep = Endpoint(server.id or 0, server.name, server.url, headers, server.connect_timeout or 5.0,
+                  server.read_timeout or 30.0)
+    server.tools, server.capabilities = current_app.extensions["mcp_client"].discover(ep)
     server.tools_refreshed_at = utcnow()
     return server.tools
 
@@ -48,6 +52,12 @@ def refresh_stale(servers) -> None:
     for server in servers:
         if server.tools_refreshed_at is None or server.tools_refreshed_at < cutoff:
             _start_refresh(server.id)
+
+
+def refresh_now(server_id: int) -> None:
+    """Re-discover this server's tools in the background (it said its list changed)."""
+    if current_app.config["PORTCULLIS_TOOLS_REFRESH_SECONDS"] > 0:
+        _start_refresh(server_id)
 
 
 def _start_refresh(server_id: int) -> None:

@@ -51,4 +51,4 @@ def htmx_response(response):
     return response
 
 
-from . import account, audit, connect, errors, keys, oauth, servers, services, sessions, users  # noqa: E402,F401
+from . import account, audit, connect, errors, keys, oauth, servers, services, sessions, sso, users  # noqa: E402,F401

@@ -28,12 +28,24 @@ def index():
     return redirect(url_for("web.keys"))
 
 
+def login_page(error: str | None = None, status: int = 200, email: str = ""):
+    """The login page: the password form (unless PORTCULLIS_PASSWORD_LOGIN=false) and, with
+    single sign-on configured, the "Sign in with <provider>" button."""
+    cfg = current_app.config
+    return render_template("web/login.html", error=error, email=email,
+                           password_login=cfg["PORTCULLIS_PASSWORD_LOGIN"],
+                           sso_name=cfg.get("PORTCULLIS_OIDC_PROVIDER_NAME") if cfg["PORTCULLIS_OIDC_ISSUER"] else None,
+                           next=request.args.get("next")), status
+
+
 @bp.route("/login", methods=["GET", "POST"])
 @limiter.limit(lambda: current_app.config["PORTCULLIS_LOGIN_RATE_LIMIT"], methods=["POST"])
 def login():
     error = None
     email = ""
     if request.method == "POST":
+        if not current_app.config["PORTCULLIS_PASSWORD_LOGIN"]:
+            return login_page("Password login is turned off here: sign in with single sign-on.", 403)
         email = (request.form.get("email") or "").strip().lower()[:254]
         password = request.form.get("password") or ""
         user, ok = check_login(email, password)
@@ -50,7 +62,7 @@ def login():
             return redirect(_safe_next(request.args.get("next")))
     elif g.get("user") is not None:
         return redirect(_safe_next(request.args.get("next")))
-    return render_template("web/login.html", error=error, email=email), (401 if error else 200)
+    return login_page(error, 401 if error else 200, email)
 
 
 @bp.post("/logout")

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from itertools import zip_longest
 
-from flask import flash, render_template, request, url_for
+from flask import flash, g, redirect, render_template, request, url_for
 from sqlalchemy import select
 
 from ..auth import admin_required
 from ..extensions import db
 from ..models import McpServer
-from ..models.servers import AUTH_TYPES
+from ..models import UpstreamOAuth, User
+from ..models.servers import AUTH_TYPES, OAUTH_TYPES
 from ..ops import servers as ops
 from ..ops.errors import Invalid, OpError
 from . import bp, is_htmx
@@ -51,6 +52,7 @@ def _values_from_form() -> dict:
         "connect_timeout": text("connect_timeout"), "read_timeout": text("read_timeout"),
         "new_headers": [n.strip() for n in request.form.getlist("header_name") if n.strip()],
         "removed_headers": request.form.getlist("remove_header"),
+        **{f"oauth_{k}": text(f"oauth_{k}") for k in ("client_id", "scopes", "authorization_server")},
     }
 
 
@@ -61,7 +63,25 @@ def _values_from_server(server: McpServer) -> dict:
         "allow_on_all_virtual_keys": server.allow_on_all_virtual_keys, "enabled": server.enabled,
         "connect_timeout": f"{server.connect_timeout:g}", "read_timeout": f"{server.read_timeout:g}",
         "new_headers": [], "removed_headers": [],
+        "oauth_client_id": (server.oauth_config or {}).get("client_id", ""),
+        "oauth_scopes": " ".join((server.oauth_config or {}).get("scopes", [])),
+        "oauth_authorization_server": (server.oauth_config or {}).get("authorization_server", ""),
     }
+
+
+def _oauth_data(server: McpServer | None) -> dict | None:
+    """The OAuth settings typed into the form (the secret is write-only: blank keeps it)."""
+    out = {}
+    for name in ("client_id", "authorization_server"):
+        if text(f"oauth_{name}").strip():
+            out[name] = text(f"oauth_{name}").strip()
+    if text("oauth_scopes").strip():
+        out["scopes"] = text("oauth_scopes").replace(",", " ").split()
+    if text("oauth_client_secret"):
+        out["client_secret"] = text("oauth_client_secret")
+    if not out and (server is None or not server.oauth_config):
+        return None
+    return out
 
 
 def _data(server: McpServer | None) -> dict:
@@ -95,6 +115,10 @@ def _data(server: McpServer | None) -> dict:
         if name.strip() or value}
     if samples:
         data["sample_headers"] = samples
+    if data["auth_type"] in OAUTH_TYPES:
+        oauth = _oauth_data(server)
+        if oauth is not None:
+            data["oauth"] = oauth
     keys = text("per_user_header_keys")
     if keys.strip():
         data["per_user_header_keys"] = comma_list(keys)
@@ -116,15 +140,57 @@ def server_new():
         db.session.commit()
     except OpError as e:
         return form_error("web/server_form.html", e, values=_values_from_form(), **context)
+    if server.enabled and server.auth_type in OAUTH_TYPES:
+        # the creating admin goes through the upstream's consent once: the tools are read with
+        # that token (per_user_oauth: it becomes the admin's own credential)
+        flash(f"MCP server {server.name} created. Connect it at the upstream to read its tools.", "success")
+        return done(_oauth_connect_url(server.id))
     flash(f"MCP server {server.name} created.", "success")
     return done(url_for("web.servers"))
+
+
+def _oauth_connect_url(server_id: int) -> str:
+    from ..credentials.bindings import Binding
+    from ..credentials.resolvers import resolver
+    from ..upstream_oauth.connect import start_shared
+
+    server = ops.get_server(server_id)
+    if server.auth_type == "oauth":
+        flow_id, _ = start_shared(server_id, g.user)
+    else:
+        flow_id, _ = resolver(server.auth_type).start_flow(Binding("user", g.user.id, server_id))
+    return url_for("web.connect", flow_id=flow_id)
+
+
+@bp.post("/servers/<id:server_id>/oauth-connect")
+@admin_required
+def server_oauth_connect(server_id: int):
+    """Connect (or reconnect) the server's shared account (oauth), or the admin's own
+    (per_user_oauth): on to the upstream through /connect/<flow_id>."""
+    server = ops.get_server(server_id)
+    if server.auth_type not in OAUTH_TYPES:
+        flash("This server does not use OAuth.", "error")
+        return done(url_for("web.server_edit", server_id=server_id))
+    return redirect(_oauth_connect_url(server_id), 303)
+
+
+def oauth_status(server: McpServer) -> dict | None:
+    """For the server page: who connected the shared account, when, its expiry and status."""
+    if server.auth_type != "oauth":
+        return None
+    row = db.session.get(UpstreamOAuth, server.id)
+    if row is None or row.token is None:
+        return {"connected": False}
+    who = db.session.get(User, row.connected_by_id) if row.connected_by_id else None
+    return {"connected": True, "status": row.status, "by": who.email if who else "(a deleted user)",
+            "at": row.connected_at, "expires_at": row.expires_at, "scopes": row.scopes or []}
 
 
 @bp.route("/servers/<id:server_id>", methods=["GET", "POST"])
 @admin_required
 def server_edit(server_id: int):
     server = ops.get_server(server_id)
-    context = {"server": server, "auth_types": AUTH_TYPES}
+    context = {"server": server, "auth_types": AUTH_TYPES, "oauth_status": oauth_status(server)}
     if request.method == "GET":
         return render_template("web/server_form.html", values=_values_from_server(server), errors={}, **context)
     try:
@@ -144,7 +210,7 @@ def server_refresh_tools(server_id: int):
     server = ops.get_server(server_id)
     error = None
     try:
-        ops.refresh_tools(server)
+        ops.refresh_tools(server, g.get("user"))
         db.session.commit()
     except OpError as e:
         db.session.rollback()

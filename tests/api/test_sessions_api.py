@@ -50,6 +50,7 @@ def test_admin_sees_every_row_newest_first(admin_api, world):
         "id": w.cid("member_github"), "kind": "credential", "auth_kind": "headers", "auth_mode": "user",
         "user": {"id": w.member_id, "email": "member@example.com"}, "virtual_key": None, "session_id": None,
         "server": {"id": w.servers["github"], "name": "github"}, "status": "active", "header_keys": ["x-api-key"],
+        "scopes": None,
         "created_at": "2030-01-01T12:01:00Z", "updated_at": "2030-01-01T12:01:00Z", "expires_at": None,
         "can_reauth": False}  # an admin cannot submit as another person
     assert rows[w.cid("bot_linear")]["virtual_key"] == {"id": w.keys["ci-bot"], "name": "ci-bot"}

@@ -1,19 +1,27 @@
 """The upstream that the MCP conformance suite reaches *through* Portcullis (/mcp/<name>).
 
-Tools named and shaped as the conformance scenarios expect (server mode, tools only: Portcullis
-aggregates tools, not resources or prompts). Stateful with SSE answers so that progress and
-log notifications exist to be relayed.
+Everything the active server scenarios expect, named and shaped as they expect it: tools
+(content of every type, logging, progress, errors, sampling, elicitation), resources (text,
+binary, a template, a watched resource to subscribe to), prompts (arguments, an embedded
+resource, an image), completion and logging/setLevel. Stateful with SSE answers, so that
+progress, log messages and server-to-client requests exist to be relayed.
 usage: python fixture_server.py --port N
 """
 import argparse
+import base64
+import json
 import logging
 
 import anyio
 import uvicorn
 
+from pydantic import BaseModel, Field
+
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.types import (AudioContent, CallToolResult, EmbeddedResource, ImageContent, SamplingMessage, TextContent,
-                       TextResourceContents)
+from mcp.server.mcpserver.prompts.base import UserMessage
+from mcp.types import (AudioContent, CallToolResult, Completion, EmbeddedResource, EmptyResult, ImageContent,
+                       SamplingMessage, SetLevelRequestParams, SubscribeRequestParams, TextContent,
+                       TextResourceContents, UnsubscribeRequestParams)
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
 WAV = "UklGRiYAAABXQVZFZm10IBAAAAABAAEAQB8AAAB9AAACABAAZGF0YQIAAAA="
@@ -88,13 +96,146 @@ def test_error_handling() -> str:
 
 @mcp.tool()
 async def test_sampling(prompt: str, ctx: Context) -> str:
-    """Asks the client for an LLM completion (needs a back-channel Portcullis does not offer)."""
+    """Asks the client for an LLM completion."""
     try:
         result = await ctx.session.create_message(
-            messages=[SamplingMessage(role="user", content=TextContent(type="text", text=prompt))], max_tokens=100)
+            messages=[SamplingMessage(role="user", content=TextContent(type="text", text=prompt))], max_tokens=100,
+            related_request_id=ctx.request_id)  # on the call's stream: Portcullis relays it to the caller
         return f"LLM response: {getattr(result.content, 'text', 'No response')}"
     except Exception as e:
         return f"Sampling not supported or error: {e}"
+
+
+class UserResponse(BaseModel):
+    response: str = Field(description="User's response")
+
+
+@mcp.tool()
+async def test_elicitation(message: str, ctx: Context) -> str:
+    """Asks the client for input (form mode)."""
+    try:
+        result = await ctx.elicit(message=message, schema=UserResponse)
+        content = result.data.model_dump_json() if result.action == "accept" else "{}"
+        return f"User response: action={result.action}, content={content}"
+    except Exception as e:
+        return f"Elicitation not supported or error: {e}"
+
+
+class Defaults(BaseModel):
+    name: str = Field(default="John Doe", description="User name")
+    age: int = Field(default=30, description="User age")
+    score: float = Field(default=95.5, description="User score")
+    status: str = Field(default="active", description="User status",
+                        json_schema_extra={"enum": ["active", "inactive", "pending"]})
+    verified: bool = Field(default=True, description="Verification status")
+
+
+@mcp.tool()
+async def test_elicitation_sep1034_defaults(ctx: Context) -> str:
+    """Elicitation with a default for every primitive type (SEP-1034)."""
+    try:
+        result = await ctx.elicit(message="Please provide user information", schema=Defaults)
+        content = result.data.model_dump_json() if result.action == "accept" else "{}"
+        return f"Elicitation result: action={result.action}, content={content}"
+    except Exception as e:
+        return f"Elicitation not supported or error: {e}"
+
+
+class Enums(BaseModel):
+    untitledSingle: str = Field(description="Simple enum without titles",
+                                json_schema_extra={"enum": ["active", "inactive", "pending"]})
+    titledSingle: str = Field(description="Enum with titled options (oneOf)", json_schema_extra={"oneOf": [
+        {"const": "low", "title": "Low Priority"}, {"const": "medium", "title": "Medium Priority"},
+        {"const": "high", "title": "High Priority"}]})
+    untitledMulti: list[str] = Field(description="Multi-select without titles", json_schema_extra={
+        "items": {"type": "string", "enum": ["read", "write", "execute"]}})
+    titledMulti: list[str] = Field(description="Multi-select with titled options", json_schema_extra={
+        "items": {"anyOf": [{"const": "feature", "title": "New Feature"}, {"const": "bug", "title": "Bug Fix"},
+                            {"const": "docs", "title": "Documentation"}]}})
+    legacyEnum: str = Field(description="Legacy enum with enumNames", json_schema_extra={
+        "enum": ["small", "medium", "large"], "enumNames": ["Small Size", "Medium Size", "Large Size"]})
+
+
+@mcp.tool()
+async def test_elicitation_sep1330_enums(ctx: Context) -> str:
+    """Elicitation with every enum schema variation (SEP-1330)."""
+    try:
+        result = await ctx.elicit(message="Please select values using different enum schema types", schema=Enums)
+        content = result.data.model_dump_json() if result.action == "accept" else "{}"
+        return f"Elicitation completed: action={result.action}, content={content}"
+    except Exception as e:
+        return f"Elicitation not supported or error: {e}"
+
+
+@mcp.resource("test://static-text")
+def static_text() -> str:
+    """A static text resource."""
+    return "This is the content of the static text resource."
+
+
+@mcp.resource("test://static-binary")
+def static_binary() -> bytes:
+    """A static binary resource (a PNG)."""
+    return base64.b64decode(PNG)
+
+
+@mcp.resource("test://template/{id}/data")
+def template(id: str) -> str:
+    """A resource template with a parameter."""
+    return json.dumps({"id": id, "templateTest": True, "data": f"Data for ID: {id}"})
+
+
+@mcp.resource("test://watched-resource")
+def watched() -> str:
+    """A resource to subscribe to."""
+    return "Watched resource content"
+
+
+@mcp.prompt()
+def test_simple_prompt() -> list[UserMessage]:
+    """A prompt without arguments."""
+    return [UserMessage(role="user", content=TextContent(type="text", text="This is a simple prompt for testing."))]
+
+
+@mcp.prompt()
+def test_prompt_with_arguments(arg1: str, arg2: str) -> list[UserMessage]:
+    """A prompt with two required arguments."""
+    return [UserMessage(role="user", content=TextContent(
+        type="text", text=f"Prompt with arguments: arg1='{arg1}', arg2='{arg2}'"))]
+
+
+@mcp.prompt()
+def test_prompt_with_embedded_resource(resourceUri: str) -> list[UserMessage]:
+    """A prompt with an embedded resource."""
+    return [
+        UserMessage(role="user", content=EmbeddedResource(type="resource", resource=TextResourceContents(
+            uri=resourceUri, mime_type="text/plain", text="Embedded resource content for testing."))),
+        UserMessage(role="user", content=TextContent(type="text", text="Please process the embedded resource above.")),
+    ]
+
+
+@mcp.prompt()
+def test_prompt_with_image() -> list[UserMessage]:
+    """A prompt with an image."""
+    return [
+        UserMessage(role="user", content=ImageContent(type="image", data=PNG, mime_type="image/png")),
+        UserMessage(role="user", content=TextContent(type="text", text="Please analyze the image above.")),
+    ]
+
+
+@mcp.completion()
+async def complete(ref, argument, context) -> Completion:
+    return Completion(values=[], total=0, has_more=False)
+
+
+async def acknowledge(ctx, params) -> EmptyResult:
+    return EmptyResult()
+
+
+# No public MCPServer API for these in mcp 2.3.0: the low-level server's.
+mcp._lowlevel_server.add_request_handler("logging/setLevel", SetLevelRequestParams, acknowledge)
+mcp._lowlevel_server.add_request_handler("resources/subscribe", SubscribeRequestParams, acknowledge)
+mcp._lowlevel_server.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, acknowledge)
 
 
 def main():

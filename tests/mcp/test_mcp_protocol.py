@@ -49,7 +49,7 @@ def test_envelope_errors(rpc):
         assert r.json["error"]["code"] == -32602, params
     r = rpc.call("server/discover", {})
     assert r.status_code == 200 and r.json["error"]["code"] == -32601
-    assert rpc.call("resources/list").json["error"]["code"] == -32601
+    assert rpc.call("sampling/createMessage", {}).json["error"]["code"] == -32601  # a client's method
     assert rpc.call("ping").json == {"jsonrpc": "2.0", "id": rpc._id, "result": {}}
     # A response (to a request we never sent) and unknown notifications are accepted silently.
     assert rpc.raw({"jsonrpc": "2.0", "id": 9, "result": {}}).status_code == 202
@@ -69,7 +69,10 @@ def test_version_negotiation(app, client, alpha):
                        ("2024-11-05", "2025-11-25"), ("1999-01-01", "2025-11-25")):
         result = Rpc(client, key).initialize(asked)
         assert result["protocolVersion"] == got
-        assert result["capabilities"] == {"tools": {"listChanged": False}, "logging": {}}
+        # what the upstream (the SDK's MCPServer) announced, on top of tools and logging
+        assert result["capabilities"] == {"tools": {"listChanged": False}, "logging": {}, "completions": {},
+                                          "prompts": {"listChanged": False},
+                                          "resources": {"subscribe": True, "listChanged": False}}
         assert result["serverInfo"]["name"] == "portcullis"
     bad = Rpc(client, key)
     r = bad.raw({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": 5}})

@@ -1,7 +1,8 @@
 """A deliberately broken (or closely watched) upstream on plain http.server.
 
 initialize and tools/list work; tools/call then fails the way the path says: /500, /garbage,
-/deep (a result nested 5 000 levels), /drop, /slow, /html. /ok answers normally. Every request is
+/deep (a result nested 5 000 levels), /drop, /slow, /html. /ok answers normally. /paged offers
+prompts, listed in two pages (cursor "c2"). Every request is
 recorded in SEEN as (path, method, Mcp-Session-Id); sessions are issued on initialize and can be
 forgotten (clear LIVE_SESSIONS) to make the next request get HTTP 404."""
 import json
@@ -48,11 +49,19 @@ class Handler(BaseHTTPRequestHandler):
             _counter[0] += 1
             new_sid = f"s{_counter[0]}"
             LIVE_SESSIONS.add(new_sid)
+            caps = {"tools": {}, "prompts": {}} if mode == "paged" else {"tools": {}}
             return self._json(200, {"jsonrpc": "2.0", "id": msg["id"], "result": {
-                "protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
+                "protocolVersion": "2025-11-25", "capabilities": caps,
                 "serverInfo": {"name": "faulty", "version": "0"}}}, {"Mcp-Session-Id": new_sid})
         if msg["method"] == "tools/list":
             return self._json(200, {"jsonrpc": "2.0", "id": msg["id"], "result": {"tools": TOOLS}})
+        if msg["method"] == "prompts/list" and mode == "paged":
+            cursor = (msg.get("params") or {}).get("cursor")
+            page = {None: {"prompts": [{"name": "p1"}], "nextCursor": "c2"}, "c2": {"prompts": [{"name": "p2"}]}}
+            if cursor not in page:
+                return self._json(200, {"jsonrpc": "2.0", "id": msg["id"], "error": {"code": -32602,
+                                                                                     "message": "bad cursor"}})
+            return self._json(200, {"jsonrpc": "2.0", "id": msg["id"], "result": page[cursor]})
         if mode == "500":
             return self._json(500, {"error": "internal"})
         if mode in ("garbage", "deep"):

@@ -14,11 +14,18 @@ from pydantic import BaseModel
 from mcp import UrlElicitationRequiredError
 from mcp.server.mcpserver import Context, Image, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import (AudioContent, CallToolResult, ElicitRequestURLParams, EmbeddedResource, ResourceLink,
-                       TextContent, TextResourceContents)
+from mcp.server.mcpserver.prompts.base import UserMessage
+from mcp.shared.message import ServerMessageMetadata
+from mcp.types import (AudioContent, CallToolResult, Completion, CreateMessageRequest, CreateMessageRequestParams,
+                       CreateMessageResult, ElicitRequestURLParams, EmbeddedResource,
+                       EmptyResult, ImageContent, ListRootsRequest, ListRootsResult, PromptListChangedNotification,
+                       PromptReference, ResourceUpdatedNotification, ResourceUpdatedNotificationParams,
+                       ToolListChangedNotification, ResourceLink, SamplingMessage, SetLevelRequestParams,
+                       SubscribeRequestParams, TextContent, TextResourceContents, UnsubscribeRequestParams)
 
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==")
 WAV = base64.b64encode(b"RIFF\x24\x00\x00\x00WAVEfmt ").decode()
+BLOB = bytes(range(256)) * 3 + b"\x00\xff\r\n"  # every byte value, for byte-for-byte checks
 
 
 class Weather(BaseModel):
@@ -107,6 +114,117 @@ def build(name: str) -> MCPServer:
         """The x-*, authorization and cookie request headers the server saw."""
         return {k: v for k, v in (ctx.headers or {}).items() if k.startswith("x-") or k in ("authorization", "cookie")}
 
+    # -- resources, prompts, completion: each named after the server, so that tests can tell
+    # servers apart on the aggregated endpoint
+    @mcp.resource("test://static/text", mime_type="text/plain")
+    def static_text() -> str:
+        """A text resource."""
+        return f"text of {name}"
+
+    @mcp.resource("test://static/blob", mime_type="application/octet-stream")
+    def static_blob() -> bytes:
+        """A binary resource: every byte value."""
+        return BLOB
+
+    @mcp.resource("test://item/{id}", mime_type="application/json")
+    def item(id: str) -> str:
+        """A templated resource."""
+        return f'{{"server": "{name}", "id": "{id}"}}'
+
+    @mcp.prompt()
+    def greet(who: str) -> str:
+        """A prompt with an argument."""
+        return f"{name} greets {who}"
+
+    @mcp.prompt()
+    def show(uri: str) -> list[UserMessage]:
+        """A prompt with an embedded resource and an image."""
+        return [UserMessage(role="user", content=EmbeddedResource(type="resource", resource=TextResourceContents(
+                    uri=uri, mime_type="text/plain", text="embedded"))),
+                UserMessage(role="user", content=ImageContent(type="image", data=base64.b64encode(PNG).decode(),
+                                                              mime_type="image/png"))]
+
+    @mcp.completion()
+    async def complete(ref, argument, context) -> Completion:
+        kind = "prompt" if isinstance(ref, PromptReference) else "resource"
+        return Completion(values=[f"{name}:{kind}:{argument.value}"], total=1, has_more=False)
+
+    levels: list[str] = []
+
+    async def set_level(ctx, params) -> EmptyResult:
+        levels.append(params.level)
+        return EmptyResult()
+
+    async def acknowledge(ctx, params) -> EmptyResult:
+        return EmptyResult()
+
+    class Answer(BaseModel):
+        answer: str
+
+    @mcp.tool()
+    async def sample(prompt: str, ctx: Context) -> str:
+        """Asks the client's LLM (sampling/createMessage)."""
+        result = await ctx.session.create_message(
+            messages=[SamplingMessage(role="user", content=TextContent(type="text", text=prompt))], max_tokens=50,
+            related_request_id=ctx.request_id)  # on this call's stream (the GET stream is not relayed)
+        return f"{result.model}:{getattr(result.content, 'text', '')}"
+
+    @mcp.tool()
+    async def ask(ctx: Context) -> str:
+        """Asks the client's user (elicitation/create, form mode)."""
+        r = await ctx.elicit(message="Name?", schema=Answer)
+        return f"{r.action}:{r.data.answer if r.action == 'accept' else ''}"
+
+    @mcp.tool()
+    async def ask_url(ctx: Context) -> str:
+        """Sends the client's user to a URL (elicitation/create, URL mode)."""
+        return (await ctx.elicit_url(message="Open", url="http://127.0.0.1/x", elicitation_id="e2")).action
+
+    @mcp.tool()
+    async def roots(ctx: Context) -> list[str]:
+        """The client's roots (roots/list)."""
+        result = await ctx.session.send_request(  # on this call's stream (the GET stream is not relayed)
+            ListRootsRequest(), ListRootsResult, metadata=ServerMessageMetadata(related_request_id=ctx.request_id))
+        return [str(r.uri) for r in result.roots]
+
+    @mcp.tool()
+    async def sample_progress(ctx: Context) -> list[str]:
+        """Asks the client's LLM with a progress token; returns the progress the client reported."""
+        seen: list[str] = []
+
+        async def on_progress(progress, total, message):
+            seen.append(f"{progress:g}/{total:g} {message}")
+
+        await ctx.session.send_request(
+            CreateMessageRequest(params=CreateMessageRequestParams(
+                messages=[SamplingMessage(role="user", content=TextContent(type="text", text="long"))], max_tokens=5)),
+            CreateMessageResult, metadata=ServerMessageMetadata(related_request_id=ctx.request_id),
+            progress_callback=on_progress)
+        return seen
+
+    @mcp.tool()
+    async def touch(uri: str, ctx: Context) -> str:
+        """Says a resource was updated, on this call's stream."""
+        await ctx.session.send_notification(ResourceUpdatedNotification(
+            params=ResourceUpdatedNotificationParams(uri=uri)), related_request_id=ctx.request_id)
+        return "touched"
+
+    @mcp.tool()
+    async def change(ctx: Context) -> str:
+        """Says its tool and prompt lists changed, on this call's stream."""
+        await ctx.session.send_notification(ToolListChangedNotification(), related_request_id=ctx.request_id)
+        await ctx.session.send_notification(PromptListChangedNotification(), related_request_id=ctx.request_id)
+        return "changed"
+
+    @mcp.tool()
+    def log_levels() -> list[str]:
+        """The log levels set on this server so far (logging/setLevel)."""
+        return levels
+
+    # No public MCPServer API for these in mcp 2.3.0: the low-level server's.
+    mcp._lowlevel_server.add_request_handler("logging/setLevel", SetLevelRequestParams, set_level)
+    mcp._lowlevel_server.add_request_handler("resources/subscribe", SubscribeRequestParams, acknowledge)
+    mcp._lowlevel_server.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, acknowledge)
     return mcp
 
 
