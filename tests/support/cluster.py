@@ -159,7 +159,7 @@ class Cluster:
     with, for CLI commands), ``relay`` (PostgreSQL), ``api`` (an admin's httpx client on the balancer)."""
 
     def __init__(self, pg_url: str, redis_url: str, n: int = 2, workers: int = 2, threads: int = 4,
-                 extra_env: dict | None = None):
+                 extra_env: dict | None = None, balancer_port: int | None = None):
         if NGINX is None:
             raise RuntimeError("nginx is not installed (apt-get install nginx)")
         self.dir = tempfile.mkdtemp(prefix="portcullis-cluster-")
@@ -169,7 +169,7 @@ class Cluster:
         self.relay = Relay((pg.host, pg.port or 5432))
         self.direct_database = self.database
         relayed = self.database.replace(f"{pg.host}:{pg.port or 5432}", f"127.0.0.1:{self.relay.port}", 1)
-        self.balancer_port = free_port()
+        self.balancer_port = balancer_port or free_port()  # given: its URL is registered somewhere first
         self.balancer = f"http://127.0.0.1:{self.balancer_port}"
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("PORTCULLIS_", "PROMETHEUS_"))},
