@@ -20,7 +20,7 @@ COPY app ./app
 COPY migrations ./migrations
 COPY static ./static
 COPY templates ./templates
-COPY wsgi.py gunicorn.conf.py ./
+COPY wsgi.py gunicorn.conf.py logformat.py ./
 
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin portcullis \
     && mkdir -p /app/instance && chown portcullis /app/instance && chmod 0700 /app/instance

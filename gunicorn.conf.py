@@ -18,7 +18,7 @@ accesslog = "-"
 # The access log never shows query strings: a client may put a key in ?key=... . Each line names
 # the request id (X-Request-Id); with PORTCULLIS_LOG_FORMAT=json every line is one JSON object.
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms rid=%({x-request-id}o)s'
-logger_class = "app.logs.GunicornLogger"
+logger_class = "logformat.GunicornLogger"  # outside the app package: the master does not import the app
 
 # Metrics (app/metrics.py): every worker writes its values to files in one folder, a scrape adds
 # them up. Set before any worker imports prometheus_client; a folder of our own unless given.

@@ -91,9 +91,11 @@ def main() -> int:
         api = cluster.api
         svc = api.post("/services", json={"name": "echo", "base_url": echo_url, "secret": "load-root-secret"}).json()
         srv = api.post("/mcp-servers", json={"name": "alpha", "url": upstream_url}).json()
-        key = api.post("/virtual-keys", json={"name": "load", "rate_limit_per_minute": 1_000_000,
-                                              "services": [{"service_id": svc["id"], "scope": "read"}],
-                                              "mcp_servers": [{"server_id": srv["id"], "tools": None}]}).json()["key"]
+        made = api.post("/virtual-keys", json={"name": "load", "rate_limit_per_minute": 100_000,
+                                               "services": [{"service_id": svc["id"], "scope": "read"}],
+                                               "mcp_servers": [{"server_id": srv["id"], "tools": None}]})
+        made.raise_for_status()
+        key = made.json()["key"]
         agent = Agent(cluster.balancer, key)
         workers = cluster.worker_pids()
         print(f"{len(cluster.instances)} instances, workers {workers}, nginx at {cluster.balancer}; "

@@ -22,8 +22,12 @@ def _redis_up() -> bool:
         return False
 
 
+SSO_CALLBACK = "/login/sso/callback"
+SSO_SECRET = "cluster-sso-client-secret-71b"
+
+
 @pytest.fixture(scope="session")
-def cluster():
+def cluster(oidc_provider_factory):
     pg = os.environ.get("TEST_DATABASE_URL", "")
     if not pg.startswith("postgresql"):
         pytest.skip("the cluster suite needs PostgreSQL: set TEST_DATABASE_URL (it runs in the PostgreSQL pass)")
@@ -31,6 +35,16 @@ def cluster():
         pytest.skip("nginx is not installed (apt-get install nginx; .ci/run does)")
     if not _redis_up():
         pytest.skip(f"no Redis at {REDIS_URL}")
-    c = Cluster(pg, REDIS_URL)
+    from tests.support.mcp import free_port
+    from tests.support.oidc_provider import static_client
+
+    port = free_port()  # the balancer's: the provider knows its callback before the instances start
+    provider = oidc_provider_factory(clients=[static_client(
+        "portcullis", secret=SSO_SECRET, redirect_uris=[f"http://127.0.0.1:{port}{SSO_CALLBACK}"])])
+    c = Cluster(pg, REDIS_URL, balancer_port=port, extra_env={
+        "PORTCULLIS_OIDC_ISSUER": provider.issuer, "PORTCULLIS_OIDC_CLIENT_ID": "portcullis",
+        "PORTCULLIS_OIDC_CLIENT_SECRET": SSO_SECRET, "PORTCULLIS_OIDC_ALLOWED_DOMAINS": "example.com",
+        "PORTCULLIS_OIDC_ADMIN_GROUPS": "admins"})
+    c.provider = provider
     yield c
     c.close()

@@ -130,3 +130,27 @@ def _count(base) -> float:
     text = httpx.get(base + "/metrics", timeout=10).text
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
                if s.name == "portcullis_proxy_requests_total" and s.labels == {"service": "echo", "status": "200"})
+
+
+@pytest.mark.parametrize("start, finish", [(0, 1), (1, 0)])
+def test_sso_sign_in_through_the_provider_works_on_both_instances(cluster, start, finish):
+    """Single sign-on through oidc-provider: the sign-in starts on one instance and its callback
+    is answered by the other (the state travels in the cookie both instances can read: same
+    SECRET_KEY); the login then works on both, and through nginx."""
+    from tests.cluster.conftest import SSO_CALLBACK
+    from tests.support.oidc_provider import HttpxBrowser
+
+    first, second = cluster.instances[start], cluster.instances[finish]
+    with httpx.Client(timeout=30) as browser:  # one cookie jar: 127.0.0.1 is one site for every port
+        begun = browser.get(first + "/login/sso")
+        assert begun.status_code == 302, begun.text
+        result = HttpxBrowser("bob@example.com").authorize(begun.headers["Location"],
+                                                            stop_at=cluster.balancer + SSO_CALLBACK)
+        assert result.code, result.params
+        back = httpx.URL(result.url)
+        done = browser.get(second + SSO_CALLBACK, params=back.params)
+        assert done.status_code == 302 and "/login" not in done.headers["Location"], done.text[:300]
+        for base in (*cluster.instances, cluster.balancer):
+            page = browser.get(base + "/keys")
+            assert page.status_code == 200, (base, page.status_code)
+            assert "bob@example.com" in page.text

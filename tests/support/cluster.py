@@ -140,10 +140,11 @@ class Relay:
 def fresh_database(url: str, name: str) -> str:
     import psycopg
 
-    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+    server = url.rsplit("/", 1)[0]
+    with psycopg.connect(server + "/postgres", autocommit=True, connect_timeout=5) as conn:  # the maintenance db
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
-    return url.rsplit("/", 1)[0] + "/" + name
+    return server + "/" + name
 
 
 def _ok(url: str) -> bool:
@@ -158,7 +159,7 @@ class Cluster:
     with, for CLI commands), ``relay`` (PostgreSQL), ``api`` (an admin's httpx client on the balancer)."""
 
     def __init__(self, pg_url: str, redis_url: str, n: int = 2, workers: int = 2, threads: int = 4,
-                 extra_env: dict | None = None):
+                 extra_env: dict | None = None, balancer_port: int | None = None):
         if NGINX is None:
             raise RuntimeError("nginx is not installed (apt-get install nginx)")
         self.dir = tempfile.mkdtemp(prefix="portcullis-cluster-")
@@ -168,7 +169,7 @@ class Cluster:
         self.relay = Relay((pg.host, pg.port or 5432))
         self.direct_database = self.database
         relayed = self.database.replace(f"{pg.host}:{pg.port or 5432}", f"127.0.0.1:{self.relay.port}", 1)
-        self.balancer_port = free_port()
+        self.balancer_port = balancer_port or free_port()  # given: its URL is registered somewhere first
         self.balancer = f"http://127.0.0.1:{self.balancer_port}"
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("PORTCULLIS_", "PROMETHEUS_"))},
