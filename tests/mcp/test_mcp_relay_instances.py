@@ -1,14 +1,18 @@
 """A relayed request's answer reaching another instance than the one holding the upstream
 request still arrives: two Portcullis instances (gunicorn, as `make run` serves) on one
 database; the agent's call runs on the first, its answer to the upstream's elicitation is
-POSTed to the second."""
+POSTed to the second. The database is PostgreSQL on the PostgreSQL run (TEST_DATABASE_URL: a
+fresh database of this file's own, dropped afterwards), one SQLite file otherwise."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import httpx
+import pytest
 
+from tests.support.cluster import drop_database, fresh_database
 from tests.support.mcp import UPSTREAM_KEY, free_port, gateway_instance, serve, stop, wait_ready
 
 SETUP = """from app.ops.servers import create_server
@@ -33,8 +37,30 @@ def _events(lines):
             data.append(line[5:].lstrip())
 
 
-def _start(tmp_path, upstreams, ports, **env_extra):
-    env, secret = gateway_instance(str(tmp_path), ports[0], SETUP % {"url": upstreams["beta"], "key": UPSTREAM_KEY})
+@pytest.fixture
+def database():
+    """The instances' one database: a fresh PostgreSQL database made from TEST_DATABASE_URL, or
+    None (gateway_instance's SQLite file)."""
+    url = os.environ.get("TEST_DATABASE_URL", "")
+    if not url.startswith("postgresql"):
+        yield None
+        return
+    name = url.rsplit("/", 1)[1].split("?")[0] + "_relay"
+    yield fresh_database(url, name)
+    drop_database(url, name)
+
+
+def _stored(database, session_id) -> bool:
+    """The agent session is in ``database`` (the instances did run on it)."""
+    import psycopg
+
+    with psycopg.connect(database, connect_timeout=5) as conn:
+        return conn.execute("SELECT 1 FROM mcp_sessions WHERE id = %s", (session_id,)).fetchone() is not None
+
+
+def _start(tmp_path, upstreams, database, ports, **env_extra):
+    env, secret = gateway_instance(str(tmp_path), ports[0], SETUP % {"url": upstreams["beta"], "key": UPSTREAM_KEY},
+                                   database=database)
     procs = []
     for port in ports:  # one database, one encryption key (instance/secrets.env)
         proc = serve("wsgi:app", {**env, "PORT": str(port), **env_extra}, "--access-logfile", "/dev/null",
@@ -69,12 +95,13 @@ def _elicit(call_url, answer_url, headers, name, call_id):
     assert final["id"] == call_id and final["result"]["content"][0]["text"] == f"accept:{name}"
 
 
-def test_an_answer_posted_to_another_instance_reaches_the_upstream(tmp_path, upstreams):
+def test_an_answer_posted_to_another_instance_reaches_the_upstream(tmp_path, upstreams, database):
     port_a, port_b = free_port(), free_port()
-    procs, secret = _start(tmp_path, upstreams, (port_a, port_b))
+    procs, secret = _start(tmp_path, upstreams, database, (port_a, port_b))
     try:
         a, b = f"http://127.0.0.1:{port_a}/mcp", f"http://127.0.0.1:{port_b}/mcp"
         headers = _session(a, secret)
+        assert database is None or _stored(database, headers["Mcp-Session-Id"])
         _elicit(a, b, headers, "Bo", 1)  # the call on the first instance, the answer on the second
         _elicit(b, a, headers, "Cy", 2)  # and the other way round
     finally:
@@ -82,14 +109,15 @@ def test_an_answer_posted_to_another_instance_reaches_the_upstream(tmp_path, ups
             stop(proc)
 
 
-def test_answers_reach_the_upstream_from_either_of_two_workers(tmp_path, upstreams):
+def test_answers_reach_the_upstream_from_either_of_two_workers(tmp_path, upstreams, database):
     """Two gunicorn workers of one instance: each answer goes over a new connection, to
     whichever worker the kernel hands it (which one cannot be chosen from outside)."""
     port = free_port()
-    procs, secret = _start(tmp_path, upstreams, (port,), PORTCULLIS_WORKERS="2")
+    procs, secret = _start(tmp_path, upstreams, database, (port,), PORTCULLIS_WORKERS="2")
     try:
         url = f"http://127.0.0.1:{port}/mcp"
         headers = _session(url, secret)
+        assert database is None or _stored(database, headers["Mcp-Session-Id"])
         for i in range(6):
             _elicit(url, url, headers, f"n{i}", i + 1)
     finally:

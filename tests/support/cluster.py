@@ -147,6 +147,13 @@ def fresh_database(url: str, name: str) -> str:
     return server + "/" + name
 
 
+def drop_database(url: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def _ok(url: str) -> bool:
     try:
         return httpx.get(url, timeout=2).status_code == 200

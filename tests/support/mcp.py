@@ -114,13 +114,17 @@ ROOT = TESTS.parent
 BIN = Path(sys.executable).parent
 
 
-def gateway_instance(tmp: str, port: int, setup: str, **env_extra: str) -> tuple[dict, str]:
-    """A fresh SQLite instance under ``tmp`` prepared as ``make run`` would (``flask db upgrade``),
-    then ``setup`` run in an app context (Python lines; ``create_app`` and ``db`` are there).
+def gateway_instance(tmp: str, port: int, setup: str, *, database: str | None = None,
+                     **env_extra: str) -> tuple[dict, str]:
+    """A fresh instance under ``tmp`` prepared as ``make run`` would (``flask db upgrade``), on a
+    SQLite file there, or on ``database`` (an empty database's URL) when given; then ``setup`` run
+    in an app context (Python lines; ``create_app`` and ``db`` are there).
     Returns the environment to serve it with (gunicorn: ``serve``) and what ``setup`` printed last."""
     env = {**os.environ, "PORTCULLIS_INSTANCE_PATH": f"{tmp}/instance", "PORT": str(port), **env_extra}
     for name in ("DATABASE_URL", "REDIS_URL"):
         env.pop(name, None)
+    if database:
+        env["DATABASE_URL"] = database
     subprocess.run([str(BIN / "flask"), "--app", "wsgi", "db", "upgrade"], cwd=ROOT, env=env, check=True,
                    capture_output=True, timeout=120)
     script = ("from app import create_app\nfrom app.extensions import db\napp = create_app()\n"
