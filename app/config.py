@@ -211,6 +211,20 @@ def ensure_instance_secrets(instance_path: str) -> tuple[dict[str, str], list[st
     return stored, created
 
 
+# PostgreSQL over a network that goes silent (no refusal, no reset) must not hang a request or
+# /readyz for the kernel's TCP timeout (minutes): bound the connection set-up and notice a dead
+# peer within about half a minute.
+PG_CONNECT_ARGS = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+                   "keepalives_count": 3, "tcp_user_timeout": 30_000}
+
+
+def engine_options(database_url: str) -> dict:
+    options = {"pool_pre_ping": True}
+    if database_url.startswith("postgresql"):
+        options["connect_args"] = dict(PG_CONNECT_ARGS)
+    return options
+
+
 def load_config(instance_path: str, overrides: dict | None = None) -> dict:
     """Build the Flask config dict from the environment, .env and the instance secrets."""
     load_dotenv(override=False)  # optional .env in the working directory; the real environment wins
@@ -245,7 +259,7 @@ def load_config(instance_path: str, overrides: dict | None = None) -> dict:
         "PORT": port,
         "REDIS_URL": redis_url,
         "SQLALCHEMY_DATABASE_URI": database_url,
-        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "SQLALCHEMY_ENGINE_OPTIONS": engine_options(database_url),
         "PORTCULLIS_SESSION_HOURS": _int(env, "PORTCULLIS_SESSION_HOURS", 12),
         "PORTCULLIS_API_TOKEN_HOURS": _int(env, "PORTCULLIS_API_TOKEN_HOURS", 24),
         "PORTCULLIS_LOGIN_RATE_LIMIT": env.get("PORTCULLIS_LOGIN_RATE_LIMIT") or "10 per minute",

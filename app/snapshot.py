@@ -68,13 +68,15 @@ class ServerView:
 @dataclass(frozen=True)
 class ServiceView:
     """An HTTP service of the proxy route. ``credential`` is the (header, value) pair injected
-    upstream, None when the stored secret cannot be decrypted (a missing encryption key)."""
+    upstream, None when the stored secret cannot be decrypted (a missing encryption key) or is
+    empty (``secret_set`` False: imported without it, never sent upstream)."""
 
     id: int
     name: str
     description: str
     base_url: str
     credential: tuple[str, str] | None = field(repr=False)
+    secret_set: bool = True
 
     @cached_property
     def url(self):
@@ -262,11 +264,11 @@ def _load_services() -> dict[int, ServiceView]:
         try:
             secret = ring.decrypt(token, "services.secret")
         except DecryptionError:
-            credential = None
+            credential, secret = None, None
         else:
-            credential = credential_pair(header, secret)
+            credential = credential_pair(header, secret) if secret else None
         out[sid] = ServiceView(id=sid, name=name, description=description or "", base_url=base_url,
-                               credential=credential)
+                               credential=credential, secret_set=secret != "")
     return out
 
 

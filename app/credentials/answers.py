@@ -8,6 +8,11 @@ class CredentialUnavailable(Exception):
     """No usable credential for this call; ``str()`` is safe to show the agent."""
 
 
+class SecretNotSet(CredentialUnavailable):
+    """A service whose secret was never set (imported by `flask import`, which carries no
+    secret): nothing is sent upstream until an admin sets it."""
+
+
 class SignInAgain(Exception):
     """The session gate: a user-mode OAuth token may call tools with stored credentials, but
     starting a flow that asks its person for new ones needs the dashboard login that consented

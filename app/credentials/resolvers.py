@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from ..models.base import utcnow
 from . import flows, store
-from .answers import AuthRequired, CredentialUnavailable, SignInAgain
+from .answers import AuthRequired, CredentialUnavailable, SecretNotSet, SignInAgain
 from .bindings import Binding, binding_of
 
 
@@ -223,7 +223,11 @@ def flow_resolver(auth_kind: str, server_auth_type: str) -> Resolver | None:
 
 def service_credential(service, caller) -> tuple[str, str]:
     """The (header, value) the proxy injects for a service (its root credential, the same for
-    every caller granted it); ``CredentialUnavailable`` when it cannot be decrypted."""
+    every caller granted it); ``SecretNotSet`` when it has none yet, ``CredentialUnavailable``
+    when it cannot be decrypted."""
+    if not service.secret_set:
+        raise SecretNotSet(f"service {service.name} has no secret yet (it was imported without one): "
+                           "an admin must set it")
     if service.credential is None:
         raise CredentialUnavailable(f"cannot decrypt services.secret of service {service.name}: "
                                     "the encryption key it was stored with is not configured")

@@ -35,6 +35,6 @@ class Service(db.Model):
         return {
             "id": self.id, "name": self.name, "description": self.description,
             "base_url": self.base_url, "credential_header": self.credential_header,
-            "secret_set": True,
+            "secret_set": bool(self.secret),
             "created_at": iso(self.created_at), "updated_at": iso(self.updated_at),
         }

@@ -36,7 +36,7 @@ from werkzeug.wrappers import Response
 from werkzeug.wsgi import get_input_stream
 
 from .. import identity, metrics
-from ..credentials import CredentialUnavailable, service_credential
+from ..credentials import CredentialUnavailable, SecretNotSet, service_credential
 from ..extensions import db
 from ..models.base import utcnow
 from ..models.keys import VirtualKey
@@ -125,6 +125,8 @@ def handle(environ, service: str) -> Response:
 def _forward(cfg, environ, method, service, svc, caller, scope, raw_query) -> Response:
     try:
         credential = service_credential(svc, caller)
+    except SecretNotSet as e:
+        return error(503, "secret_not_set", str(e))
     except CredentialUnavailable as e:
         return error(500, "decryption_failed", str(e))
     key, secret = caller.key, caller.secret

@@ -111,3 +111,28 @@ def test_audit_events_name_the_request(app, client, admin_api):
         assert event.request_id == rid
     listed = admin_api.get("/audit-events").json
     assert any(e["request_id"] == rid for e in listed["audit_events"])
+
+
+def test_readyz_answers_when_the_database_goes_silent(app, client, monkeypatch):
+    """A database host that accepts the connection and then says nothing (a silent network, a
+    hung server): the configured engine gives up within seconds, so /readyz answers 503."""
+    import socket
+    import time
+
+    from sqlalchemy import create_engine
+
+    from app.config import engine_options
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel accepts; nobody ever answers
+    try:
+        url = f"postgresql+psycopg://u@127.0.0.1:{silent.getsockname()[1]}/x"
+        dead = create_engine(url, **engine_options(url))
+        monkeypatch.setattr(type(db), "engine", property(lambda self: dead))
+        started = time.monotonic()
+        r = client.get("/readyz")
+        assert r.status_code == 503 and r.json["checks"]["database"] == "unreachable"
+        assert time.monotonic() - started < 15
+    finally:
+        silent.close()

@@ -89,8 +89,19 @@ def test_export_then_import_into_a_fresh_instance_keys_keep_working(app, upstrea
         assert [t["name"] for t in tools if t["name"].startswith("alpha__")] == ["alpha__echo"]  # its allowlist
         called = rpc.call("tools/call", {"name": "alpha__echo", "arguments": {"text": "moved"}})
         assert called.json["result"]["content"][0]["text"].endswith("moved")
+        # the service came without its secret: nothing goes upstream until an admin sets it
+        unset = other.test_client().get("/proxy/echo/x", headers={"X-Virtual-Key": secret})
+        assert unset.status_code == 503 and unset.json["error"]["code"] == "secret_not_set"
+        with other.app_context():
+            from app.models import Service
+            from app.ops.services import update_service
+
+            assert db.session.scalar(db.select(Service)).to_dict()["secret_set"] is False
+            update_service(db.session.scalar(db.select(Service)), {"secret": "set-again-after-the-move"})
+            db.session.commit()
         proxied = other.test_client().get("/proxy/echo/x", headers={"X-Virtual-Key": secret})
         assert proxied.status_code == 200
+        assert ["X-API-Key", "set-again-after-the-move"] in proxied.json["headers"]
         assert proxied.headers["RateLimit-Limit"] == "77"
         assert other.test_client().get("/proxy/echo/x", headers={"X-Virtual-Key": "vk_" + "x" * 43}).status_code == 401
         with other.app_context():
