@@ -109,6 +109,8 @@ def finish(flow: Flow, args, user) -> dict:
     try:
         token = protocol.exchange(reg, code, verifier)
     except (protocol.Refused, protocol.Unreachable) as e:
+        if isinstance(e, protocol.Refused) and e.error == "invalid_client":
+            registration.drop(binding.server_id)  # it forgot our client: the next attempt registers again
         raise Failed(f"the upstream did not issue a token: {e}") from None
     values, expires_at, scopes = protocol.stored(token)
     if shared:

@@ -182,6 +182,14 @@ def _view(server: McpServer, state: dict) -> Registration:
     return Registration(server.id, state["resource"], state["metadata"], client_id, secret, method, scope)
 
 
+def drop(server_id: int) -> None:
+    """The upstream answered ``invalid_client``: it no longer knows the client Portcullis
+    registered there. Forget it now (committed) so that the next connection registers again."""
+    db.session.rollback()
+    forget(server_id)
+    db.session.commit()
+
+
 def forget(server_id: int) -> None:
     """Drop the stored discovery and registration (the next connection discovers again)."""
     row = db.session.get(UpstreamOAuth, server_id)

@@ -560,3 +560,40 @@ def test_admin_entered_endpoints_replace_discovery(app, inner, admin_id):
     r = api.patch(f"/mcp-servers/{sid}", {"oauth": {**endpoints, "client_id": client_id,
                                                     "revocation_endpoint": inner["url"] + "/oauth/revoke?x=1"}})
     assert r.status_code == 200 and r.get_json()["oauth"]["revocation_endpoint"].endswith("?x=1"), r.get_json()
+
+
+def test_upstream_forgot_our_client_registers_again(app, world, inner):
+    """The inner answers invalid_client at the refresh (it forgot Portcullis's registration): the
+    credential needs re-authentication and the stored registration is dropped, so the next
+    connection registers a new client."""
+    email = "ada@example.com"
+    person = world["people"][email]
+    connect(person["web"], echo(person["rpc"], "x")["result"]["_meta"]["portcullis/auth_required"]["flow_id"], email)
+    with app.app_context():
+        old_client = db.session.get(UpstreamOAuth, world["server_id"]).registration["client"]["client_id"]
+    with sqlite3.connect(inner["db"]) as conn:
+        conn.execute("UPDATE oauth_clients SET client_id = client_id || '-forgotten' WHERE client_id = ?", (old_client,))
+    expire(app, cred_of(app, person["id"]).id)
+    answer = echo(person["rpc"], "after the upstream forgot us")
+    meta = answer["result"]["_meta"]["portcullis/auth_required"]
+    assert meta["kind"] == "oauth" and cred_of(app, person["id"]).status == "needs_reauth"
+    with app.app_context():
+        assert db.session.get(UpstreamOAuth, world["server_id"]).registration is None
+    # at the code exchange too: consent given, then the upstream forgets the client before the callback
+    callback = _to_callback(person["web"], meta["flow_id"], email)
+    with app.app_context():
+        second = db.session.get(UpstreamOAuth, world["server_id"]).registration["client"]["client_id"]
+    assert second != old_client
+    with sqlite3.connect(inner["db"]) as conn:
+        conn.execute("UPDATE oauth_clients SET client_id = client_id || '-forgotten' WHERE client_id = ?", (second,))
+    r = person["web"].get(callback)
+    assert r.status_code == 502 and "invalid_client" in r.get_data(as_text=True), r.get_data(as_text=True)[:300]
+    with app.app_context():
+        assert db.session.get(UpstreamOAuth, world["server_id"]).registration is None
+    meta = echo(person["rpc"], "x")["result"]["_meta"]["portcullis/auth_required"]
+    connect(person["web"], meta["flow_id"], email)
+    with app.app_context():
+        reg = db.session.get(UpstreamOAuth, world["server_id"]).registration
+        assert reg["client"]["how"] == "dynamic" and reg["client"]["client_id"] not in (old_client, second)
+    assert cred_of(app, person["id"]).status == "active"
+    assert echo(person["rpc"], "again")["result"]["content"][0]["text"] == "again"
