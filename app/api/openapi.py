@@ -84,6 +84,11 @@ OAUTH_SETTINGS = {
     "scopes": {"oneOf": [{"type": "array", "items": {"type": "string"}},
                          {"type": "string", "description": "Space-separated scope names."}]},
     "authorization_server": HTTP_URL,
+    **{name: {**HTTP_URL, "description": "Entered for an upstream without OAuth metadata: used instead of "
+                                           "discovery (https://, or http:// to a loopback address). "
+                                           "authorization_endpoint and token_endpoint go together and need "
+                                           "a client_id; revocation_endpoint is optional."}
+       for name in ("authorization_endpoint", "token_endpoint", "revocation_endpoint")},
 }
 
 SERVER_WRITE = {
@@ -200,7 +205,8 @@ SCHEMAS = {
                     "description": "Names of the shared headers; their values are write-only."},
         "per_user_header_keys": {"type": "array", "items": STR},
         "oauth": nullable(obj({"client_id": STR, "scopes": {"type": "array", "items": STR},
-                               "authorization_server": STR, "client_secret_set": BOOL})),
+                               "authorization_server": STR, "authorization_endpoint": STR,
+                               "token_endpoint": STR, "revocation_endpoint": STR, "client_secret_set": BOOL})),
         "allow_on_all_virtual_keys": BOOL, "enabled": BOOL,
         "tools": {"type": "array", "items": {"type": "object"},
                   "description": "The tools discovered at the upstream."},

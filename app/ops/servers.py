@@ -1,6 +1,8 @@
 """MCP servers: the validation rules for auth types and headers live here, once."""
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from sqlalchemy import select
 
 from ..audit import record
@@ -10,6 +12,7 @@ from ..credentials import DISCOVERABLE
 from ..credentials.store import headers_for
 from ..upstream.discovery import refresh
 from ..models import McpServer
+from ..models.oauth import loopback_redirect
 from ..models.servers import AUTH_TYPES, OAUTH_TYPES
 from .errors import Conflict, Invalid, NotFound
 from .fields import HEADER_NAME_RE, HEADER_VALUE_RULE, Fields, header_value_ok, missing, valid_id
@@ -17,7 +20,8 @@ from .fields import HEADER_NAME_RE, HEADER_VALUE_RULE, Fields, header_value_ok, 
 FIELDS = {"name", "url", "auth_type", "headers", "per_user_header_keys", "sample_headers", "oauth",
           "allow_on_all_virtual_keys", "enabled", "connect_timeout", "read_timeout"}
 MAX_TIMEOUT = 600.0
-OAUTH_FIELDS = {"client_id", "client_secret", "scopes", "authorization_server"}
+OAUTH_ENDPOINTS = ("authorization_endpoint", "token_endpoint", "revocation_endpoint")
+OAUTH_FIELDS = {"client_id", "client_secret", "scopes", "authorization_server", *OAUTH_ENDPOINTS}
 MAX_OAUTH_VALUE = 512  # client_id, client_secret
 # Headers Portcullis itself controls on upstream requests; an admin may not override them.
 RESERVED_HEADERS = {"host", "content-length", "content-type", "accept", "connection", "transfer-encoding",
@@ -180,6 +184,14 @@ def _oauth(f: Fields):
     v = sub.url("authorization_server", required=False)
     if not missing(v):
         out["authorization_server"] = v
+    for name in OAUTH_ENDPOINTS:  # tokens travel to these: https, or http only on the loopback
+        v = sub.url(name, required=False)
+        if missing(v) or not v:
+            continue
+        if urlsplit(v).scheme != "https" and not loopback_redirect(v):
+            sub.fail(name, "must be an https:// URL (http:// only to a loopback address)")
+        else:
+            out[name] = v
     if "scopes" in raw:
         scopes = raw["scopes"]
         if isinstance(scopes, str):
@@ -207,6 +219,12 @@ def _check_combination(f: Fields, auth_type, headers: dict, keys: list, oauth) -
         f.fail("headers", "a server with auth_type none sends no headers; choose auth_type headers")
     if oauth and auth_type not in OAUTH_TYPES:
         f.fail("oauth", "OAuth settings apply only to oauth and per_user_oauth servers")
+    if oauth and any(oauth.get(n) for n in OAUTH_ENDPOINTS):
+        # entered endpoints replace discovery, so nothing says where to register: the admin's client
+        if not (oauth.get("authorization_endpoint") and oauth.get("token_endpoint")):
+            f.fail("oauth", "authorization_endpoint and token_endpoint go together (revocation_endpoint needs them)")
+        elif not oauth.get("client_id"):
+            f.fail("oauth", "entered endpoints need a client_id registered at that authorization server")
     clash = {h.lower() for h in headers} & set(keys)
     if clash:
         f.fail("headers", "shared headers cannot also be per-user keys: " + ", ".join(sorted(clash)))

@@ -100,7 +100,7 @@ def finish(flow: Flow, args, user) -> dict:
     reg = registration.ensure(server.id)
     if reg.issuer != oauth.get("issuer") or reg.client_id != oauth.get("client_id"):
         raise Failed("the upstream's authorization server changed during the connection; start again")
-    if iss is not None and iss != reg.issuer:
+    if iss is not None and reg.issuer is not None and iss != reg.issuer:
         raise Forbidden("the authorization response came from another issuer")
     if iss is None and reg.metadata.get("authorization_response_iss_parameter_supported") is True:
         raise Forbidden("the authorization response lacks the issuer the upstream promised to send")
@@ -109,6 +109,8 @@ def finish(flow: Flow, args, user) -> dict:
     try:
         token = protocol.exchange(reg, code, verifier)
     except (protocol.Refused, protocol.Unreachable) as e:
+        if isinstance(e, protocol.Refused) and e.error == "invalid_client":
+            registration.drop(binding.server_id)  # it forgot our client: the next attempt registers again
         raise Failed(f"the upstream did not issue a token: {e}") from None
     values, expires_at, scopes = protocol.stored(token)
     if shared:

@@ -130,8 +130,9 @@ def _refresh_holding(slot: Slot, lease) -> dict:
     if not values.get("refresh_token"):
         _release(slot, lease, status="needs_reauth", **_changed(slot))
         raise NeedsReauth()
+    server_id = slot.server_id(row)
     try:
-        reg = registration.ensure(slot.server_id(row))
+        reg = registration.ensure(server_id)
     except Exception as e:  # discovery failed: the network, or the upstream changed
         _release(slot, lease)
         raise RefreshUnavailable(str(e)) from None
@@ -142,10 +143,12 @@ def _refresh_holding(slot: Slot, lease) -> dict:
             token = protocol.refresh(reg, values["refresh_token"])
             break
         except protocol.Refused as e:
-            if e.error == "invalid_grant":
+            if e.error in ("invalid_grant", "invalid_client"):
                 _release(slot, lease, status="needs_reauth", **_changed(slot))
-                log.info("upstream refresh refused (invalid_grant): %s %s needs re-authentication",
-                         slot.model.__tablename__, slot.key)
+                if e.error == "invalid_client":  # the upstream forgot our client: register again next time
+                    registration.drop(server_id)
+                log.info("upstream refresh refused (%s): %s %s needs re-authentication",
+                         e.error, slot.model.__tablename__, slot.key)
                 raise NeedsReauth() from None
             last = e
             break  # another OAuth error: the request is wrong, retrying will not help

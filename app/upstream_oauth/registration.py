@@ -27,6 +27,7 @@ from .discovery import MAX_DOCUMENT, DiscoveryError, discover, http
 CALLBACK_PATH = "/connect/callback"
 CLIENT_METADATA_PATH = "/connect/client-metadata.json"
 CLIENT_NAME = "Portcullis"
+ENDPOINTS = ("authorization_endpoint", "token_endpoint", "revocation_endpoint")
 
 
 def redirect_uri() -> str:
@@ -70,13 +71,15 @@ class Registration:
     scope: str | None
 
     @property
-    def issuer(self) -> str:
-        return self.metadata["issuer"]
+    def issuer(self) -> str | None:
+        """None for admin-entered endpoints without an authorization server."""
+        return self.metadata.get("issuer")
 
 
 def _fingerprint(server: McpServer) -> str:
     cfg = server.oauth_config or {}
-    raw = json.dumps([server.url, cfg.get("authorization_server"), redirect_uri(), client_metadata_url()])
+    raw = json.dumps([server.url, cfg.get("authorization_server"), redirect_uri(), client_metadata_url(),
+                      *(cfg.get(n) for n in ENDPOINTS)])
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
@@ -128,12 +131,23 @@ def ensure(server_id: int, force: bool = False) -> Registration:
         cfg = dict(server.oauth_config or {})
         url = server.url
         db.session.rollback()
-        found = discover(url, cfg.get("authorization_server"))
+        found = _entered(url, cfg) or discover(url, cfg.get("authorization_server"))
         client = {"how": "admin"} if cfg.get("client_id") else _client(found["metadata"])
         state = {**found, "client": client, "fingerprint": fingerprint}
         _save(server_id, state)
         server = db.session.get(McpServer, server_id)
     return _view(server, state)
+
+
+def _entered(url: str, cfg: dict) -> dict | None:
+    """The admin's endpoints, for an upstream without metadata: used as they are, no discovery.
+    The issuer is the admin's authorization server when entered (then ``iss`` is checked), else
+    unknown."""
+    if not (cfg.get("authorization_endpoint") and cfg.get("token_endpoint")):
+        return None
+    metadata = {n: cfg[n] for n in ENDPOINTS if cfg.get(n)}
+    metadata["issuer"] = cfg.get("authorization_server")
+    return {"resource": url, "resource_metadata": None, "metadata": metadata, "scope": None}
 
 
 def _save(server_id: int, state: dict) -> None:
@@ -166,6 +180,14 @@ def _view(server: McpServer, state: dict) -> Registration:
         prm = state.get("resource_metadata") or {}
         scope = state.get("scope") or (" ".join(prm["scopes_supported"]) if prm.get("scopes_supported") else None)
     return Registration(server.id, state["resource"], state["metadata"], client_id, secret, method, scope)
+
+
+def drop(server_id: int) -> None:
+    """The upstream answered ``invalid_client``: it no longer knows the client Portcullis
+    registered there. Forget it now (committed) so that the next connection registers again."""
+    db.session.rollback()
+    forget(server_id)
+    db.session.commit()
 
 
 def forget(server_id: int) -> None:

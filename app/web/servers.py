@@ -13,6 +13,7 @@ from ..models import UpstreamOAuth, User
 from ..models.servers import AUTH_TYPES, OAUTH_TYPES
 from ..ops import servers as ops
 from ..ops.errors import Invalid, OpError
+from ..ops.servers import OAUTH_ENDPOINTS as ENDPOINTS
 from . import bp, is_htmx
 from .forms import checked, comma_list, done, form_error, number_or_raw, text
 from .listing import matching, paginate, search_term, table_page
@@ -52,7 +53,7 @@ def _values_from_form() -> dict:
         "connect_timeout": text("connect_timeout"), "read_timeout": text("read_timeout"),
         "new_headers": [n.strip() for n in request.form.getlist("header_name") if n.strip()],
         "removed_headers": request.form.getlist("remove_header"),
-        **{f"oauth_{k}": text(f"oauth_{k}") for k in ("client_id", "scopes", "authorization_server")},
+        **{f"oauth_{k}": text(f"oauth_{k}") for k in ("client_id", "scopes", "authorization_server", *ENDPOINTS)},
     }
 
 
@@ -66,13 +67,14 @@ def _values_from_server(server: McpServer) -> dict:
         "oauth_client_id": (server.oauth_config or {}).get("client_id", ""),
         "oauth_scopes": " ".join((server.oauth_config or {}).get("scopes", [])),
         "oauth_authorization_server": (server.oauth_config or {}).get("authorization_server", ""),
+        **{f"oauth_{k}": (server.oauth_config or {}).get(k, "") for k in ENDPOINTS},
     }
 
 
 def _oauth_data(server: McpServer | None) -> dict | None:
     """The OAuth settings typed into the form (the secret is write-only: blank keeps it)."""
     out = {}
-    for name in ("client_id", "authorization_server"):
+    for name in ("client_id", "authorization_server", *ENDPOINTS):
         if text(f"oauth_{name}").strip():
             out[name] = text(f"oauth_{name}").strip()
     if text("oauth_scopes").strip():

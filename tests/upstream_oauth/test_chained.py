@@ -504,3 +504,96 @@ def test_an_oauth_flow_takes_no_header_values(app, world):
     r = api.put(f"/header-flows/{meta['flow_id']}", json={"headers": {}})
     assert r.status_code == 400 and cred_of(app, person["id"]) is None
     assert person["web"].post(f"/connect/{meta['flow_id']}", {}).status_code == 405
+
+
+# --- admin-entered endpoints (an upstream without metadata) ---------------------------------
+
+def register_at_inner(inner) -> str:
+    """A public client registered at the inner by hand, as an admin would before entering it."""
+    r = httpx.post(inner["url"] + "/oauth/register", timeout=10, json={
+        "client_name": "entered by an admin", "redirect_uris": ["http://127.0.0.1:8080/connect/callback"],
+        "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
+        "token_endpoint_auth_method": "none"})
+    assert r.status_code == 201, r.text
+    return r.json()["client_id"]
+
+
+def test_admin_entered_endpoints_replace_discovery(app, inner, admin_id):
+    api = Api(app.test_client(), token_for(app, admin_id))
+    endpoints = {"authorization_endpoint": inner["url"] + "/oauth/authorize",
+                 "token_endpoint": inner["url"] + "/oauth/token", "revocation_endpoint": inner["url"] + "/oauth/revoke"}
+    base = {"name": "entered", "url": inner["url"] + "/mcp", "auth_type": "per_user_oauth"}
+    # validated: https or loopback http, both endpoints together, and a client id to use them with
+    for oauth, words in (({**endpoints, "token_endpoint": "http://auth.example.com/token", "client_id": "c"}, "https"),
+                         ({"authorization_endpoint": endpoints["authorization_endpoint"], "client_id": "c"}, "together"),
+                         ({"revocation_endpoint": endpoints["revocation_endpoint"], "client_id": "c"}, "together"),
+                         ({**endpoints, "authorization_endpoint": "ftp://x/y", "client_id": "c"}, "http"),
+                         (endpoints, "client_id")):
+        r = api.post("/mcp-servers", {**base, "oauth": oauth})
+        assert r.status_code == 422 and words in r.get_data(as_text=True), (oauth, r.get_json())
+    with app.app_context():
+        assert db.session.scalar(select(McpServer.id).where(McpServer.name == "entered")) is None
+
+    from app.ops.servers import create_server
+    client_id = register_at_inner(inner)
+    with app.app_context():
+        server = create_server({**base, "oauth": {**endpoints, "client_id": client_id}})
+        db.session.commit()
+        sid = server.id
+    shown = api.get(f"/mcp-servers/{sid}").get_json()["oauth"]
+    assert {k: shown[k] for k in endpoints} == endpoints and shown["client_id"] == client_id
+    admin = Web(app.test_client()).login("admin@example.com")
+    form = admin.get(f"/servers/{sid}").get_data(as_text=True)
+    assert all(f'value="{v}"' in form for v in endpoints.values())
+
+    with app.app_context():
+        flow_id, _ = resolver("per_user_oauth").start_flow(Binding("user", admin_id, sid))
+    assert "Connected" in connect(admin, flow_id, "admin@example.com")
+    with app.app_context():
+        reg = db.session.get(UpstreamOAuth, sid).registration
+        assert reg["client"] == {"how": "admin"} and reg["resource_metadata"] is None  # nothing discovered
+        assert reg["metadata"] == {**endpoints, "issuer": None}
+        assert "alpha__echo" in {t["name"] for t in db.session.get(McpServer, sid).tools}
+        cred = db.session.scalar(select(Credential).where(Credential.user_id == admin_id))
+        assert cred.auth_kind == "oauth" and cred.values["access_token"]
+    # editable: a PATCH of other endpoints is a new registration state on the next connection
+    r = api.patch(f"/mcp-servers/{sid}", {"oauth": {**endpoints, "client_id": client_id,
+                                                    "revocation_endpoint": inner["url"] + "/oauth/revoke?x=1"}})
+    assert r.status_code == 200 and r.get_json()["oauth"]["revocation_endpoint"].endswith("?x=1"), r.get_json()
+
+
+def test_upstream_forgot_our_client_registers_again(app, world, inner):
+    """The inner answers invalid_client at the refresh (it forgot Portcullis's registration): the
+    credential needs re-authentication and the stored registration is dropped, so the next
+    connection registers a new client."""
+    email = "ada@example.com"
+    person = world["people"][email]
+    connect(person["web"], echo(person["rpc"], "x")["result"]["_meta"]["portcullis/auth_required"]["flow_id"], email)
+    with app.app_context():
+        old_client = db.session.get(UpstreamOAuth, world["server_id"]).registration["client"]["client_id"]
+    with sqlite3.connect(inner["db"]) as conn:
+        conn.execute("UPDATE oauth_clients SET client_id = client_id || '-forgotten' WHERE client_id = ?", (old_client,))
+    expire(app, cred_of(app, person["id"]).id)
+    answer = echo(person["rpc"], "after the upstream forgot us")
+    meta = answer["result"]["_meta"]["portcullis/auth_required"]
+    assert meta["kind"] == "oauth" and cred_of(app, person["id"]).status == "needs_reauth"
+    with app.app_context():
+        assert db.session.get(UpstreamOAuth, world["server_id"]).registration is None
+    # at the code exchange too: consent given, then the upstream forgets the client before the callback
+    callback = _to_callback(person["web"], meta["flow_id"], email)
+    with app.app_context():
+        second = db.session.get(UpstreamOAuth, world["server_id"]).registration["client"]["client_id"]
+    assert second != old_client
+    with sqlite3.connect(inner["db"]) as conn:
+        conn.execute("UPDATE oauth_clients SET client_id = client_id || '-forgotten' WHERE client_id = ?", (second,))
+    r = person["web"].get(callback)
+    assert r.status_code == 502 and "invalid_client" in r.get_data(as_text=True), r.get_data(as_text=True)[:300]
+    with app.app_context():
+        assert db.session.get(UpstreamOAuth, world["server_id"]).registration is None
+    meta = echo(person["rpc"], "x")["result"]["_meta"]["portcullis/auth_required"]
+    connect(person["web"], meta["flow_id"], email)
+    with app.app_context():
+        reg = db.session.get(UpstreamOAuth, world["server_id"]).registration
+        assert reg["client"]["how"] == "dynamic" and reg["client"]["client_id"] not in (old_client, second)
+    assert cred_of(app, person["id"]).status == "active"
+    assert echo(person["rpc"], "again")["result"]["content"][0]["text"] == "again"
