@@ -49,6 +49,7 @@ def refresh_server_tools(server_id):
 @bp.delete("/mcp-servers/<id:server_id>")
 @admin_only
 def delete_server(server_id):
-    ops.delete_server(ops.get_server(server_id))
+    after = ops.delete_server(ops.get_server(server_id))
     db.session.commit()
+    after()
     return "", 204

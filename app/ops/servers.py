@@ -404,6 +404,13 @@ def update_server(server: McpServer, data: dict) -> ServerUpdate:
     return ServerUpdate(server, changed)
 
 
-def delete_server(server: McpServer) -> None:
+def delete_server(server: McpServer):
+    """Deletes the server (the caller commits) and returns what to run after the commit: the
+    revocation of an ``oauth`` server's shared token at the upstream (read before the rows go;
+    its failure is logged and never undoes the deletion)."""
+    from ..upstream_oauth.connect import revoke_later
+
+    after = revoke_later(server)
     record("mcp_server.delete", server)
     db.session.delete(server)
+    return after

@@ -159,11 +159,23 @@ def start_shared(server_id: int, admin) -> tuple[str, str | None]:
     return flows.start(Binding("user", admin.id, server_id), "oauth", {"shared": True})
 
 
-def revoke_upstream(server_id: int, values: dict) -> None:
+def revoke_later(server: McpServer):
+    """For a server about to be deleted: a function that revokes its shared token at the upstream
+    once the deletion has committed (the registration and token are read now, while they exist;
+    nothing is fetched). A no-op when there is no shared token or no stored registration."""
+    row = db.session.get(UpstreamOAuth, server.id) if server.auth_type == "oauth" else None
+    state, values = (row.registration, dict(row.token or {})) if row is not None else (None, {})
+    if not state or not values:
+        return lambda: None
+    reg, server_id = registration.view(server, state), server.id
+    return lambda: revoke_upstream(server_id, values, reg)
+
+
+def revoke_upstream(server_id: int, values: dict, reg=None) -> None:
     """After a local revocation has committed: revoke at the upstream too, when it has a
     revocation endpoint. A failure is logged and changes nothing here."""
     try:
-        reg = registration.ensure(server_id)
+        reg = reg or registration.ensure(server_id)
         for hint in ("refresh_token", "access_token"):
             if values.get(hint):
                 protocol.revoke(reg, values[hint], hint)

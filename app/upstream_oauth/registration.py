@@ -136,7 +136,7 @@ def ensure(server_id: int, force: bool = False) -> Registration:
         state = {**found, "client": client, "fingerprint": fingerprint}
         _save(server_id, state)
         server = db.session.get(McpServer, server_id)
-    return _view(server, state)
+    return view(server, state)
 
 
 def _entered(url: str, cfg: dict) -> dict | None:
@@ -164,7 +164,7 @@ def _save(server_id: int, state: dict) -> None:
             db.session.rollback()
 
 
-def _view(server: McpServer, state: dict) -> Registration:
+def view(server: McpServer, state: dict) -> Registration:
     cfg = server.oauth_config or {}
     client = state["client"]
     if cfg.get("client_id"):  # the admin's client always wins, with its current secret

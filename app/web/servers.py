@@ -228,7 +228,8 @@ def server_refresh_tools(server_id: int):
 def server_delete(server_id: int):
     server = ops.get_server(server_id)
     name = server.name
-    ops.delete_server(server)
+    after = ops.delete_server(server)
     db.session.commit()
+    after()
     flash(f"MCP server {name} deleted.", "success")
     return done(url_for("web.servers"))

@@ -597,3 +597,18 @@ def test_upstream_forgot_our_client_registers_again(app, world, inner):
         assert reg["client"]["how"] == "dynamic" and reg["client"]["client_id"] not in (old_client, second)
     assert cred_of(app, person["id"]).status == "active"
     assert echo(person["rpc"], "again")["result"]["content"][0]["text"] == "again"
+
+
+def test_deleting_an_oauth_server_revokes_its_shared_token_at_the_upstream(app, inner, admin_id):
+    admin = Web(app.test_client()).login("admin@example.com")
+    r = admin.post("/servers/new", {"name": "gone", "url": inner["url"] + "/mcp", "auth_type": "oauth",
+                                    "enabled": "on"})
+    assert r.status_code in (302, 303) and "/connect/" in r.headers["Location"]
+    connect(admin, r.headers["Location"].rsplit("/", 1)[1], "bob@example.com")
+    assert [live for e, live in inner_consents(inner) if e == "bob@example.com"][-1]
+    with app.app_context():
+        sid = db.session.scalar(select(McpServer.id).where(McpServer.name == "gone"))
+    assert Api(app.test_client(), token_for(app, admin_id)).delete(f"/mcp-servers/{sid}").status_code == 204
+    assert not [live for e, live in inner_consents(inner) if e == "bob@example.com"][-1]
+    with app.app_context():
+        assert db.session.get(McpServer, sid) is None and db.session.get(UpstreamOAuth, sid) is None
