@@ -15,18 +15,21 @@ or decrypting anything; per-user types read the binding's credential through app
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from ..models.base import utcnow
 from . import flows, store
 from .answers import AuthRequired, CredentialUnavailable, SecretNotSet, SignInAgain
 from .bindings import Binding, binding_of
 
 
-class Resolver:
+class Resolver(ABC):
     kind: str | None = None  # the kind of credential (and flow) stored per binding; None: shared
     discoverable = False  # tools are discovered with the server's own configuration
 
+    @abstractmethod
     def endpoint(self, server, caller):
-        raise NotImplementedError
+        """The upstream endpoint for this caller, or AuthRequired / CredentialUnavailable."""
 
     def start_flow(self, binding: Binding) -> tuple[str, str | None]:
         raise CredentialUnavailable("this server takes no per-person credentials")
@@ -90,14 +93,17 @@ class _OAuth(Resolver):
     """What both OAuth types share: a token in a row (a slot), refreshed before it expires and
     after the upstream refuses it (app/upstream_oauth/refresh.py)."""
 
+    @abstractmethod
     def _view(self, server, caller):
-        raise NotImplementedError
+        """The stored token for this caller (per person, or the server's shared one)."""
 
+    @abstractmethod
     def _slot(self, view):
-        raise NotImplementedError
+        """The row a refresh takes its lease on (refresh.Slot)."""
 
+    @abstractmethod
     def _reauth(self, server, caller, reason: str):
-        raise NotImplementedError
+        """What the caller is answered when the token must be obtained again."""
 
     def endpoint(self, server, caller):
         from ..upstream_oauth import refresh
