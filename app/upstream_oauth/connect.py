@@ -54,10 +54,11 @@ def begin(flow: Flow) -> str:
         raise flows.Gone("this link is no longer valid")
     flows.check_open(flow)
     nonce, verifier = secrets.token_urlsafe(24), protocol.new_verifier()
+    scope = (flow.oauth or {}).get("scope") or reg.scope  # a step-up flow asks its own (wider) scope
     flow.oauth = {**(flow.oauth or {}), "nonce": nonce, "verifier": verifier, "issuer": reg.issuer,
-                  "client_id": reg.client_id}
+                  "client_id": reg.client_id, "requested": scope}
     db.session.commit()
-    return protocol.authorization_url(reg, f"{flow_id}.{nonce}", verifier)
+    return protocol.authorization_url(reg, f"{flow_id}.{nonce}", verifier, scope)
 
 
 def _param(args, name: str) -> str | None:
@@ -105,6 +106,7 @@ def finish(flow: Flow, args, user) -> dict:
     if iss is None and reg.metadata.get("authorization_response_iss_parameter_supported") is True:
         raise Forbidden("the authorization response lacks the issuer the upstream promised to send")
     flow_id, binding, verifier, shared = flow.id, Binding.of(flow), oauth["verifier"], bool(oauth.get("shared"))
+    requested = oauth.get("requested")
     db.session.rollback()  # the token call runs outside any transaction
     try:
         token = protocol.exchange(reg, code, verifier)
@@ -113,6 +115,8 @@ def finish(flow: Flow, args, user) -> dict:
             registration.drop(binding.server_id)  # it forgot our client: the next attempt registers again
         raise Failed(f"the upstream did not issue a token: {e}") from None
     values, expires_at, scopes = protocol.stored(token)
+    if scopes is None and requested:
+        scopes = requested.split()  # RFC 6749 §5.1: no scope in the answer means the one requested
     if shared:
         _store_shared(flow_id, binding, values, expires_at, scopes)
         orphaned = False
@@ -152,6 +156,22 @@ def _discover(server: McpServer, access_token: str) -> None:
     except UpstreamError as e:
         db.session.rollback()
         current_app.logger.warning("tool discovery after an OAuth connection failed: %s", e)
+
+
+def granted_scopes(binding: Binding) -> list[str]:
+    """What the binding's stored token was granted (or, when the upstream never said, what
+    Portcullis asks by default); read for a step-up consent, which asks these plus more."""
+    from ..models import Credential
+
+    scopes = db.session.scalar(select(Credential.scopes).where(*binding.where(Credential)))
+    if scopes:
+        return list(scopes)
+    row = db.session.get(UpstreamOAuth, binding.server_id)
+    server = db.session.get(McpServer, binding.server_id)
+    if row is None or not row.registration or server is None:
+        return []
+    scope = registration.view(server, row.registration).scope
+    return scope.split() if scope else []
 
 
 def start_shared(server_id: int, admin) -> tuple[str, str | None]:
