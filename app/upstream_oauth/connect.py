@@ -179,6 +179,28 @@ def start_shared(server_id: int, admin) -> tuple[str, str | None]:
     return flows.start(Binding("user", admin.id, server_id), "oauth", {"shared": True})
 
 
+def start_admin(server: McpServer, admin) -> str:
+    """The flow an admin opens to connect an OAuth server: its shared account (``oauth``) or the
+    admin's own (``per_user_oauth``; a server created without tools has them read with it). The
+    one path the page (redirect) and the API (``connect_url``) take; its id."""
+    if server.auth_type == "oauth":
+        flow_id, _ = start_shared(server.id, admin)
+    else:
+        flow_id, _ = flows.start(Binding("user", admin.id, server.id), "oauth")
+    return flow_id
+
+
+def connect_link(server: McpServer, admin) -> dict:
+    """What the JSON API answers an admin who must consent in a browser: the /connect link
+    (valid for this admin's dashboard login only, 15 minutes) and its flow."""
+    from ..models.base import iso
+
+    flow_id = start_admin(server, admin)
+    flow = db.session.get(Flow, flow_id)
+    return {"connect_url": flows.link(flow_id, None), "connect_flow_id": flow_id,
+            "connect_expires_at": iso(flow.expires_at) if flow is not None else None}
+
+
 def revoke_later(server: McpServer):
     """For a server about to be deleted: a function that revokes its shared token at the upstream
     once the deletion has committed (the registration and token are read now, while they exist;
@@ -189,6 +211,28 @@ def revoke_later(server: McpServer):
         return lambda: None
     reg, server_id = registration.view(server, state), server.id
     return lambda: revoke_upstream(server_id, values, reg)
+
+
+def disconnect_shared(server: McpServer) -> bool:
+    """Disconnect an ``oauth`` server's shared account: the token is deleted here (committed,
+    audited) and then revoked at the upstream when it has a revocation endpoint (a failure is
+    logged, never undoes). The registration stays (the client is still valid there). Clearing the
+    refresh lease voids a refresh in flight: its holder writes only while the lease is its own.
+    False when no account was connected."""
+    row = db.session.scalar(select(UpstreamOAuth).where(UpstreamOAuth.mcp_server_id == server.id).with_for_update())
+    if row is None or not row.token:
+        db.session.rollback()
+        return False
+    values, state = dict(row.token), row.registration
+    reg = registration.view(server, state) if state else None
+    row.token, row.expires_at, row.scopes, row.refresh_lease_until, row.status = None, None, None, None, None
+    row.connected_by_id, row.connected_at, row.updated_at = None, None, utcnow()
+    record("mcp_server.oauth_disconnect", server, "shared account disconnected")
+    server_id = server.id
+    db.session.commit()
+    store.invalidate()
+    revoke_upstream(server_id, values, reg)
+    return True
 
 
 def revoke_upstream(server_id: int, values: dict, reg=None) -> None:
