@@ -62,13 +62,13 @@ def main(server_url: str) -> int:
             db.session.commit()
             flow_id, _ = resolver("per_user_oauth").start_flow(Binding("user", admin.id, server.id))
             sid = server.id
-        web = Web(app.test_client()).login("admin@example.com", PASSWORD)
+        web = Web(_client(app)).login("admin@example.com", PASSWORD)
         if not _connect(app, web, flow_id):
             return 1
         with app.app_context():
             from app.models import McpServer
             tools = db.session.get(McpServer, sid).tools
-        client = app.test_client()
+        client = _client(app)
         headers = {"Authorization": f"Bearer {key}", "Accept": "application/json, text/event-stream"}
         r = client.post("/mcp", json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
             "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "c", "version": "1"}}},
@@ -78,7 +78,10 @@ def main(server_url: str) -> int:
         if tools:
             r = client.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
                 "name": f"suite__{tools[0]['name']}", "arguments": {}}}, headers=headers)
-            answer = r.get_json()
+            answer = _message(r)
+            if not isinstance(answer, dict):
+                print("tools/call failed:", r.status_code, r.get_data(as_text=True)[:300], file=sys.stderr)
+                return 1
             needed = ((answer.get("result") or {}).get("_meta") or {}).get("portcullis/auth_required")
             if needed:  # step-up: the upstream asked for wider scope; consent again, then retry once
                 print("auth required again:", answer["result"]["content"][0]["text"][:200], file=sys.stderr)
@@ -86,9 +89,27 @@ def main(server_url: str) -> int:
                     return 1
                 r = client.post("/mcp", json={"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
                     "name": f"suite__{tools[0]['name']}", "arguments": {}}}, headers=headers)
-                answer = r.get_json()
+                answer = _message(r)
             print(json.dumps(answer)[:300], file=sys.stderr)
         return 0
+
+
+def _message(r) -> dict | None:
+    """The JSON-RPC answer of a POST to /mcp: a JSON body, or the last message of an SSE stream."""
+    if r.mimetype == "text/event-stream":
+        data = [line[5:].strip() for line in r.get_data(as_text=True).splitlines() if line.startswith("data:")]
+        return json.loads(data[-1]) if data else None
+    return r.get_json(silent=True)
+
+
+def _client(app):
+    """A test client that speaks the base URL's scheme, as a browser there would (Flask's test
+    requests take PREFERRED_URL_SCHEME: an HTTPS base URL's secure cookies come back, and its form
+    posts are checked against a same-origin Referer)."""
+    client = app.test_client()
+    scheme = app.config["PREFERRED_URL_SCHEME"]
+    client.environ_base["HTTP_REFERER"] = f"{scheme}://localhost/login"
+    return client
 
 
 def _connect(app, web, flow_id: str) -> bool:
