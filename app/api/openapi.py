@@ -164,6 +164,33 @@ SERVICE_WRITE = {
                "description": "The root credential. Write-only: never returned."},
 }
 
+SERVER_READ = {
+    "id": ID, "name": NAME, "url": {"type": "string"},
+    "auth_type": {"type": "string", "enum": list(AUTH_TYPES)},
+    "headers": {"type": "array", "items": STR,
+                "description": "Names of the shared headers; their values are write-only."},
+    "per_user_header_keys": {"type": "array", "items": STR},
+    "oauth": nullable(obj({"client_id": STR, "scopes": {"type": "array", "items": STR},
+                           "authorization_server": STR, "authorization_endpoint": STR,
+                           "token_endpoint": STR, "revocation_endpoint": STR, "client_secret_set": BOOL})),
+    "allow_on_all_virtual_keys": BOOL, "enabled": BOOL,
+    "tools": {"type": "array", "items": {"type": "object"},
+              "description": "The tools discovered at the upstream."},
+    "tools_refreshed_at": nullable(TIMESTAMP),
+    "tools_discovered": {"type": "boolean", "description": (
+        "Whether the tools were ever read at the upstream (false for an OAuth server until an admin connected it)")},
+    "connect_timeout": {"type": "number"}, "read_timeout": {"type": "number"},
+    "created_at": TIMESTAMP, "updated_at": TIMESTAMP,
+}
+CONNECT_LINK = {
+    "connect_url": {"type": "string", "format": "uri", "description": (
+        "<PORTCULLIS_BASE_URL>/connect/<flow_id>: the admin opens it in a browser signed in to the dashboard as "
+        "themselves, continues to the upstream and consents there; valid 15 minutes, for this admin only.")},
+    "connect_flow_id": STR,
+    "connect_expires_at": TIMESTAMP,
+}
+
+
 SCHEMAS = {
     "Error": obj({"error": obj({
         "code": {"type": "string", "examples": ["validation_failed", "not_found", "conflict"]},
@@ -198,24 +225,11 @@ SCHEMAS = {
         "Changed fields only. The last active admin cannot be demoted or deactivated.")),
     "UserList": listing("users", "User"),
 
-    "McpServer": obj({
-        "id": ID, "name": NAME, "url": {"type": "string"},
-        "auth_type": {"type": "string", "enum": list(AUTH_TYPES)},
-        "headers": {"type": "array", "items": STR,
-                    "description": "Names of the shared headers; their values are write-only."},
-        "per_user_header_keys": {"type": "array", "items": STR},
-        "oauth": nullable(obj({"client_id": STR, "scopes": {"type": "array", "items": STR},
-                               "authorization_server": STR, "authorization_endpoint": STR,
-                               "token_endpoint": STR, "revocation_endpoint": STR, "client_secret_set": BOOL})),
-        "allow_on_all_virtual_keys": BOOL, "enabled": BOOL,
-        "tools": {"type": "array", "items": {"type": "object"},
-                  "description": "The tools discovered at the upstream."},
-        "tools_refreshed_at": nullable(TIMESTAMP),
-        "connect_timeout": {"type": "number"}, "read_timeout": {"type": "number"},
-        "created_at": TIMESTAMP, "updated_at": TIMESTAMP,
-    }, ["id", "name", "url", "auth_type", "headers", "per_user_header_keys", "oauth",
-        "allow_on_all_virtual_keys", "enabled", "tools", "tools_refreshed_at", "connect_timeout", "read_timeout",
-        "created_at", "updated_at"]),
+    "McpServer": obj(SERVER_READ, list(SERVER_READ)),
+    "McpServerCreated": obj({**SERVER_READ, **CONNECT_LINK}, list(SERVER_READ), description=(
+        "The server; for an enabled per_user_oauth or oauth server also where the creating admin "
+        "consents at the upstream (its tools are discovered with the token that stores: until then "
+        "tools_discovered is false).")),
     "McpServerCreate": obj({
         **SERVER_WRITE,
         "headers": {"type": "object", "propertyNames": HEADER_NAME,
@@ -233,6 +247,7 @@ SCHEMAS = {
                                    "null removes it, headers not named are kept."},
     }),
     "McpServerList": listing("mcp_servers", "McpServer"),
+    "OAuthConnectLink": obj(CONNECT_LINK, list(CONNECT_LINK)),
 
     "ServerGrant": obj({"server_id": ID,
                         "tools": {"type": ["array", "null"], "items": {"type": "string", "minLength": 1},
@@ -541,13 +556,38 @@ PATHS = {
         "delete": "You cannot delete yourself, nor the last active admin.",
     }),
     **resource("mcp-servers", "server", "servers", "mcp-servers", id_name="server_id", schema="McpServer", notes={
+        "created_schema": "McpServerCreated",
         "list": "q matches part of the name.",
         "create": "Header values and the OAuth client secret are write-only: answers carry header "
                   "names and client_secret_set only. An enabled none or headers server is contacted "
-                  "(initialize + tools/list) and refused with 422 (error.fields.url) when unreachable.",
+                  "(initialize + tools/list) and refused with 422 (error.fields.url) when unreachable. "
+                  "An enabled per_user_oauth or oauth server cannot be consented to through the API: the "
+                  "answer carries connect_url (and its flow id and expiry), which the creating admin opens "
+                  "in a browser signed in to the dashboard; tools_discovered stays false until then.",
         "update": "A change that affects how an enabled none or headers server is reached (url, "
                   "auth_type, headers, enabled, timeouts) rediscovers its tools; unreachable is a 422.",
     }),
+    "/mcp-servers/{server_id}/oauth-connection": {
+        "parameters": [path_id("server_id", "server")],
+        "post": op("connect_server_oauth", "mcp-servers", "Get a link to connect an OAuth server",
+                   {**ok(200, "Where the calling admin consents at the upstream: the server's shared account "
+                                  "(oauth) or the admin's own (per_user_oauth).", "OAuthConnectLink"),
+                    **problems("Unauthorized", "Forbidden", "NotFound"),
+                    "409": error_response("The server does not use OAuth.")},
+                   description="Starts (or renews) the admin's connection flow, as Connect/Reconnect on the "
+                               "server's page; the link is opened in a browser signed in to the dashboard as "
+                               "that admin."),
+        "delete": op("disconnect_server_oauth", "mcp-servers", "Disconnect an oauth server's shared account",
+                     {**ok(204, "Disconnected (or was not connected). Calls then answer a tool error saying an "
+                                "admin must connect it."),
+                      **problems("Unauthorized", "Forbidden", "NotFound"),
+                      "409": error_response("The server is not an oauth server (per_user_oauth connections "
+                                            "are revoked from the sessions API).")},
+                     description="Deletes the shared token here (committed, audited as "
+                                 "mcp_server.oauth_disconnect), then revokes it at the upstream's revocation "
+                                 "endpoint when it has one; a failure there is logged and never undoes the "
+                                 "disconnection. The client registration is kept."),
+    },
     "/mcp-servers/{server_id}/refresh-tools": {
         "parameters": [path_id("server_id", "server")],
         "post": op("refresh_server_tools", "mcp-servers", "Rediscover a server's tools",

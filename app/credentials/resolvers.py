@@ -7,20 +7,26 @@ credential is obtained, how one is revoked. OAuth types arrive as two more resol
 - ``start_flow(binding)``: start or refresh the binding's flow (re-authentication from the
   sessions page or API): (flow id, temp token or None).
 - ``revoke(credential)``: delete it with its binding's pending flows (OAuth: also at the upstream).
-- ``after_refused(server, caller, endpoint)`` (OAuth): the upstream answered 401 to ``endpoint``;
-  the endpoint to retry once with (another instance's newer token, or a refreshed one).
+- ``after_refused(server, caller, endpoint, status, challenge)`` (OAuth): the upstream answered
+  401 or 403 to ``endpoint``. 401: the endpoint to retry once with (another instance's newer
+  token, or a refreshed one). 403 ``insufficient_scope`` (step-up): AuthRequired for a new consent
+  asking the stored scopes plus the challenged ones (per person; the stored token stays usable),
+  or CredentialUnavailable telling that an admin must reconnect (shared). None: answer the refusal.
 
 Shared types (``none``, ``headers``) are served from the snapshot without touching the database
 or decrypting anything; per-user types read the binding's credential through app/credentials/store.py.
 """
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 
 from ..models.base import utcnow
 from . import flows, store
 from .answers import AuthRequired, CredentialUnavailable, SecretNotSet, SignInAgain
 from .bindings import Binding, binding_of
+
+SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,200}")
 
 
 class Resolver(ABC):
@@ -37,7 +43,7 @@ class Resolver(ABC):
     def revoke(self, credential, **audit) -> None:
         flows.revoke(credential, **audit)
 
-    def after_refused(self, server, caller, endpoint):
+    def after_refused(self, server, caller, endpoint, status: int, challenge: str | None):
         return None
 
 
@@ -115,11 +121,20 @@ class _OAuth(Resolver):
             return view.endpoint
         return self._refreshed(server, caller, view, None)
 
-    def after_refused(self, server, caller, endpoint):
+    def after_refused(self, server, caller, endpoint, status: int, challenge: str | None):
+        if status == 403:
+            wanted = _step_up_scopes(challenge)
+            if wanted is None:
+                return None
+            return self._step_up(server, caller, wanted)
         view = self._view(server, caller)
         if view.credential_id is None:
             return None
         return self._refreshed(server, caller, view, _used_token(endpoint) or "")
+
+    @abstractmethod
+    def _step_up(self, server, caller, wanted: list[str]):
+        """The upstream asks for the scopes ``wanted`` (RFC 6750 insufficient_scope)."""
 
     def _refreshed(self, server, caller, view, used):
         from ..upstream_oauth import refresh
@@ -142,6 +157,20 @@ class _OAuth(Resolver):
         if view.status == "needs_reauth":
             return "the upstream no longer accepts the stored authorization"
         return f"the stored authorization is {view.status}"
+
+
+def _step_up_scopes(challenge: str | None) -> list[str] | None:
+    """The scopes a 403's ``WWW-Authenticate: Bearer error="insufficient_scope", scope="..."``
+    asks for; None when it is another refusal or names no valid scope (RFC 6749 §3.3 tokens)."""
+    from ..upstream_oauth.discovery import challenge_param
+
+    if not challenge or challenge_param(challenge, "error") != "insufficient_scope":
+        return None
+    scope = challenge_param(challenge, "scope") or ""
+    wanted = scope.split()
+    if not wanted or len(scope) > 1024 or not all(SCOPE_TOKEN.fullmatch(s) for s in wanted):
+        return None
+    return wanted
 
 
 class PerUserOAuth(_OAuth):
@@ -169,6 +198,21 @@ class PerUserOAuth(_OAuth):
     def start_flow(self, binding: Binding) -> tuple[str, str | None]:
         return flows.start(binding, self.kind)
 
+    def _step_up(self, server, caller, wanted: list[str]):
+        """A new consent for what the person granted so far plus what the upstream asks; the
+        stored token is left as it is (it still serves what it could do)."""
+        from ..upstream_oauth.connect import granted_scopes
+
+        binding = binding_of(caller, server.id)
+        if binding is None:
+            return None
+        if not caller.signed_in():
+            raise SignInAgain()
+        scopes = list(dict.fromkeys([*granted_scopes(binding), *wanted]))
+        flow_id, token = flows.start(binding, self.kind, {"scope": " ".join(scopes)})
+        raise AuthRequired("oauth", server.name, flow_id, flows.link(flow_id, token), [], [],
+                           f"the upstream asks for wider access: {' '.join(wanted)}")
+
     def revoke(self, credential, **audit) -> None:
         from ..upstream_oauth.connect import revoke_upstream
 
@@ -193,6 +237,12 @@ class SharedOAuth(_OAuth):
         raise CredentialUnavailable(
             f"{server.name}: an administrator must connect this server's account on its page in Portcullis "
             f"({reason})")
+
+    def _step_up(self, server, caller, wanted: list[str]):
+        raise CredentialUnavailable(
+            f"{server.name}: the upstream asks for wider access than the shared account granted "
+            f"({' '.join(wanted)}); an administrator must reconnect it with wider scope (the server's OAuth scopes "
+            "on its page in Portcullis, then Reconnect)")
 
 
 RESOLVERS: dict[str, Resolver] = {

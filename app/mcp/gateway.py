@@ -329,8 +329,9 @@ def _call_tool(ex: Exchange, params: dict) -> Response:
         try:
             call = current_app.extensions["mcp_client"].open(endpoint, "tools/call", upstream_params)
         except UpstreamRefused as e:
-            # an OAuth upstream refused the token: once more with a newer or refreshed one
-            retry = resolver(server.auth_type).after_refused(server, caller, endpoint) if e.status == 401 else None
+            # an OAuth upstream refused the token: once more with a newer or refreshed one (401),
+            # or a new consent for wider scope (403 insufficient_scope: AuthRequired)
+            retry = resolver(server.auth_type).after_refused(server, caller, endpoint, e.status, e.challenge)
             if retry is None:
                 raise
             if owner is not None:

@@ -57,6 +57,7 @@ class McpServer(db.Model):
             "enabled": self.enabled,
             "tools": list(self.tools or []),
             "tools_refreshed_at": iso(self.tools_refreshed_at),
+            "tools_discovered": self.tools_refreshed_at is not None,
             "connect_timeout": self.connect_timeout, "read_timeout": self.read_timeout,
             "created_at": iso(self.created_at), "updated_at": iso(self.updated_at),
         }

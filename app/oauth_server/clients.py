@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import re
-import socket
 import ssl
 from datetime import timedelta
 from urllib.parse import urlsplit
@@ -25,6 +24,7 @@ from authlib.oauth2.rfc7591.errors import InvalidClientMetadataError
 from flask import current_app
 from sqlalchemy import select
 
+from .. import netguard
 from ..audit import record
 from ..extensions import db
 from ..models import OAuthClient
@@ -152,18 +152,17 @@ class CimdError(Exception):
 
 
 def _addresses(host: str, port: int) -> list[str]:
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError):
-        raise CimdError("the host does not resolve") from None
-    return list(dict.fromkeys(info[4][0] for info in infos))
+    addresses = netguard.resolve(host, port)
+    if not addresses:
+        raise CimdError("the host does not resolve")
+    return addresses
 
 
 def _allowed_address(address: str, host: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%")[0])
-    if ip.is_loopback:
+    """Public addresses only (app/netguard.py); loopback for local tests when configured."""
+    if ipaddress.ip_address(address.split("%")[0]).is_loopback:
         return current_app.config["PORTCULLIS_CIMD_ALLOW_LOOPBACK"] and host in ("127.0.0.1", "localhost", "::1")
-    return ip.is_global and not ip.is_multicast
+    return netguard.is_public(address)
 
 
 def tls_context() -> ssl.SSLContext:

@@ -54,10 +54,11 @@ def begin(flow: Flow) -> str:
         raise flows.Gone("this link is no longer valid")
     flows.check_open(flow)
     nonce, verifier = secrets.token_urlsafe(24), protocol.new_verifier()
+    scope = (flow.oauth or {}).get("scope") or reg.scope  # a step-up flow asks its own (wider) scope
     flow.oauth = {**(flow.oauth or {}), "nonce": nonce, "verifier": verifier, "issuer": reg.issuer,
-                  "client_id": reg.client_id}
+                  "client_id": reg.client_id, "requested": scope}
     db.session.commit()
-    return protocol.authorization_url(reg, f"{flow_id}.{nonce}", verifier)
+    return protocol.authorization_url(reg, f"{flow_id}.{nonce}", verifier, scope)
 
 
 def _param(args, name: str) -> str | None:
@@ -105,6 +106,7 @@ def finish(flow: Flow, args, user) -> dict:
     if iss is None and reg.metadata.get("authorization_response_iss_parameter_supported") is True:
         raise Forbidden("the authorization response lacks the issuer the upstream promised to send")
     flow_id, binding, verifier, shared = flow.id, Binding.of(flow), oauth["verifier"], bool(oauth.get("shared"))
+    requested = oauth.get("requested")
     db.session.rollback()  # the token call runs outside any transaction
     try:
         token = protocol.exchange(reg, code, verifier)
@@ -113,6 +115,8 @@ def finish(flow: Flow, args, user) -> dict:
             registration.drop(binding.server_id)  # it forgot our client: the next attempt registers again
         raise Failed(f"the upstream did not issue a token: {e}") from None
     values, expires_at, scopes = protocol.stored(token)
+    if scopes is None and requested:
+        scopes = requested.split()  # RFC 6749 §5.1: no scope in the answer means the one requested
     if shared:
         _store_shared(flow_id, binding, values, expires_at, scopes)
         orphaned = False
@@ -154,9 +158,47 @@ def _discover(server: McpServer, access_token: str) -> None:
         current_app.logger.warning("tool discovery after an OAuth connection failed: %s", e)
 
 
+def granted_scopes(binding: Binding) -> list[str]:
+    """What the binding's stored token was granted (or, when the upstream never said, what
+    Portcullis asks by default); read for a step-up consent, which asks these plus more."""
+    from ..models import Credential
+
+    scopes = db.session.scalar(select(Credential.scopes).where(*binding.where(Credential)))
+    if scopes:
+        return list(scopes)
+    row = db.session.get(UpstreamOAuth, binding.server_id)
+    server = db.session.get(McpServer, binding.server_id)
+    if row is None or not row.registration or server is None:
+        return []
+    scope = registration.view(server, row.registration).scope
+    return scope.split() if scope else []
+
+
 def start_shared(server_id: int, admin) -> tuple[str, str | None]:
     """The admin's flow that connects a server's shared account (``oauth`` servers)."""
     return flows.start(Binding("user", admin.id, server_id), "oauth", {"shared": True})
+
+
+def start_admin(server: McpServer, admin) -> str:
+    """The flow an admin opens to connect an OAuth server: its shared account (``oauth``) or the
+    admin's own (``per_user_oauth``; a server created without tools has them read with it). The
+    one path the page (redirect) and the API (``connect_url``) take; its id."""
+    if server.auth_type == "oauth":
+        flow_id, _ = start_shared(server.id, admin)
+    else:
+        flow_id, _ = flows.start(Binding("user", admin.id, server.id), "oauth")
+    return flow_id
+
+
+def connect_link(server: McpServer, admin) -> dict:
+    """What the JSON API answers an admin who must consent in a browser: the /connect link
+    (valid for this admin's dashboard login only, 15 minutes) and its flow."""
+    from ..models.base import iso
+
+    flow_id = start_admin(server, admin)
+    flow = db.session.get(Flow, flow_id)
+    return {"connect_url": flows.link(flow_id, None), "connect_flow_id": flow_id,
+            "connect_expires_at": iso(flow.expires_at) if flow is not None else None}
 
 
 def revoke_later(server: McpServer):
@@ -169,6 +211,28 @@ def revoke_later(server: McpServer):
         return lambda: None
     reg, server_id = registration.view(server, state), server.id
     return lambda: revoke_upstream(server_id, values, reg)
+
+
+def disconnect_shared(server: McpServer) -> bool:
+    """Disconnect an ``oauth`` server's shared account: the token is deleted here (committed,
+    audited) and then revoked at the upstream when it has a revocation endpoint (a failure is
+    logged, never undoes). The registration stays (the client is still valid there). Clearing the
+    refresh lease voids a refresh in flight: its holder writes only while the lease is its own.
+    False when no account was connected."""
+    row = db.session.scalar(select(UpstreamOAuth).where(UpstreamOAuth.mcp_server_id == server.id).with_for_update())
+    if row is None or not row.token:
+        db.session.rollback()
+        return False
+    values, state = dict(row.token), row.registration
+    reg = registration.view(server, state) if state else None
+    row.token, row.expires_at, row.scopes, row.refresh_lease_until, row.status = None, None, None, None, None
+    row.connected_by_id, row.connected_at, row.updated_at = None, None, utcnow()
+    record("mcp_server.oauth_disconnect", server, "shared account disconnected")
+    server_id = server.id
+    db.session.commit()
+    store.invalidate()
+    revoke_upstream(server_id, values, reg)
+    return True
 
 
 def revoke_upstream(server_id: int, values: dict, reg=None) -> None:

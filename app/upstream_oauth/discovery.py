@@ -16,6 +16,7 @@ from mcp.client.auth.utils import (build_oauth_authorization_server_metadata_dis
 from mcp.shared.auth import OAuthMetadata, ProtectedResourceMetadata
 from pydantic import ValidationError
 
+from .. import netguard
 from ..upstream.client import CLIENT_INFO
 
 TIMEOUT = httpx.Timeout(10.0, connect=5.0)
@@ -70,17 +71,32 @@ def _get_json(client: httpx.Client, url: str) -> dict | None:
     return doc if isinstance(doc, dict) else None
 
 
+def _guarded(guard: netguard.Guard, url: str, what: str) -> str:
+    try:
+        guard.check(url, what)
+    except netguard.Refused as e:
+        raise DiscoveryError(f"refused: {e}") from None
+    return url
+
+
 def discover(server_url: str, authorization_server: str | None = None) -> dict:
     """{"resource", "resource_metadata" (or None), "metadata" (RFC 8414 fields), "scope" (the
-    challenge's, or None)}; raises DiscoveryError."""
+    challenge's, or None)}; raises DiscoveryError.
+
+    SSRF (app/netguard.py): every URL the upstream or its metadata names is checked before it is
+    fetched or stored: a public upstream cannot point Portcullis at loopback, private or
+    link-local addresses, nor at plain http. An admin-entered authorization server is the
+    admin's word: its metadata is fetched as entered and the endpoints it names are held to the
+    policy of its own address."""
     resource_metadata, scope = None, None
+    guard = netguard.Guard(server_url)
     with http() as client:
         if authorization_server is None:
             challenge = _challenge(server_url)
             scope = challenge_param(challenge, "scope")
             for url in build_protected_resource_metadata_discovery_urls(
                     challenge_param(challenge, "resource_metadata"), server_url):
-                doc = _get_json(client, url)
+                doc = _get_json(client, _guarded(guard, url, "the protected resource metadata URL"))
                 if doc is None:
                     continue
                 try:
@@ -92,9 +108,12 @@ def discover(server_url: str, authorization_server: str | None = None) -> dict:
                 raise DiscoveryError("the upstream names no authorization server (no RFC 9728 protected resource "
                                      "metadata); enter the authorization server in the server's OAuth settings")
             authorization_server = str(resource_metadata.authorization_servers[0])
+            discovered = True
+        else:
+            guard, discovered = netguard.Guard(authorization_server), False
         metadata = None
         for url in build_oauth_authorization_server_metadata_discovery_urls(authorization_server, server_url):
-            doc = _get_json(client, url)
+            doc = _get_json(client, _guarded(guard, url, "the authorization server metadata URL") if discovered else url)
             if doc is None:
                 continue
             try:
@@ -112,6 +131,11 @@ def discover(server_url: str, authorization_server: str | None = None) -> dict:
     for name in ("authorization_endpoint", "token_endpoint"):
         if not isinstance(metadata.get(name), str):
             raise DiscoveryError(f"the upstream's authorization server metadata has no {name}")
+    for name in ("authorization_endpoint", "token_endpoint", "registration_endpoint", "revocation_endpoint"):
+        if metadata.get(name) is not None:
+            if not isinstance(metadata[name], str):
+                raise DiscoveryError(f"the upstream's authorization server metadata has an invalid {name}")
+            _guarded(guard, metadata[name], f"the {name}")
     return {"resource": server_url,
             "resource_metadata": None if resource_metadata is None else resource_metadata.model_dump(
                 mode="json", exclude_none=True),

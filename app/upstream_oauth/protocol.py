@@ -41,10 +41,12 @@ def new_verifier() -> str:
     return generate_token(VERIFIER_LENGTH)
 
 
-def authorization_url(reg: Registration, state: str, verifier: str) -> str:
+def authorization_url(reg: Registration, state: str, verifier: str, scope: str | None = None) -> str:
+    """``scope``: what to ask (a step-up's wider scope); default the registration's."""
     with _client(reg) as client:
         url, _ = client.create_authorization_url(reg.metadata["authorization_endpoint"], state=state,
-                                                 code_verifier=verifier, resource=reg.resource)
+                                                 code_verifier=verifier, resource=reg.resource,
+                                                 scope=scope or reg.scope)
     return url
 
 
@@ -69,7 +71,10 @@ def exchange(reg: Registration, code: str, verifier: str) -> dict:
 
 
 def refresh(reg: Registration, refresh_token: str) -> dict:
+    """No scope is sent: the grant's own (RFC 6749 §6), which a step-up may have widened beyond
+    the registration's default."""
     with _client(reg) as client:
+        client.scope = None
         return _token_call(lambda: client.refresh_token(reg.metadata["token_endpoint"], refresh_token=refresh_token,
                                                         resource=reg.resource))
 

@@ -115,7 +115,9 @@ def connect_callback():
 
 def _callback_error(status: int, message: str):
     db.session.rollback()
-    return make_response(render_template("web/connect_gone.html", message=message, title="Not connected"), status)
+    # nothing was stored: say so, with the reason (the connection can be started again)
+    return make_response(render_template("web/connect_gone.html", message=message.rstrip(".") + ". Nothing was stored.",
+                                         title="Not connected"), status)
 
 
 @bp.get("/connect/client-metadata.json")

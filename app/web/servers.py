@@ -152,16 +152,9 @@ def server_new():
 
 
 def _oauth_connect_url(server_id: int) -> str:
-    from ..credentials.bindings import Binding
-    from ..credentials.resolvers import resolver
-    from ..upstream_oauth.connect import start_shared
+    from ..upstream_oauth.connect import start_admin
 
-    server = ops.get_server(server_id)
-    if server.auth_type == "oauth":
-        flow_id, _ = start_shared(server_id, g.user)
-    else:
-        flow_id, _ = resolver(server.auth_type).start_flow(Binding("user", g.user.id, server_id))
-    return url_for("web.connect", flow_id=flow_id)
+    return url_for("web.connect", flow_id=start_admin(ops.get_server(server_id), g.user))
 
 
 @bp.post("/servers/<id:server_id>/oauth-connect")
@@ -174,6 +167,22 @@ def server_oauth_connect(server_id: int):
         flash("This server does not use OAuth.", "error")
         return done(url_for("web.server_edit", server_id=server_id))
     return redirect(_oauth_connect_url(server_id), 303)
+
+
+@bp.post("/servers/<id:server_id>/oauth-disconnect")
+@admin_required
+def server_oauth_disconnect(server_id: int):
+    """Disconnect the shared account of an oauth server (deleted here, revoked at the upstream)."""
+    from ..upstream_oauth.connect import disconnect_shared
+
+    server = ops.get_server(server_id)
+    if server.auth_type != "oauth":
+        flash("Only an oauth server has a shared account to disconnect.", "error")
+    elif disconnect_shared(server):
+        flash("Shared account disconnected: calls now answer that an admin must connect it.", "success")
+    else:
+        flash("The shared account was not connected.", "success")
+    return done(url_for("web.server_edit", server_id=server_id))
 
 
 def oauth_status(server: McpServer) -> dict | None:

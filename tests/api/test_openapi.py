@@ -143,7 +143,9 @@ def test_real_answers_match_the_component_schemas(admin_api, member_api, client)
     server = new_server(admin_api, "oauthy", auth_type="oauth",
                         oauth={"client_id": "cid", "client_secret": "s3cret-client", "scopes": "read write",
                                "authorization_server": "https://auth.example.com"})
-    validate(server, "McpServer")
+    validate(server, "McpServerCreated")
+    assert server["connect_url"] and server["tools_discovered"] is False  # an OAuth server: where to consent
+    validate(admin_api.get(f"/mcp-servers/{server['id']}").get_json(), "McpServer")
     assert server["oauth"]["client_secret_set"] is True
     service = new_service(admin_api, "weather")
     member = admin_api.get("/users?q=member").get_json()["users"][0]

@@ -6,7 +6,9 @@ It builds a throw-away Portcullis (SQLite in a temporary folder, served in-proce
 suite's server as a per_user_oauth upstream, and connects an admin exactly as the dashboard does:
 /connect/<flow>/authorize (discovery from the 401, registration, PKCE, resource) -> the suite's
 authorization endpoint (which approves at once) -> /connect/callback (state, iss, code exchange,
-tools discovered with the token) -> one tools/call through /mcp with a virtual key.
+tools discovered with the token) -> one tools/call through /mcp with a virtual key; when that call
+answers auth-required (a step-up: the upstream asked for wider scope), the admin consents again
+through the new flow and the call is retried once.
 usage: python tests/conformance/upstream_oauth_client.py <server-url>
 """
 from __future__ import annotations
@@ -60,30 +62,13 @@ def main(server_url: str) -> int:
             db.session.commit()
             flow_id, _ = resolver("per_user_oauth").start_flow(Binding("user", admin.id, server.id))
             sid = server.id
-        web = Web(app.test_client()).login("admin@example.com", PASSWORD)
-        r = web.get(f"/connect/{flow_id}/authorize")
-        if r.status_code != 303:
-            print("authorize step failed:", r.status_code, r.get_data(as_text=True)[:500], file=sys.stderr)
-            return 1
-        url, callback = r.headers["Location"], app.config["PORTCULLIS_BASE_URL"] + "/connect/callback"
-        with httpx.Client(timeout=10) as browser:  # the suite's authorization endpoint approves by itself
-            for _ in range(10):
-                if url.startswith(callback):
-                    break
-                r2 = browser.get(url)
-                if r2.status_code not in (301, 302, 303, 307, 308):
-                    print("authorization stopped:", r2.status_code, r2.text[:300], file=sys.stderr)
-                    return 1
-                url = urljoin(url, r2.headers["Location"])
-        back = urlsplit(url)
-        done = web.get(back.path + "?" + back.query)
-        if done.status_code != 200:
-            print("callback failed:", done.status_code, done.get_data(as_text=True)[:800], file=sys.stderr)
+        web = Web(_client(app)).login("admin@example.com", PASSWORD)
+        if not _connect(app, web, flow_id):
             return 1
         with app.app_context():
             from app.models import McpServer
             tools = db.session.get(McpServer, sid).tools
-        client = app.test_client()
+        client = _client(app)
         headers = {"Authorization": f"Bearer {key}", "Accept": "application/json, text/event-stream"}
         r = client.post("/mcp", json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
             "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "c", "version": "1"}}},
@@ -93,8 +78,62 @@ def main(server_url: str) -> int:
         if tools:
             r = client.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
                 "name": f"suite__{tools[0]['name']}", "arguments": {}}}, headers=headers)
-            print(json.dumps(r.get_json())[:300], file=sys.stderr)
+            answer = _message(r)
+            if not isinstance(answer, dict):
+                print("tools/call failed:", r.status_code, r.get_data(as_text=True)[:300], file=sys.stderr)
+                return 1
+            needed = ((answer.get("result") or {}).get("_meta") or {}).get("portcullis/auth_required")
+            if needed:  # step-up: the upstream asked for wider scope; consent again, then retry once
+                print("auth required again:", answer["result"]["content"][0]["text"][:200], file=sys.stderr)
+                if not _connect(app, web, needed["flow_id"]):
+                    return 1
+                r = client.post("/mcp", json={"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+                    "name": f"suite__{tools[0]['name']}", "arguments": {}}}, headers=headers)
+                answer = _message(r)
+            print(json.dumps(answer)[:300], file=sys.stderr)
         return 0
+
+
+def _message(r) -> dict | None:
+    """The JSON-RPC answer of a POST to /mcp: a JSON body, or the last message of an SSE stream."""
+    if r.mimetype == "text/event-stream":
+        data = [line[5:].strip() for line in r.get_data(as_text=True).splitlines() if line.startswith("data:")]
+        return json.loads(data[-1]) if data else None
+    return r.get_json(silent=True)
+
+
+def _client(app):
+    """A test client that speaks the base URL's scheme, as a browser there would (Flask's test
+    requests take PREFERRED_URL_SCHEME: an HTTPS base URL's secure cookies come back, and its form
+    posts are checked against a same-origin Referer)."""
+    client = app.test_client()
+    scheme = app.config["PREFERRED_URL_SCHEME"]
+    client.environ_base["HTTP_REFERER"] = f"{scheme}://localhost/login"
+    return client
+
+
+def _connect(app, web, flow_id: str) -> bool:
+    """/connect/<flow>/authorize -> the suite's authorization endpoint -> /connect/callback."""
+    r = web.get(f"/connect/{flow_id}/authorize")
+    if r.status_code != 303:
+        print("authorize step failed:", r.status_code, r.get_data(as_text=True)[:500], file=sys.stderr)
+        return False
+    url, callback = r.headers["Location"], app.config["PORTCULLIS_BASE_URL"] + "/connect/callback"
+    with httpx.Client(timeout=10) as browser:  # the suite's authorization endpoint approves by itself
+        for _ in range(10):
+            if url.startswith(callback):
+                break
+            r2 = browser.get(url)
+            if r2.status_code not in (301, 302, 303, 307, 308):
+                print("authorization stopped:", r2.status_code, r2.text[:300], file=sys.stderr)
+                return False
+            url = urljoin(url, r2.headers["Location"])
+    back = urlsplit(url)
+    done = web.get(back.path + "?" + back.query)
+    if done.status_code != 200:
+        print("callback failed:", done.status_code, done.get_data(as_text=True)[:800], file=sys.stderr)
+        return False
+    return True
 
 
 if __name__ == "__main__":

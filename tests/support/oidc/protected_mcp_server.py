@@ -5,7 +5,10 @@ answers 401 with ``WWW-Authenticate: Bearer resource_metadata=...`` and serves t
 protected-resource metadata naming the provider.
 
 usage: python protected_mcp_server.py --port N --issuer URL [--scope mcp:tools] [--stateful]
-The tool ``whoami`` tells whose token arrived (sub, email, client, scopes).
+                                       [--step-up TOOL=SCOPE]
+The tool ``whoami`` tells whose token arrived (sub, email, client, scopes). ``--step-up``: a
+tools/call of TOOL with a token lacking SCOPE is answered 403 ``insufficient_scope`` naming the
+required scope plus SCOPE (the MCP authorization spec's step-up), as servers with per-tool scopes do.
 """
 from __future__ import annotations
 
@@ -81,11 +84,61 @@ def build(issuer: str, url: str, scope: str) -> MCPServer:
                       scopes=token.scopes)
 
     @mcp.tool()
+    def write(text: str) -> str:
+        """A tool that needs more than the server's basic scope (see --step-up)."""
+        return f"written: {text}"
+
+    @mcp.tool()
     def echo(text: str) -> str:
         """Echo the text back."""
         return text
 
     return mcp
+
+
+def step_up(app, tool: str, scope: str, required: str, metadata_url: str):
+    """ASGI: 403 insufficient_scope for a tools/call of ``tool`` whose bearer token lacks ``scope``
+    (the token's claims are read unverified here: the SDK's middleware behind verifies it)."""
+    async def wrapped(sc, receive, send):
+        if sc["type"] != "http" or sc["method"] != "POST":
+            return await app(sc, receive, send)
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        try:
+            msg = json.loads(body)
+        except ValueError:
+            msg = None
+        headers = dict(sc["headers"])
+        auth = headers.get(b"authorization", b"").decode()
+        if isinstance(msg, dict) and msg.get("method") == "tools/call" and \
+                (msg.get("params") or {}).get("name") == tool and auth.startswith("Bearer "):
+            try:
+                claims = json.loads(base64.urlsafe_b64decode(auth[7:].split(".")[1] + "=="))
+            except (ValueError, IndexError):
+                claims = {}
+            if scope not in (claims.get("scope") or "").split():
+                challenge = (f'Bearer error="insufficient_scope", scope="{required} {scope}", '
+                             f'resource_metadata="{metadata_url}"')
+                await send({"type": "http.response.start", "status": 403,
+                            "headers": [(b"www-authenticate", challenge.encode()),
+                                        (b"content-type", b"application/json")]})
+                await send({"type": "http.response.body", "body": b'{"error": "insufficient_scope"}'})
+                return
+
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+        return await app(sc, replay, send)
+    return wrapped
 
 
 if __name__ == "__main__":
@@ -94,9 +147,13 @@ if __name__ == "__main__":
     p.add_argument("--issuer", required=True)
     p.add_argument("--scope", default="mcp:tools")
     p.add_argument("--stateful", action="store_true")
+    p.add_argument("--step-up", default=None, help="TOOL=SCOPE")
     a = p.parse_args()
     url = f"http://127.0.0.1:{a.port}/mcp"
     server = build(a.issuer, url, a.scope)
     app = (server.streamable_http_app() if a.stateful
            else server.streamable_http_app(stateless_http=True, json_response=True))
+    if a.step_up:
+        tool, extra = a.step_up.split("=", 1)
+        app = step_up(app, tool, extra, a.scope, f"http://127.0.0.1:{a.port}/.well-known/oauth-protected-resource/mcp")
     uvicorn.run(app, host="127.0.0.1", port=a.port, log_level="warning")

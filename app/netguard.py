@@ -1,0 +1,79 @@
+"""Where Portcullis may send a request on someone else's word (SSRF): the one policy for URLs that
+come from outside rather than from an admin. Used for client ID metadata documents
+(app/oauth_server/clients.py) and for what an upstream's OAuth discovery names
+(app/upstream_oauth/discovery.py).
+
+- ``resolve(host, port)``: the one place names become addresses (tests replace it).
+- ``is_public(address)``: a globally routable unicast address (not loopback, private,
+  link-local, shared, reserved or multicast).
+- ``Guard(upstream_url)``: discovery for one upstream. A URL the upstream (or its metadata)
+  names may reach a non-public address only when the admin-registered upstream URL is itself on
+  one (a self-hosted setup); it must be https unless the upstream is plain http on such an
+  address. ``check(url)`` raises ``Refused`` with a message safe to show an admin.
+"""
+from __future__ import annotations
+
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+
+class Refused(Exception):
+    """A URL Portcullis will not fetch; ``str()`` says why (no secret in it)."""
+
+
+def resolve(host: str, port: int) -> list[str]:
+    """The addresses ``host`` resolves to (empty when it does not resolve)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, OSError):
+        return []
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+def is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def _host_port(url: str) -> tuple[str | None, int]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return None, 0
+    return parts.hostname, port or (443 if parts.scheme == "https" else 80)
+
+
+def on_private_network(url: str) -> bool:
+    """Does the URL's host resolve only to non-public addresses (loopback, private, link-local)?"""
+    host, port = _host_port(url)
+    addresses = resolve(host, port) if host else []
+    return bool(addresses) and not any(is_public(a) for a in addresses)
+
+
+class Guard:
+    """The discovery policy for one upstream (its addresses are resolved once)."""
+
+    def __init__(self, upstream_url: str):
+        self.private = on_private_network(upstream_url)
+        self.plain_http = self.private and urlsplit(upstream_url).scheme == "http"
+
+    def check(self, url: str, what: str = "a URL") -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("https", "http") or (parts.scheme == "http" and not self.plain_http):
+            raise Refused(f"{what} ({url[:200]}) must be https:// (plain http only when the upstream itself is "
+                          "plain http on a private or loopback address)")
+        host, port = _host_port(url)
+        if not host or parts.username or parts.password:
+            raise Refused(f"{what} ({url[:200]}) is not a usable URL")
+        if self.private:
+            return  # a self-hosted upstream may point at its own network
+        addresses = resolve(host, port)
+        if not addresses:
+            raise Refused(f"{what} ({url[:200]}): the host does not resolve")
+        if not all(is_public(a) for a in addresses):
+            raise Refused(f"{what} ({url[:200]}) resolves to a loopback, private or link-local address, which "
+                          "only an upstream registered on such an address may point at")
