@@ -196,7 +196,11 @@ class PerUserOAuth(_OAuth):
         raise AuthRequired("oauth", server.name, flow_id, flows.link(flow_id, token), [], [], reason)
 
     def start_flow(self, binding: Binding) -> tuple[str, str | None]:
-        return flows.start(binding, self.kind)
+        """A first connection asks the server's scope; a reconnection also what was granted since."""
+        from ..upstream_oauth.connect import granted_scopes
+
+        scopes = granted_scopes(binding)
+        return flows.start(binding, self.kind, {"scope": " ".join(scopes)} if scopes else None)
 
     def _step_up(self, server, caller, wanted: list[str]):
         """A new consent for what the person granted so far plus what the upstream asks; the

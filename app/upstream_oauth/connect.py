@@ -159,19 +159,19 @@ def _discover(server: McpServer, access_token: str) -> None:
 
 
 def granted_scopes(binding: Binding) -> list[str]:
-    """What the binding's stored token was granted (or, when the upstream never said, what
-    Portcullis asks by default); read for a step-up consent, which asks these plus more."""
+    """What a new consent for the binding asks: the server's default scope plus whatever its
+    stored token was granted (a step-up widens it; a reconnection after ``invalid_grant`` must
+    not narrow it again). A step-up consent asks these plus the challenged scopes."""
     from ..models import Credential
 
-    scopes = db.session.scalar(select(Credential.scopes).where(*binding.where(Credential)))
-    if scopes:
-        return list(scopes)
+    default: list[str] = []
     row = db.session.get(UpstreamOAuth, binding.server_id)
     server = db.session.get(McpServer, binding.server_id)
-    if row is None or not row.registration or server is None:
-        return []
-    scope = registration.view(server, row.registration).scope
-    return scope.split() if scope else []
+    if row is not None and row.registration and server is not None:
+        scope = registration.view(server, row.registration).scope
+        default = scope.split() if scope else []
+    stored = db.session.scalar(select(Credential.scopes).where(*binding.where(Credential))) or []
+    return list(dict.fromkeys([*default, *stored]))
 
 
 def start_shared(server_id: int, admin) -> tuple[str, str | None]:

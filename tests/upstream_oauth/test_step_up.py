@@ -121,6 +121,19 @@ def test_per_user_step_up_asks_the_union_keeps_the_token_then_works(app, admin_i
     assert call(rpc, "write")["result"]["content"][0]["text"] == "written: hi"
     assert cred_of(app, uid).values["access_token"] != wider.values["access_token"]
 
+    # the upstream drops the grant (invalid_grant): the reconnection asks the wider scope again,
+    # not the server's default one (the person is not sent back for mcp:write a second time)
+    with app.app_context():
+        row = db.session.get(Credential, wider.id)
+        row.values = {**row.values, "refresh_token": "no-longer-valid"}
+        db.session.commit()
+    expire(app, wider.id)
+    result = call(rpc, "whoami")["result"]
+    assert cred_of(app, uid).status == "needs_reauth"
+    again = connect(web, result["_meta"]["portcullis/auth_required"]["flow_id"], "ada@example.com")
+    assert again["asked"] == ["mcp:tools", "mcp:write"]
+    assert call(rpc, "write")["result"]["content"][0]["text"] == "written: hi"
+
 
 def test_shared_step_up_is_a_tool_error_for_an_admin(app, admin_id, provider, upstream):
     sid = make_server(app, admin_id, upstream, "oauth")
