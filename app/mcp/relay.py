@@ -67,8 +67,12 @@ def outgoing(ex, server, call, msg: dict) -> dict | None:
     if method == "ping":
         client._post_message(call.ep, call.session, {"jsonrpc": "2.0", "id": msg["id"], "result": {}})
         return None
-    reason = "the agent's request cannot take a stream" if ex.session is None else \
-        _missing(ex.session.capabilities or {}, method, msg.get("params"))
+    if getattr(ex, "modern", None) is not None:  # no back-channel; its own requests use inputRequests
+        reason = "the agent speaks MCP 2026-07-28, which takes no server-to-client requests during a call"
+    elif ex.session is None:
+        reason = "the agent's request cannot take a stream"
+    else:
+        reason = _missing(ex.session.capabilities or {}, method, msg.get("params"))
     if reason is not None:
         client._refuse(call.ep, call.session, msg["id"], types.METHOD_NOT_FOUND, reason)
         return None
