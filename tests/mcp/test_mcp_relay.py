@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 
+import anyio
 import httpx
 import pytest
 from mcp import MCPError
@@ -173,3 +174,24 @@ def test_resource_updates_during_a_call_reach_the_agent(app, client, beta):
         events = list(_sse(r.get_data(as_text=True).splitlines()))
         assert events[0] == {"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": uri}}
         assert events[-1]["result"]["content"][0]["text"] == "touched"
+
+
+async def test_an_elicitation_answered_after_the_read_timeout_still_completes(app, live_server, upstreams,
+                                                                              monkeypatch):
+    """A call from an agent session that answers server-to-client requests waits
+    PORTCULLIS_MCP_RELAY_WAIT_SECONDS for the upstream, not the server's read_timeout: the
+    upstream waits for a person. Without that, the same late answer loses the call."""
+    sid = add_server(app, "slowpoke", upstreams["beta"], auth_type="headers", headers={"X-Api-Key": UPSTREAM_KEY},
+                     read_timeout=1.0)
+    _, key = add_key(app, {sid: None})
+
+    async def late(ctx, params):
+        await anyio.sleep(2.0)  # the person takes longer than the read timeout
+        return ElicitResult(action="accept", content={"answer": "Late"})
+
+    http, c = client(live_server + "/mcp", key, elicitation_callback=late)
+    async with http, c:
+        assert (await c.call_tool("slowpoke__ask", {})).content[0].text == "accept:Late"
+        monkeypatch.setitem(app.config, "PORTCULLIS_MCP_RELAY_WAIT_SECONDS", 0.5)  # shorter: read_timeout rules
+        r = await c.call_tool("slowpoke__ask", {})
+        assert r.is_error and r.content[0].text == "slowpoke: no answer within 1s"
