@@ -14,7 +14,7 @@ from mcp import MCPError
 from mcp.types import CreateMessageResult, ElicitRequestURLParams, ElicitResult, ListRootsResult, Root, TextContent
 
 from app.mcp.relay import PREFIX
-from tests.support.mcp import UPSTREAM_KEY, Rpc, add_key, add_server, client
+from tests.support.mcp import UPSTREAM_KEY, Rpc, add_key, add_server, client, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -195,3 +195,41 @@ async def test_an_elicitation_answered_after_the_read_timeout_still_completes(ap
         monkeypatch.setitem(app.config, "PORTCULLIS_MCP_RELAY_WAIT_SECONDS", 0.5)  # shorter: read_timeout rules
         r = await c.call_tool("slowpoke__ask", {})
         assert r.is_error and r.content[0].text == "slowpoke: no answer within 1s"
+
+
+def test_a_cancellation_for_a_call_of_another_process_goes_on_the_bus_by_hashes_only(monkeypatch):
+    """What the bus carries names the call by hashes of the agent session id and the request
+    id, nothing else; the process holding the call forwards it (two real instances:
+    test_mcp_relay_instances.py)."""
+    from app import cluster
+    from app.mcp.relay import Calls
+
+    sent, forwarded = [], []
+
+    class Bus:
+        def publish(self, payload):
+            sent.append(payload)
+
+    class Call:
+        want_id, ep, session = 41, type("Ep", (), {"name": "up"})(), None
+
+        class client:
+            @staticmethod
+            def _post_message(ep, session, message):
+                forwarded.append(message)
+
+    monkeypatch.setattr(cluster, "_bus", [Bus()])
+    session_id = "5e" * 32
+    here, there = Calls(), Calls()
+    monkeypatch.setattr(cluster, "_handlers", {"cancel": there.cancel_announced})
+    there.add(session_id, "call-secret", Call())
+    here.cancel(session_id, {"requestId": "call-secret", "reason": "user pressed stop"})
+    assert len(sent) == 1 and session_id not in sent[0] and "secret" not in sent[0] and "stop" not in sent[0]
+    assert sent[0].split(":", 2)[1] == "cancel"
+    cluster.received(sent[0])
+    wait_for(lambda: forwarded, "the forwarded cancellation", timeout=5)
+    assert forwarded == [{"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 41}}]
+    cluster.received(sent[0].replace("cancel:", "cancel:x"))  # a malformed name: nothing
+    here.cancel(session_id, {"requestId": "other"})  # a call nobody holds: announced, no effect
+    cluster.received(sent[-1])
+    assert len(forwarded) == 1
