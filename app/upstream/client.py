@@ -2,14 +2,14 @@
 
 One process-wide pooled httpx client (keep-alive), one upstream session per (server URL,
 credential) that is initialised once and reused, one re-initialise when the upstream forgets
-a session (HTTP 404). Answers may be JSON or SSE.
+a session (HTTP 404). Answers may be JSON or SSE. Every failure becomes an ``UpstreamError``
+whose message is safe to show an agent: it names the server and the failure, never a header.
 
 Protocol era, per upstream: ``server/discover`` is tried once (cached per server and URL; a
 discovery refresh asks again). An upstream that answers it with 2026-07-28 among its versions
 is spoken to statelessly (no initialize, no session, the envelope in every request's
 ``_meta``) whenever the caller asks for it (``open(..., envelope=...)``); one that answers
--32601 or HTTP 400/404/405 gets the initialize handshake, as do calls that need a session. Every failure becomes an ``UpstreamError``
-whose message is safe to show an agent: it names the server and the failure, never a header.
+-32601 or HTTP 400/404/405 gets the initialize handshake, as do calls that need a session.
 
 The handshake is built from the ``mcp`` SDK's types. A ``tools/call`` is forwarded with the
 caller's params untouched and its result handed back untouched (not re-validated through
@@ -229,10 +229,17 @@ class UpstreamClient:
         found = self._peers.get(key)
         if found is not None and not fresh and time.monotonic() < found.until:
             return found
-        found = self._probe(ep)
         with self._guard:
-            self._peers[key] = found
+            lock = self._locks.setdefault(("peer", key), threading.Lock())
+        with lock:  # one probe at a time per upstream
+            found = self._peers.get(key)
+            if found is None or fresh or time.monotonic() >= found.until:
+                found = self._probe(ep)
+                self._peers[key] = found
         return found
+
+    def _forget_peer(self, ep: Endpoint) -> None:
+        self._peers.pop((ep.server_id, ep.url), None)
 
     def _probe(self, ep: Endpoint) -> Peer:
         """Only a valid DiscoverResult naming a 2026-07-28-era version is modern evidence: an
@@ -310,12 +317,12 @@ class UpstreamClient:
                               or k == types.LOG_LEVEL_META_KEY},
                            **_envelope(version, envelope.capabilities)}
         body = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
-        headers = self._headers(ep, None)
+        headers = dict(envelope.headers)  # first: nothing of the agent's replaces a header of ours
+        headers.update(self._headers(ep, None))
         headers.update({"MCP-Protocol-Version": version, "Mcp-Method": method})
         name = params.get(NAME_PARAMS.get(method, ""))
         if isinstance(name, str):
             headers["Mcp-Name"] = _header_value(name)
-        headers.update(envelope.headers)
         return self._open(ep, body, None, headers)
 
     def request(self, ep: Endpoint, method: str, params: dict | None,
@@ -370,6 +377,8 @@ class UpstreamClient:
             # 2026-07-28 answers its JSON-RPC errors with HTTP 400/404 and the error as JSON
             if not 200 <= resp.status_code < 300 and not (modern and resp.status_code in (400, 404)
                                                           and ctype == "application/json"):
+                if modern and resp.status_code in LEGACY_STATUSES:
+                    self._forget_peer(ep)  # no longer of 2026-07-28? the next call asks again
                 raise UpstreamError(f"{ep.name}: the server answered HTTP {resp.status_code}")
             if ctype not in ("text/event-stream", "application/json"):
                 raise UpstreamError(f"{ep.name}: sent an answer of type {ctype or 'unknown'!r}, not JSON or SSE")
