@@ -9,7 +9,7 @@ import json
 
 import pytest
 from mcp import Client, MCPError
-from mcp.types import ElicitRequestURLParams, ElicitResult
+from mcp.types import ElicitRequestURLParams, ElicitResult, PromptReference
 
 from tests.support.mcp import UPSTREAM_KEY, Rpc, add_key, add_server, client, start_upstream, stop
 
@@ -81,6 +81,10 @@ async def test_a_2026_client_uses_everything_and_upstreams_are_spoken_to_in_thei
             prompt = await c.get_prompt(f"{server}__greet", {"who": "Ada"})
             assert "Ada" in prompt.messages[0].content.text
         assert (await c.list_prompts()).prompts
+        for server in ("beta", "old"):
+            done = await c.complete(PromptReference(type="ref/prompt", name=f"{server}__greet"),
+                                    {"name": "who", "value": "A"})
+            assert done.completion.values == [f"{server}:prompt:A"]
 
 
 async def test_older_clients_keep_their_sessions(app, live_server, servers):
