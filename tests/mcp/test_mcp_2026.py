@@ -66,6 +66,14 @@ async def test_a_2026_client_uses_everything_and_upstreams_are_spoken_to_in_thei
         assert r.structured_content == {"city": "Oslo", "temp_c": 21.5} and not r.is_error
         assert (await c.call_tool("old__echo", {"text": "hi"})).content[0].text == "hi"
         assert (await c.call_tool("portcullis__list_services", {})).content
+        # progress of both kinds of upstream reaches the agent during the call
+        for server in ("beta", "old"):
+            seen = []
+
+            async def on_progress(progress, total, message):
+                seen.append((progress, total, message))
+            await c.call_tool(f"{server}__slow", {"steps": 2}, progress_callback=on_progress)
+            assert seen == [(1.0, 2.0, "step 1"), (2.0, 2.0, "step 2")], server
         # inputRequests from a 2026-07-28 upstream reach the agent, its answer goes back on the retry
         assert (await c.call_tool("beta__resolve_ask", {})).content[0].text == "resolved:Ada"
         assert (await c.call_tool("alpha__resolve_ask", {})).content[0].text == "resolved:Ada"
