@@ -66,7 +66,7 @@ def wanted(headers, message: dict) -> bool:
     params = message.get("params")
     meta = params.get("_meta") if isinstance(params, dict) else None
     return (isinstance(meta, dict) and types.PROTOCOL_VERSION_META_KEY in meta
-            and headers.get("Mcp-Session-Id") is None)
+            and headers.get("Mcp-Session-Id") is None and message.get("method") != "initialize")
 
 
 def envelope(headers, message: dict, log_levels: tuple, supported: tuple) -> Envelope:

@@ -162,6 +162,11 @@ def test_discover_and_the_envelope_checks(app, client, servers):
     note = rpc.raw({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 7}},
                    {"MCP-Protocol-Version": V})
     assert note.status_code == 202
+    # initialize stays initialize, whatever its _meta says
+    init = rpc.raw({"jsonrpc": "2.0", "id": 2, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": V}}})
+    assert init.status_code == 200 and init.headers["Mcp-Session-Id"]
     # a key that is not granted a server sees nothing of it
     assert "old__echo" not in {t["name"] for t in listed["tools"]}
     r = _modern(rpc, "tools/call", {"name": "old__echo", "arguments": {"text": "a"}})
