@@ -7,6 +7,10 @@ PostgreSQL ``LISTEN/NOTIFY`` on PostgreSQL, else nothing (SQLite: one host). The
 the name of the cache to drop ("config", "credentials"), never data. When the bus is down, the
 time-based expiry (``PORTCULLIS_CONFIG_CACHE_SECONDS``) still bounds the lag, and a listener that
 reconnects drops every cache (it may have missed messages).
+
+The same bus carries a few messages with an argument (``on_message``/``send``), applied in every
+process, the sender's too: ``cancel`` (app/mcp/relay.py) names an agent's call in flight by
+hashes only, so that the process holding it forwards the agent's cancellation upstream.
 """
 from __future__ import annotations
 
@@ -23,12 +27,32 @@ RETRY_SECONDS = 1.0
 POLL_SECONDS = 5.0  # how often an idle listener checks that its connection is alive
 
 _topics: dict[str, Callable[[], None]] = {}
+_handlers: dict[str, Callable[[str], None]] = {}  # topics with an argument
 _bus: list = [None]  # the process's publisher (set by start())
 
 
 def register(topic: str, drop: Callable[[], None]) -> None:
     """``drop`` empties one cache; it runs when another instance announces ``topic``."""
     _topics[topic] = drop
+
+
+def on_message(topic: str, handle: Callable[[str], None]) -> None:
+    """``handle(argument)`` runs (in the listener's thread) for each ``send(topic, argument)``
+    of any process, this one included."""
+    _handlers[topic] = handle
+
+
+def send(topic: str, argument: str) -> bool:
+    """Announce one message with an argument; False when there is no bus (or it failed)."""
+    bus = _bus[0]
+    if bus is None:
+        return False
+    try:
+        bus.publish(f"{INSTANCE}:{topic}:{argument}")
+        return True
+    except Exception as e:  # noqa: BLE001
+        log.warning("could not send a %s message to other instances (%s)", topic, type(e).__name__)
+        return False
 
 
 def drop_all() -> None:
@@ -39,6 +63,13 @@ def drop_all() -> None:
 def received(payload: str) -> bool:
     """Apply one message (``<instance>:<topic>``); True when it dropped a cache."""
     sender, _, topic = payload.partition(":")
+    name, with_argument, argument = topic.partition(":")
+    if with_argument and name in _handlers:
+        try:
+            _handlers[name](argument)
+        except Exception:  # noqa: BLE001 - one bad message must not end the listener
+            log.exception("a %s message could not be applied", name)
+        return False
     if sender == INSTANCE or topic not in _topics:
         return False
     _topics[topic]()

@@ -267,6 +267,10 @@ def load_config(instance_path: str, overrides: dict | None = None) -> dict:
         "PORTCULLIS_CONFIG_CACHE_SECONDS": float(env.get("PORTCULLIS_CONFIG_CACHE_SECONDS") or 5),
         "PORTCULLIS_ENFORCE_AUTH": _bool(env.get("PORTCULLIS_ENFORCE_AUTH"), True),
         "PORTCULLIS_TOOLS_REFRESH_SECONDS": _int(env, "PORTCULLIS_TOOLS_REFRESH_SECONDS", 3600),
+        # How long a call from an agent session that answers server-to-client requests (it declared
+        # sampling, elicitation or roots) waits for the upstream when that is longer than the
+        # server's read_timeout: a relayed elicitation waits for a person.
+        "PORTCULLIS_MCP_RELAY_WAIT_SECONDS": _float(env, "PORTCULLIS_MCP_RELAY_WAIT_SECONDS", 600.0),
         # The sweeper (app/sweep.py): on/off, and how long orphaned credentials are kept (days).
         "PORTCULLIS_SWEEP": _bool(env.get("PORTCULLIS_SWEEP"), True),
         "PORTCULLIS_RATE_LIMIT_FAIL_OPEN": _bool(env.get("PORTCULLIS_RATE_LIMIT_FAIL_OPEN"), False),

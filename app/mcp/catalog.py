@@ -69,8 +69,8 @@ def endpoint(ex, server: ServerView):
 def request(ex, server: ServerView, method: str, params: dict | None) -> dict:
     """The upstream's answer (a JSON-RPC message with ``result`` or ``error``)."""
     ep = endpoint(ex, server)
-    try:
-        return current_app.extensions["mcp_client"].request(ep, method, params)
+    try:  # a 2026-07-28 agent's request goes stateless to an upstream that speaks it
+        return current_app.extensions["mcp_client"].request(ep, method, params, envelope=ex.upstream_envelope())
     except UpstreamError as e:
         raise Failed({"code": types.INTERNAL_ERROR, "message": str(e)}) from None
 
@@ -316,16 +316,18 @@ def forward_log_level(ex, level: str) -> None:
             log.info("logging/setLevel on %s refused: %s", server.name, (msg["error"] or {}).get("message"))
 
 
-def advertised(scope: ServerView | None, servers) -> dict:
+def advertised(scope: ServerView | None, servers, modern: bool = False) -> dict:
     """The capabilities to announce: tools and logging always (Portcullis filters log
-    messages itself), resources, prompts and completions when an upstream offers them."""
+    messages itself), resources, prompts and completions when an upstream offers them.
+    ``modern`` (2026-07-28): no resources/subscribe there (subscriptions/listen is not offered)."""
     caps = {"tools": {"listChanged": False}, "logging": {}}
     offering = [scope] if scope is not None else list(servers)
     if any(s.offers("prompts") for s in offering):
         caps["prompts"] = {"listChanged": False}
     resources = [s.capabilities["resources"] for s in offering if s.offers("resources")]
     if resources:
-        caps["resources"] = {"subscribe": any(r.get("subscribe") is True for r in resources), "listChanged": False}
+        caps["resources"] = {"subscribe": not modern and any(r.get("subscribe") is True for r in resources),
+                             "listChanged": False}
     if any(s.offers("completions") for s in offering):
         caps["completions"] = {}
     return caps

@@ -22,14 +22,15 @@ from ..extensions import db
 from .. import identity, metrics
 from ..identity import Caller
 from ..ops.fields import JsonRefused, parse_json
-from . import catalog, native, relay
+from . import catalog, modern, native, relay
 from . import tools as toolnames
-from ..upstream.client import UpstreamError, UpstreamRefused
+from ..upstream.client import Envelope, UpstreamError, UpstreamRefused
 from ..upstream.discovery import refresh_now, refresh_stale
 from .sessions import McpSessionInfo
 
-SUPPORTED_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26")
+SUPPORTED_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26")  # through initialize
 LATEST_VERSION = SUPPORTED_VERSIONS[0]
+ALL_VERSIONS = (*modern.VERSIONS, *SUPPORTED_VERSIONS)  # 2026-07-28: stateless (app/mcp/modern.py)
 SESSION_NOT_FOUND = -32001
 UNAUTHORIZED = -32000
 LOOPBACK = {"localhost", "127.0.0.1", "::1"}
@@ -61,19 +62,42 @@ def tool_error(text: str) -> dict:
 
 
 class Exchange:
-    """One request and what its answer must look like."""
+    """One request and what its answer must look like. ``modern``: the envelope of a
+    2026-07-28 request (no session), whose answers take that revision's shape."""
 
-    def __init__(self, req: Request, req_id, caller: Caller, scope, session: McpSessionInfo | None):
+    def __init__(self, req: Request, req_id, caller: Caller, scope, session: McpSessionInfo | None,
+                 envelope: modern.Envelope | None = None, method: str | None = None):
         self.req, self.id, self.caller, self.scope, self.session = req, req_id, caller, scope, session
+        self.modern, self.method = envelope, method
         accept = req.headers.get("Accept", "")
         self.takes_sse = "text/event-stream" in accept
         self.sse_only = self.takes_sse and "application/json" not in accept
 
+    @property
+    def server_info(self) -> dict:
+        return {"name": f"portcullis{'/' + self.scope.name if self.scope else ''}", "version": "1.0"}
+
+    def final(self, message: dict) -> dict:
+        """The answer as the agent's protocol revision shapes it."""
+        if self.modern is not None and isinstance(message.get("result"), dict):
+            return {**message, "result": modern.shape(self.method, message["result"], self.server_info)}
+        return message
+
+    def upstream_envelope(self) -> Envelope | None:
+        """For a 2026-07-28 agent: what a stateless upstream request declares for it (its own
+        capabilities, its Mcp-Param-* headers). None: over the upstream session."""
+        if self.modern is None:
+            return None
+        return Envelope(self.modern.capabilities, tuple((k, v) for k, v in self.req.headers.items()
+                                                        if k.lower().startswith("mcp-param-")))
+
     def answer(self, message: dict, headers: dict | None = None) -> Response:
         """JSON, unless the client accepts only SSE."""
+        message = self.final(message)
         if self.sse_only:
             return Response(_sse_event(message), mimetype="text/event-stream", headers=headers)
-        return _json(message, headers=headers)
+        status = modern.status(message.get("error")) if self.modern is not None else 200
+        return _json(message, status, headers=headers)
 
     def result(self, result: dict, headers: dict | None = None) -> Response:
         return self.answer({"jsonrpc": "2.0", "id": self.id, "result": result}, headers)
@@ -168,6 +192,8 @@ def handle(req: Request, server_name: str | None) -> Response:
     params = message.get("params")
     if params is not None and not isinstance(params, dict):
         return rpc_error(req_id, types.INVALID_PARAMS, "invalid params: params must be an object")
+    if modern.wanted(req.headers, message):
+        return _modern(req, message, caller, scope)
 
     if "id" not in message:
         if method.startswith("notifications/"):
@@ -202,6 +228,39 @@ def handle(req: Request, server_name: str | None) -> Response:
         return METHODS[method](ex, params or {})
     except SignInAgain as e:  # the session gate (see _call_tool), for the other forwarded methods
         return _refused(ex.id, identity.Refusal(401, "invalid_token", str(e)), ex.scope.name if ex.scope else None)
+
+
+def _modern(req: Request, message: dict, caller: Caller, scope) -> Response:
+    """A 2026-07-28 request: stateless, its envelope in _meta (app/mcp/modern.py)."""
+    method, req_id = message["method"], message.get("id")
+    if "id" not in message:  # 2026-07-28 cancels by closing the stream: notifications are dropped
+        return Response(status=202)
+    if not _valid_id(req_id):
+        return rpc_error(None, types.INVALID_REQUEST, "invalid request: id must be a string or an integer", 400)
+    try:
+        envelope = modern.envelope(req.headers, message, LOG_LEVELS, ALL_VERSIONS)
+    except modern.Rejected as e:
+        return _json({"jsonrpc": "2.0", "id": req_id, "error": e.error()}, modern.status(e.error()))
+    if method not in modern.METHODS:
+        return rpc_error(req_id, types.METHOD_NOT_FOUND, f"method not found: {method[:100]}", 404)
+    ex = Exchange(req, req_id, caller, scope, None, envelope, method)
+    params = modern.strip_envelope(message.get("params") or {})
+    if method == "server/discover":
+        return _discover(ex)
+    _release_db()
+    try:
+        return METHODS[method](ex, params)
+    except SignInAgain as e:
+        return _refused(ex.id, identity.Refusal(401, "invalid_token", str(e)), ex.scope.name if ex.scope else None)
+
+
+def _discover(ex: Exchange) -> Response:
+    servers = ex.caller.snapshot.servers
+    return ex.result({
+        "supportedVersions": list(ALL_VERSIONS),
+        "capabilities": catalog.advertised(ex.scope, (servers[sid] for sid in ex.caller.allowlist), modern=True),
+        **({} if ex.scope else {"instructions": INSTRUCTIONS}),
+    })
 
 
 # On /mcp an unknown, a revoked and an expired key look the same from outside.
@@ -253,10 +312,13 @@ def _initialize(ex: Exchange, params: dict, store) -> Response:
         capabilities=types.ServerCapabilities.model_validate(
             catalog.advertised(scope, (servers[sid] for sid in ex.caller.allowlist))),
         server_info=types.Implementation(name=f"portcullis{'/' + scope.name if scope else ''}", version="1.0"),
-        instructions=None if scope else "Tools of every MCP server granted to this key, named <server>__<tool>.",
+        instructions=None if scope else INSTRUCTIONS,
     )
     body = result.model_dump(by_alias=True, exclude_none=True, mode="json", exclude={"result_type"})
     return ex.result(body, {"Mcp-Session-Id": session.id})
+
+
+INSTRUCTIONS = "Tools of every MCP server granted to this key, named <server>__<tool>."
 
 
 def _set_log_level(ex: Exchange, params: dict, store) -> Response:
@@ -321,13 +383,17 @@ def _call_tool(ex: Exchange, params: dict) -> Response:
     caller = ex.caller.in_session(ex.session)
     upstream_params = dict(params)
     upstream_params["name"] = tool
+    asked_auth = ex.modern is not None and _answered_auth(upstream_params)
+    envelope = ex.upstream_envelope()
     try:
         endpoint = endpoint_for(server, caller)
         owner = ex.session.id if ex.session is not None and server.id in ex.session.stateful else None
         if owner is not None:
             endpoint = endpoint.owned_by(owner)  # this session's own upstream session
+        if _answers_requests(ex.session):
+            endpoint = _waiting(endpoint)
         try:
-            call = current_app.extensions["mcp_client"].open(endpoint, "tools/call", upstream_params)
+            call = current_app.extensions["mcp_client"].open(endpoint, "tools/call", upstream_params, envelope)
         except UpstreamRefused as e:
             # an OAuth upstream refused the token: once more with a newer or refreshed one (401),
             # or a new consent for wider scope (403 insufficient_scope: AuthRequired)
@@ -336,7 +402,9 @@ def _call_tool(ex: Exchange, params: dict) -> Response:
                 raise
             if owner is not None:
                 retry = retry.owned_by(owner)
-            call = current_app.extensions["mcp_client"].open(retry, "tools/call", upstream_params)
+            if _answers_requests(ex.session):
+                retry = _waiting(retry)
+            call = current_app.extensions["mcp_client"].open(retry, "tools/call", upstream_params, envelope)
     except SignInAgain as e:  # the session gate: no new flow for a token whose login ended
         metrics.tool_call(server.name, tool, "auth_required")
         return _refused(ex.id, identity.Refusal(401, "invalid_token", str(e)),
@@ -344,6 +412,10 @@ def _call_tool(ex: Exchange, params: dict) -> Response:
     except AuthRequired as e:  # the call does not reach the upstream
         metrics.tool_call(server.name, tool, "auth_required")
         metrics.AUTH_REQUIRED.labels(server.name).inc()
+        if ex.modern is not None:  # -32042 is gone in 2026-07-28: a URL elicitation as input request
+            if wants_url_elicitation(ex.modern) and not asked_auth:
+                return ex.result(_auth_input_required(e))
+            return ex.result(e.tool_result())
         if wants_url_elicitation(ex.session):
             return ex.answer({"jsonrpc": "2.0", "id": ex.id, "error": e.rpc_error()})
         return ex.result(e.tool_result())
@@ -357,7 +429,10 @@ def _call_tool(ex: Exchange, params: dict) -> Response:
         relay.calls.add(ex.session.id, ex.id, call)  # the agent may cancel it meanwhile
     if call.streaming and ex.takes_sse:
         session = ex.session
-        floor = LOG_LEVELS.index(session.log_level) if session is not None and session.log_level else 0
+        if ex.modern is not None:  # 2026-07-28: log messages only when the request asked (_meta logLevel)
+            floor = LOG_LEVELS.index(ex.modern.log_level) if ex.modern.log_level else len(LOG_LEVELS)
+        else:
+            floor = LOG_LEVELS.index(session.log_level) if session is not None and session.log_level else 0
         return Response(_relay(current_app._get_current_object(), call, ex, server, tool, floor),
                         mimetype="text/event-stream", headers=SSE_HEADERS)
     try:
@@ -371,6 +446,46 @@ def _call_tool(ex: Exchange, params: dict) -> Response:
     metrics.tool_call(server.name, tool, _outcome(msg.get("result"), msg.get("error")))
     msg["id"] = ex.id
     return ex.answer(msg)
+
+
+AUTH_INPUT = "portcullis/auth"  # the key of Portcullis's own input request (2026-07-28)
+
+
+def _answered_auth(params: dict) -> bool:
+    """Did this retry answer Portcullis's own URL elicitation? (It is taken out of the params:
+    the upstream never asked it.) Asked once per call, so an unfinished sign-in ends the
+    round trips with the auth-required tool result instead of asking forever."""
+    responses = params.get("inputResponses")
+    if not isinstance(responses, dict) or AUTH_INPUT not in responses:
+        return False
+    rest = {k: v for k, v in responses.items() if k != AUTH_INPUT}
+    if rest:
+        params["inputResponses"] = rest
+    else:
+        params.pop("inputResponses")
+    return True
+
+
+def _auth_input_required(e: AuthRequired) -> dict:
+    """The auth-required answer for a 2026-07-28 agent with URL-mode elicitation: an input
+    request sending its user to the URL; the agent's retry finds the credential."""
+    error = e.rpc_error()["data"]["elicitations"][0]
+    return {"resultType": "input_required", "inputRequests": {AUTH_INPUT: {
+        "method": "elicitation/create", "params": error}}, "_meta": {"portcullis/auth_required": e.meta}}
+
+
+def _answers_requests(session) -> bool:
+    """Can this agent session answer an upstream's requests during a call (it declared sampling,
+    elicitation or roots)? Its calls then wait for it rather than for the upstream's read timeout."""
+    caps = getattr(session, "capabilities", None) or {}
+    return any(isinstance(caps.get(c), dict) for c in ("sampling", "elicitation", "roots"))
+
+
+def _waiting(endpoint):
+    """The endpoint read with PORTCULLIS_MCP_RELAY_WAIT_SECONDS when that is longer than the
+    server's read timeout: a relayed request waits for a person, not for the upstream."""
+    wait = current_app.config["PORTCULLIS_MCP_RELAY_WAIT_SECONDS"]
+    return endpoint.waiting(wait) if wait > endpoint.read_timeout else endpoint
 
 
 def _outcome(result, error=None) -> str:
@@ -398,7 +513,7 @@ def _relay(app, call, ex: Exchange, server, tool: str, log_floor: int):
     what needs it, never across a yield."""
     relayed = {}  # upstream request id -> relay id, for the upstream's cancellations
     try:
-        for msg in call.messages(relay=ex.session is not None):
+        for msg in call.messages(relay=ex.session is not None or ex.modern is not None):
             method = msg.get("method")
             if method is not None and "id" in msg:
                 with app.app_context():
@@ -437,10 +552,10 @@ def _relay(app, call, ex: Exchange, server, tool: str, log_floor: int):
                 continue
             msg["id"] = ex.id
             metrics.tool_call(server.name, tool, _outcome(msg.get("result"), msg.get("error")))
-            yield _sse_event(msg)
+            yield _sse_event(ex.final(msg))
     except UpstreamError as e:
         _upstream_failed(server.name, tool)
-        yield _sse_event({"jsonrpc": "2.0", "id": ex.id, "result": tool_error(str(e))})
+        yield _sse_event(ex.final({"jsonrpc": "2.0", "id": ex.id, "result": tool_error(str(e))}))
     finally:
         if ex.session is not None:
             relay.calls.remove(ex.session.id, ex.id)

@@ -16,12 +16,16 @@ call goes on. ``ping`` from an upstream is answered by Portcullis.
 
 Progress: a relayed request that asks for progress gets a relay token as its ``progressToken``;
 the agent's ``notifications/progress`` with it reaches the upstream (any worker, as answers do)
-under the upstream's own token. Cancellation: ``notifications/cancelled`` from the agent for a call in flight in this process
-reaches the upstream under the upstream's request id (see ``calls``); the upstream's own
-cancellation of a relayed request reaches the agent under the relay id.
+under the upstream's own token. Cancellation: ``notifications/cancelled`` from the agent for a
+call in flight reaches the upstream under the upstream's request id (see ``calls``), from
+whichever worker or instance receives it: a call this process does not hold is announced on the
+cluster bus (app/cluster.py) by hashes of the agent session id and the request id only, and the
+process holding it forwards it; the upstream's own cancellation of a relayed request reaches the
+agent under the relay id.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -30,6 +34,7 @@ import mcp_types as types
 from cryptography.fernet import InvalidToken
 from flask import current_app
 
+from .. import cluster
 from ..crypto import keyring
 from ..upstream.client import UpstreamError
 
@@ -67,8 +72,12 @@ def outgoing(ex, server, call, msg: dict) -> dict | None:
     if method == "ping":
         client._post_message(call.ep, call.session, {"jsonrpc": "2.0", "id": msg["id"], "result": {}})
         return None
-    reason = "the agent's request cannot take a stream" if ex.session is None else \
-        _missing(ex.session.capabilities or {}, method, msg.get("params"))
+    if getattr(ex, "modern", None) is not None:  # no back-channel; its own requests use inputRequests
+        reason = "the agent speaks MCP 2026-07-28, which takes no server-to-client requests during a call"
+    elif ex.session is None:
+        reason = "the agent's request cannot take a stream"
+    else:
+        reason = _missing(ex.session.capabilities or {}, method, msg.get("params"))
     if reason is not None:
         client._refuse(call.ep, call.session, msg["id"], types.METHOD_NOT_FOUND, reason)
         return None
@@ -149,35 +158,55 @@ def _post(ex, server, data: dict, message: dict, endpoint_of) -> None:
 
 # -- calls in flight (this process): cancellation from the agent ------------------------------
 
+def _digest(session_id: str, request_id) -> str:
+    """A call's name on the bus: hashes of the agent session id and of its request id."""
+    return (hashlib.sha256(session_id.encode()).hexdigest()[:32] + "."
+            + hashlib.sha256(json.dumps(request_id).encode()).hexdigest()[:32])
+
+
 class Calls:
-    """(agent session, agent request id) -> the upstream call serving it."""
+    """(agent session, agent request id), hashed -> the upstream call serving it."""
 
     def __init__(self):
-        self._calls: dict[tuple, object] = {}
+        self._calls: dict[str, object] = {}
         self._lock = threading.Lock()
 
     def add(self, session_id: str, request_id, call) -> None:
         with self._lock:
-            self._calls[(session_id, json.dumps(request_id))] = call
+            self._calls[_digest(session_id, request_id)] = call
 
     def remove(self, session_id: str, request_id) -> None:
         with self._lock:
-            self._calls.pop((session_id, json.dumps(request_id)), None)
+            self._calls.pop(_digest(session_id, request_id), None)
 
     def cancel(self, session_id: str, params: dict) -> None:
-        """notifications/cancelled from the agent: forwarded under the upstream's request id."""
+        """notifications/cancelled from the agent: forwarded under the upstream's request id,
+        here or by the process that holds the call."""
+        digest = _digest(session_id, params.get("requestId"))
+        if not self._forward(digest, params.get("reason")):
+            cluster.send("cancel", digest)
+
+    def cancel_announced(self, digest: str) -> None:
+        """Another process received the cancellation (on the bus's listener thread: the POST
+        upstream runs on a thread of its own)."""
+        if len(digest) == 65 and digest in self._calls:
+            threading.Thread(target=self._forward, args=(digest, None), daemon=True, name="relay-cancel").start()
+
+    def _forward(self, digest: str, reason) -> bool:
         with self._lock:
-            call = self._calls.get((session_id, json.dumps(params.get("requestId"))))
+            call = self._calls.get(digest)
         if call is None:
-            return
+            return False
         forwarded = {"requestId": call.want_id}
-        if isinstance(params.get("reason"), str):
-            forwarded["reason"] = params["reason"][:500]
+        if isinstance(reason, str):
+            forwarded["reason"] = reason[:500]
         try:
             call.client._post_message(call.ep, call.session, {"jsonrpc": "2.0", "method": "notifications/cancelled",
                                                               "params": forwarded})
         except UpstreamError as e:
             log.info("a cancellation could not reach %s: %s", call.ep.name, e)
+        return True
 
 
 calls = Calls()
+cluster.on_message("cancel", calls.cancel_announced)

@@ -5,6 +5,12 @@ credential) that is initialised once and reused, one re-initialise when the upst
 a session (HTTP 404). Answers may be JSON or SSE. Every failure becomes an ``UpstreamError``
 whose message is safe to show an agent: it names the server and the failure, never a header.
 
+Protocol era, per upstream: ``server/discover`` is tried once (cached per server and URL; a
+discovery refresh asks again). An upstream that answers it with 2026-07-28 among its versions
+is spoken to statelessly (no initialize, no session, the envelope in every request's
+``_meta``) whenever the caller asks for it (``open(..., envelope=...)``); one that answers
+-32601 or HTTP 400/404/405 gets the initialize handshake, as do calls that need a session.
+
 The handshake is built from the ``mcp`` SDK's types. A ``tools/call`` is forwarded with the
 caller's params untouched and its result handed back untouched (not re-validated through
 pydantic models), so every field the upstream sends reaches the agent, whatever protocol
@@ -12,10 +18,12 @@ revision added it, and the hot path stays cheap.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import itertools
 import json
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -23,7 +31,7 @@ from typing import Callable, Iterator
 
 import httpx
 import mcp_types as types
-from mcp_types.version import LATEST_HANDSHAKE_VERSION
+from mcp_types.version import LATEST_HANDSHAKE_VERSION, LATEST_MODERN_VERSION, MODERN_PROTOCOL_VERSIONS
 
 CLIENT_INFO = types.Implementation(name="portcullis", version="1.0")
 # What Portcullis offers upstreams as a client: the server-to-client requests it relays to the
@@ -35,6 +43,10 @@ RELAYED_CAPABILITIES = types.ClientCapabilities(
     roots=types.RootsCapability(list_changed=False),
 )
 MAX_SESSIONS = 2048  # upstream sessions kept per process (least recently used dropped)
+LEGACY_STATUSES = (400, 404, 405)  # a server/discover answered so: the upstream only initializes
+PEER_TTL = 3600.0  # seconds a server/discover answer is trusted before it is asked again
+PEER_RETRY = 60.0  # ... and a probe that failed (timeout, 5xx, garbage): initialize meanwhile
+NAME_PARAMS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}  # -> Mcp-Name
 MAX_BODY = 16 * 1024 * 1024
 
 
@@ -77,11 +89,28 @@ class Endpoint:
 
         return replace(self, owner=owner)
 
+    def waiting(self, seconds: float) -> "Endpoint":
+        """The same upstream session, read with a longer timeout (see PORTCULLIS_MCP_RELAY_WAIT_SECONDS)."""
+        from dataclasses import replace
+
+        return replace(self, read_timeout=seconds)
+
     @cached_property
     def timeout(self) -> dict:
         """httpx's per-request timeout extension."""
         return {"connect": self.connect_timeout, "read": self.read_timeout, "write": self.read_timeout,
                 "pool": self.connect_timeout}
+
+
+@dataclass
+class Peer:
+    """What ``server/discover`` told about one upstream: the 2026-07-28-era version it speaks
+    (None: initialize only) and, when it does, its capabilities and server info."""
+
+    modern: str | None
+    capabilities: dict = field(default_factory=dict)
+    server_info: dict = field(default_factory=dict)
+    until: float = 0.0  # time.monotonic() until which the answer is trusted
 
 
 @dataclass
@@ -106,6 +135,7 @@ class UpstreamClient:
         self._ids = itertools.count(1)
         self._sessions: OrderedDict[tuple, UpstreamSession] = OrderedDict()
         self._locks: dict[tuple, threading.Lock] = {}
+        self._peers: dict[tuple, Peer] = {}
         self._guard = threading.Lock()
 
     def close(self) -> None:
@@ -191,11 +221,83 @@ class UpstreamClient:
         except httpx.HTTPError:
             pass
 
+    # -- the protocol era of each upstream ------------------------------------------------------
+
+    def peer(self, ep: Endpoint, fresh: bool = False) -> Peer:
+        """The upstream's era, from one ``server/discover`` (cached per server and URL)."""
+        key = (ep.server_id, ep.url)
+        found = self._peers.get(key)
+        if found is not None and not fresh and time.monotonic() < found.until:
+            return found
+        with self._guard:
+            lock = self._locks.setdefault(("peer", key), threading.Lock())
+        with lock:  # one probe at a time per upstream
+            found = self._peers.get(key)
+            if found is None or fresh or time.monotonic() >= found.until:
+                found = self._probe(ep)
+                self._peers[key] = found
+        return found
+
+    def _forget_peer(self, ep: Endpoint) -> None:
+        self._peers.pop((ep.server_id, ep.url), None)
+
+    def _probe(self, ep: Endpoint) -> Peer:
+        """Only a valid DiscoverResult naming a 2026-07-28-era version is modern evidence: an
+        error answer or HTTP 400/404/405 says initialize (cached PEER_TTL); a probe that fails
+        otherwise (timeout, 5xx, garbage) says nothing (initialize meanwhile, asked again after
+        PEER_RETRY). 401/403 is the credential's business: raised, as any request's."""
+        now = time.monotonic()
+        body = {"jsonrpc": "2.0", "id": next(self._ids), "method": "server/discover",
+                "params": {"_meta": _envelope(LATEST_MODERN_VERSION, {})}}
+        headers = self._headers(ep, None)
+        headers.update({"MCP-Protocol-Version": LATEST_MODERN_VERSION, "Mcp-Method": "server/discover"})
+        legacy, unsure = Peer(None, until=now + PEER_TTL), Peer(None, until=now + PEER_RETRY)
+        try:
+            resp = self._send(ep, json.dumps(body).encode(), headers)
+        except httpx.HTTPError:
+            return unsure
+        try:
+            if resp.status_code in (401, 403):
+                raise UpstreamRefused(f"{ep.name}: the server refused the credentials (HTTP {resp.status_code})",
+                                      resp.status_code, resp.headers.get("www-authenticate"))
+            if resp.status_code in LEGACY_STATUSES:
+                return legacy
+            ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
+            if not 200 <= resp.status_code < 300 or ctype not in ("application/json", "text/event-stream"):
+                return unsure
+            call = UpstreamCall(self, ep, None, resp, body["id"], ctype == "text/event-stream")
+            try:
+                msg = call.result()
+            except UpstreamError:
+                return unsure
+        finally:
+            resp.close()
+        result = msg.get("result")
+        if not isinstance(result, dict):
+            return legacy  # -32601 and any other error: initialize
+        versions = result.get("supportedVersions")
+        modern = [v for v in MODERN_PROTOCOL_VERSIONS if isinstance(versions, list) and v in versions]
+        if not modern:
+            return legacy
+        caps = result.get("capabilities")
+        meta = result.get("_meta") if isinstance(result.get("_meta"), dict) else {}
+        info = meta.get(types.SERVER_INFO_META_KEY)
+        return Peer(modern[-1], caps if isinstance(caps, dict) else {}, info if isinstance(info, dict) else {},
+                    now + PEER_TTL)
+
     # -- requests --------------------------------------------------------------------------
 
-    def open(self, ep: Endpoint, method: str, params: dict | None) -> UpstreamCall:
+    def open(self, ep: Endpoint, method: str, params: dict | None, envelope: "Envelope | None" = None) -> UpstreamCall:
         """Send one request; the answer is read from the returned call. Exactly one POST,
-        unless the upstream had forgotten our session (then one re-initialize and a retry)."""
+        unless the upstream had forgotten our session (then one re-initialize and a retry).
+
+        With an ``envelope`` (the caller needs no session: no state, no server-to-client
+        requests mid-call) and an upstream that speaks 2026-07-28, the request goes stateless
+        (``call.modern``); otherwise over the initialized session."""
+        if envelope is not None:
+            peer = self.peer(ep)
+            if peer.modern is not None:
+                return self._open_modern(ep, peer.modern, method, params, envelope)
         session = self.session(ep)
         body = {"jsonrpc": "2.0", "id": next(self._ids), "method": method}
         if params is not None:
@@ -206,21 +308,40 @@ class UpstreamClient:
             self._forget(ep, session)
             return self._open(ep, body, self.session(ep))
 
+    def _open_modern(self, ep: Endpoint, version: str, method: str, params: dict | None,
+                     envelope: "Envelope") -> UpstreamCall:
+        """One 2026-07-28 request: the envelope in ``_meta``, the routing headers, no session."""
+        params = dict(params or {})
+        meta = params.get("_meta") if isinstance(params.get("_meta"), dict) else {}
+        params["_meta"] = {**{k: v for k, v in meta.items() if not k.startswith("io.modelcontextprotocol/")
+                              or k == types.LOG_LEVEL_META_KEY},
+                           **_envelope(version, envelope.capabilities)}
+        body = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
+        headers = dict(envelope.headers)  # first: nothing of the agent's replaces a header of ours
+        headers.update(self._headers(ep, None))
+        headers.update({"MCP-Protocol-Version": version, "Mcp-Method": method})
+        name = params.get(NAME_PARAMS.get(method, ""))
+        if isinstance(name, str):
+            headers["Mcp-Name"] = _header_value(name)
+        return self._open(ep, body, None, headers)
+
     def request(self, ep: Endpoint, method: str, params: dict | None,
-                on_notification: Notify | None = None) -> dict:
+                on_notification: Notify | None = None, envelope: "Envelope | None" = None) -> dict:
         """The upstream's JSON-RPC response message (with ``result`` or ``error``)."""
-        return self.open(ep, method, params).result(on_notification)
+        return self.open(ep, method, params, envelope).result(on_notification)
 
     def discover(self, ep: Endpoint) -> tuple[list[dict], dict]:
-        """The upstream's tools and the capabilities it announced."""
+        """The upstream's tools and the capabilities it announced (asking server/discover
+        again: a refresh also learns a change of protocol era)."""
+        peer = self.peer(ep, fresh=True)
         tools = self.list_tools(ep)
-        return tools, self.session(ep).capabilities
+        return tools, peer.capabilities if peer.modern else self.session(ep).capabilities
 
     def list_tools(self, ep: Endpoint) -> list[dict]:
         """Every tool of the upstream (all pages), each checked against the SDK's Tool type."""
         tools, cursor, pages = [], None, 0
         while True:
-            msg = self.request(ep, "tools/list", {"cursor": cursor} if cursor else None)
+            msg = self.request(ep, "tools/list", {"cursor": cursor} if cursor else None, envelope=PORTCULLIS)
             page = _result(ep, "tools/list", msg, types.ListToolsResult)
             tools.extend(msg["result"].get("tools", []))
             pages += 1
@@ -238,9 +359,12 @@ class UpstreamClient:
                 headers["Mcp-Session-Id"] = session.session_id
         return headers
 
-    def _open(self, ep: Endpoint, body: dict, session: UpstreamSession | None) -> UpstreamCall:
+    def _open(self, ep: Endpoint, body: dict, session: UpstreamSession | None,
+              modern_headers: dict | None = None) -> UpstreamCall:
+        modern = modern_headers is not None
+        headers = modern_headers if modern else self._headers(ep, session)
         try:
-            resp = self._send(ep, json.dumps(body).encode(), self._headers(ep, session))
+            resp = self._send(ep, json.dumps(body).encode(), headers)
         except httpx.HTTPError as e:
             raise UpstreamError(_transport_text(ep, e)) from None
         try:
@@ -249,15 +373,21 @@ class UpstreamClient:
             if resp.status_code in (401, 403):
                 raise UpstreamRefused(f"{ep.name}: the server refused the credentials (HTTP {resp.status_code})",
                                       resp.status_code, resp.headers.get("www-authenticate"))
-            if not 200 <= resp.status_code < 300:
-                raise UpstreamError(f"{ep.name}: the server answered HTTP {resp.status_code}")
             ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
+            # 2026-07-28 answers its JSON-RPC errors with HTTP 400/404 and the error as JSON
+            if not 200 <= resp.status_code < 300 and not (modern and resp.status_code in (400, 404)
+                                                          and ctype == "application/json"):
+                if modern and resp.status_code in LEGACY_STATUSES:
+                    self._forget_peer(ep)  # no longer of 2026-07-28? the next call asks again
+                raise UpstreamError(f"{ep.name}: the server answered HTTP {resp.status_code}")
             if ctype not in ("text/event-stream", "application/json"):
                 raise UpstreamError(f"{ep.name}: sent an answer of type {ctype or 'unknown'!r}, not JSON or SSE")
         except BaseException:
             resp.close()
             raise
-        return UpstreamCall(self, ep, session, resp, body["id"], ctype == "text/event-stream")
+        call = UpstreamCall(self, ep, session, resp, body["id"], ctype == "text/event-stream")
+        call.modern = modern
+        return call
 
     def _refuse(self, ep: Endpoint, session, request_id, code: int = types.METHOD_NOT_FOUND,
                 message: str = "not supported through Portcullis") -> None:
@@ -278,6 +408,8 @@ class UpstreamCall:
     """One upstream answer being received: JSON (the answer) or SSE (notifications, then the
     answer). Read it once, with ``messages()`` or ``result()``; the connection goes back to
     the pool when it is done (or closed)."""
+
+    modern = False  # a 2026-07-28 request: no session, results in that era's shape
 
     def __init__(self, client: UpstreamClient, ep: Endpoint, session, resp: httpx.Response, want_id, streaming: bool):
         self.client, self.ep, self.session, self.resp = client, ep, session, resp
@@ -335,6 +467,33 @@ class UpstreamCall:
 
 class _SessionExpired(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What a stateless (2026-07-28) request declares upstream: the client capabilities of the
+    agent behind it (it answers the upstream's input requests itself) and headers to pass
+    through (``Mcp-Param-*``)."""
+
+    capabilities: dict = field(default_factory=dict)
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+PORTCULLIS = Envelope()  # Portcullis's own requests (discovery): no client capabilities
+
+
+def _envelope(version: str, capabilities: dict) -> dict:
+    return {types.PROTOCOL_VERSION_META_KEY: version,
+            types.CLIENT_INFO_META_KEY: CLIENT_INFO.model_dump(mode="json", exclude_none=True),
+            types.CLIENT_CAPABILITIES_META_KEY: capabilities}
+
+
+def _header_value(value: str) -> str:
+    """A value as the Mcp-Name header carries it: as it is when printable ASCII, else the
+    spec's base64 form."""
+    if value.isascii() and value.isprintable() and value == value.strip() and not value.startswith("=?base64?"):
+        return value
+    return "=?base64?" + base64.b64encode(value.encode()).decode() + "?="
 
 
 def _sse_data(lines: Iterator[str]) -> Iterator[str]:

@@ -32,7 +32,7 @@ async def test_lists_and_calls_tools_of_every_granted_server(app, live_server, t
     _, key = add_key(app, {alpha: None, beta: None})
     http, c = client(live_server + "/mcp", key)
     async with http, c:
-        assert c.protocol_version == "2025-11-25"  # server/discover refused, initialize negotiated
+        assert c.protocol_version == "2025-11-25"  # legacy mode: initialize (auto: test_mcp_2026.py)
         tools = {t.name: t for t in (await c.list_tools()).tools}
         assert {"alpha__echo", "alpha__weather", "beta__echo", "beta__headers"} <= set(tools)
         assert tools["alpha__echo"].description == "Echo the text back."

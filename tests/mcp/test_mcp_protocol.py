@@ -47,8 +47,8 @@ def test_envelope_errors(rpc):
     for params in ({"name": 5}, {"name": "alpha__echo", "arguments": "x"}, {"name": "alpha__echo", "_meta": 1}, {}):
         r = rpc.call("tools/call", params)
         assert r.json["error"]["code"] == -32602, params
-    r = rpc.call("server/discover", {})
-    assert r.status_code == 200 and r.json["error"]["code"] == -32601
+    r = rpc.call("server/discover", {})  # a 2026-07-28 method: its envelope is missing
+    assert r.status_code == 400 and r.json["error"]["code"] == -32602
     assert rpc.call("sampling/createMessage", {}).json["error"]["code"] == -32601  # a client's method
     assert rpc.call("ping").json == {"jsonrpc": "2.0", "id": rpc._id, "result": {}}
     # A response (to a request we never sent) and unknown notifications are accepted silently.
@@ -58,9 +58,12 @@ def test_envelope_errors(rpc):
 
 def test_unknown_method_is_refused_before_any_session(app, client, alpha):
     _, key = add_key(app, {alpha: None})
+    r = Rpc(client, key).raw({"jsonrpc": "2.0", "id": 1, "method": "nothing/here", "params": {}})
+    assert r.status_code == 200 and r.json["error"]["code"] == -32601
+    # server/discover (MCP 2026-07-28, tests/mcp/test_mcp_2026.py) needs no session, only its envelope
     r = Rpc(client, key).raw({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {}},
                              {"MCP-Protocol-Version": "2026-07-28"})
-    assert r.status_code == 200 and r.json["error"]["code"] == -32601
+    assert r.status_code == 400 and r.json["error"]["code"] == -32602
 
 
 def test_version_negotiation(app, client, alpha):

@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import time
 
+import anyio
 import httpx
 import pytest
 from mcp import MCPError
 from mcp.types import CreateMessageResult, ElicitRequestURLParams, ElicitResult, ListRootsResult, Root, TextContent
 
 from app.mcp.relay import PREFIX
-from tests.support.mcp import UPSTREAM_KEY, Rpc, add_key, add_server, client
+from tests.support.mcp import UPSTREAM_KEY, Rpc, add_key, add_server, client, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -173,3 +174,62 @@ def test_resource_updates_during_a_call_reach_the_agent(app, client, beta):
         events = list(_sse(r.get_data(as_text=True).splitlines()))
         assert events[0] == {"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": uri}}
         assert events[-1]["result"]["content"][0]["text"] == "touched"
+
+
+async def test_an_elicitation_answered_after_the_read_timeout_still_completes(app, live_server, upstreams,
+                                                                              monkeypatch):
+    """A call from an agent session that answers server-to-client requests waits
+    PORTCULLIS_MCP_RELAY_WAIT_SECONDS for the upstream, not the server's read_timeout: the
+    upstream waits for a person. Without that, the same late answer loses the call."""
+    sid = add_server(app, "slowpoke", upstreams["beta"], auth_type="headers", headers={"X-Api-Key": UPSTREAM_KEY},
+                     read_timeout=1.0)
+    _, key = add_key(app, {sid: None})
+
+    async def late(ctx, params):
+        await anyio.sleep(2.0)  # the person takes longer than the read timeout
+        return ElicitResult(action="accept", content={"answer": "Late"})
+
+    http, c = client(live_server + "/mcp", key, elicitation_callback=late)
+    async with http, c:
+        assert (await c.call_tool("slowpoke__ask", {})).content[0].text == "accept:Late"
+        monkeypatch.setitem(app.config, "PORTCULLIS_MCP_RELAY_WAIT_SECONDS", 0.5)  # shorter: read_timeout rules
+        r = await c.call_tool("slowpoke__ask", {})
+        assert r.is_error and r.content[0].text == "slowpoke: no answer within 1s"
+
+
+def test_a_cancellation_for_a_call_of_another_process_goes_on_the_bus_by_hashes_only(monkeypatch):
+    """What the bus carries names the call by hashes of the agent session id and the request
+    id, nothing else; the process holding the call forwards it (two real instances:
+    test_mcp_relay_instances.py)."""
+    from app import cluster
+    from app.mcp.relay import Calls
+
+    sent, forwarded = [], []
+
+    class Bus:
+        def publish(self, payload):
+            sent.append(payload)
+
+    class Call:
+        want_id, ep, session = 41, type("Ep", (), {"name": "up"})(), None
+
+        class client:
+            @staticmethod
+            def _post_message(ep, session, message):
+                forwarded.append(message)
+
+    monkeypatch.setattr(cluster, "_bus", [Bus()])
+    session_id = "5e" * 32
+    here, there = Calls(), Calls()
+    monkeypatch.setattr(cluster, "_handlers", {"cancel": there.cancel_announced})
+    there.add(session_id, "call-secret", Call())
+    here.cancel(session_id, {"requestId": "call-secret", "reason": "user pressed stop"})
+    assert len(sent) == 1 and session_id not in sent[0] and "secret" not in sent[0] and "stop" not in sent[0]
+    assert sent[0].split(":", 2)[1] == "cancel"
+    cluster.received(sent[0])
+    wait_for(lambda: forwarded, "the forwarded cancellation", timeout=5)
+    assert forwarded == [{"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 41}}]
+    cluster.received(sent[0].replace("cancel:", "cancel:x"))  # a malformed name: nothing
+    here.cancel(session_id, {"requestId": "other"})  # a call nobody holds: announced, no effect
+    cluster.received(sent[-1])
+    assert len(forwarded) == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 
 import httpx
 import pytest
@@ -120,6 +121,40 @@ def test_answers_reach_the_upstream_from_either_of_two_workers(tmp_path, upstrea
         assert database is None or _stored(database, headers["Mcp-Session-Id"])
         for i in range(6):
             _elicit(url, url, headers, f"n{i}", i + 1)
+    finally:
+        for proc in procs:
+            stop(proc)
+
+
+@pytest.mark.parametrize("layout", ["two instances", "two workers"])
+def test_a_cancellation_posted_elsewhere_reaches_the_upstream(tmp_path, upstreams, database, layout):
+    """The agent's notifications/cancelled reaches the process that holds the call through the
+    cluster bus (PostgreSQL LISTEN/NOTIFY on the PostgreSQL run; Redis, db 13, on the SQLite
+    run): the upstream stops the tool, which would otherwise wait 15 s. Two instances: the call
+    on one, the cancellation on the other; two workers of one instance: over new connections,
+    to whichever worker the kernel picks."""
+    bus = {} if database else {"REDIS_URL": "redis://127.0.0.1:6379/13"}
+    ports = (free_port(), free_port()) if layout == "two instances" else (free_port(),)
+    extra = {} if layout == "two instances" else {"PORTCULLIS_WORKERS": "2"}
+    procs, secret = _start(tmp_path, upstreams, database, ports, **bus, **extra)
+    try:
+        a, b = f"http://127.0.0.1:{ports[0]}/mcp", f"http://127.0.0.1:{ports[-1]}/mcp"
+        headers = _session(a, secret)
+        gate = tmp_path / "never"
+        for call_id in ("call-7", 8, "call-9", 10):
+            call = {"jsonrpc": "2.0", "id": call_id, "method": "tools/call", "params": {
+                "name": "beta__gate", "arguments": {"path": str(gate), "timeout": 15}, "_meta": {"progressToken": "p"}}}
+            call_url, cancel_url = (a, b) if isinstance(call_id, str) else (b, a)
+            started = time.monotonic()
+            with httpx.stream("POST", call_url, headers=headers, json=call, timeout=30) as stream:
+                events = _events(stream.iter_lines())
+                assert next(events)["params"]["message"] == "waiting"  # the tool runs upstream
+                cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": call_id}}
+                assert httpx.post(cancel_url, headers=headers, json=cancel, timeout=10).status_code == 202
+                rest = list(events)
+            assert time.monotonic() - started < 10, call_id  # not the tool's 15 s
+            assert not any(e.get("result", {}).get("content", [{}])[0].get("text") in ("opened", "timed out")
+                           for e in rest)
     finally:
         for proc in procs:
             stop(proc)

@@ -227,10 +227,12 @@ class Rpc:
         return self.raw(msg, extra)
 
 
-def client(url: str, key: str | None, **kw):
+def client(url: str, key: str | None, mode: str = "legacy", **kw):
+    """The SDK's client; ``mode="legacy"`` (initialize, a session: what most gateway tests are
+    about) unless asked for ``"auto"`` (server/discover first: MCP 2026-07-28, test_mcp_2026.py)."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     http = create_mcp_http_client(headers=headers)
-    return http, Client(streamable_http_client(url, http_client=http), **kw)
+    return http, Client(streamable_http_client(url, http_client=http), mode=mode, **kw)
 
 
 # --- per-user header values: keyed upstreams, a server that needs them, an agent that calls it --

@@ -7,6 +7,8 @@ import argparse
 import logging
 import base64
 
+from typing import Annotated
+
 import anyio
 import uvicorn
 from pydantic import BaseModel
@@ -14,6 +16,7 @@ from pydantic import BaseModel
 from mcp import UrlElicitationRequiredError
 from mcp.server.mcpserver import Context, Image, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.resolve import Elicit, Resolve
 from mcp.server.mcpserver.prompts.base import UserMessage
 from mcp.shared.message import ServerMessageMetadata
 from mcp.types import (AudioContent, CallToolResult, Completion, CreateMessageRequest, CreateMessageRequestParams,
@@ -216,6 +219,19 @@ def build(name: str) -> MCPServer:
         await ctx.session.send_notification(PromptListChangedNotification(), related_request_id=ctx.request_id)
         return "changed"
 
+    async def answer_of(ctx: Context) -> Elicit[Answer]:
+        return Elicit("Name?", Answer)
+
+    @mcp.tool()
+    async def resolve_ask(answer: Annotated[Answer, Resolve(answer_of)]) -> str:
+        """Asks the client's user through a resolver: inputRequests on 2026-07-28, elicitation/create before."""
+        return f"resolved:{answer.answer}"
+
+    @mcp.tool()
+    def era(ctx: Context) -> str:
+        """The protocol revision of this request."""
+        return str(ctx.protocol_version)
+
     @mcp.tool()
     def log_levels() -> list[str]:
         """The log levels set on this server so far (logging/setLevel)."""
@@ -226,6 +242,22 @@ def build(name: str) -> MCPServer:
     mcp._lowlevel_server.add_request_handler("resources/subscribe", SubscribeRequestParams, acknowledge)
     mcp._lowlevel_server.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, acknowledge)
     return mcp
+
+
+class LegacyOnly:
+    """ASGI wrapper: a server of the initialize era only, as SDKs before 2026-07-28 are: a
+    request of 2026-07-28 (server/discover first) gets HTTP 404 with -32601."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and dict(scope["headers"]).get(b"mcp-protocol-version") == b"2026-07-28":
+            await send({"type": "http.response.start", "status": 404,
+                        "headers": [(b"content-type", b"application/json")]})
+            return await send({"type": "http.response.body", "body":
+                               b'{"jsonrpc":"2.0","id":null,"error":{"code":-32601,"message":"Method not found"}}'})
+        await self.app(scope, receive, send)
 
 
 class RequireHeader:
@@ -252,10 +284,13 @@ def main():
     p.add_argument("--name", default="upstream-test")
     p.add_argument("--stateful", action="store_true")
     p.add_argument("--require-header", action="append")
+    p.add_argument("--legacy-only", action="store_true")
     a = p.parse_args()
     mcp = build(a.name)
     app = (mcp.streamable_http_app() if a.stateful
            else mcp.streamable_http_app(stateless_http=True, json_response=True))
+    if a.legacy_only:
+        app = LegacyOnly(app)
     if a.require_header:
         app = RequireHeader(app, a.require_header)
     logging.getLogger("mcp").setLevel(logging.WARNING)  # no per-session chatter
