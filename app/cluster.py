@@ -23,12 +23,20 @@ RETRY_SECONDS = 1.0
 POLL_SECONDS = 5.0  # how often an idle listener checks that its connection is alive
 
 _topics: dict[str, Callable[[], None]] = {}
+# Topics with an argument (``<name>:<arg>``, e.g. ``stream:<session id>``: that session has new
+# events, app/mcp/streams.py): the handler gets the argument. Still never data.
+_prefixed: dict[str, Callable[[str], None]] = {}
 _bus: list = [None]  # the process's publisher (set by start())
 
 
 def register(topic: str, drop: Callable[[], None]) -> None:
     """``drop`` empties one cache; it runs when another instance announces ``topic``."""
     _topics[topic] = drop
+
+
+def register_prefix(name: str, handle: Callable[[str], None]) -> None:
+    """``handle(arg)`` runs when another instance announces ``<name>:<arg>``."""
+    _prefixed[name] = handle
 
 
 def drop_all() -> None:
@@ -39,9 +47,16 @@ def drop_all() -> None:
 def received(payload: str) -> bool:
     """Apply one message (``<instance>:<topic>``); True when it dropped a cache."""
     sender, _, topic = payload.partition(":")
-    if sender == INSTANCE or topic not in _topics:
+    if sender == INSTANCE:
         return False
-    _topics[topic]()
+    name, _, arg = topic.partition(":")
+    if topic in _topics:
+        _topics[topic]()
+    elif arg and name in _prefixed:
+        _prefixed[name](arg)
+        return True  # not counted as a cache invalidation
+    else:
+        return False
     from . import metrics
     metrics.INVALIDATIONS.labels(topic=topic).inc()
     return True

@@ -267,6 +267,11 @@ def load_config(instance_path: str, overrides: dict | None = None) -> dict:
         "PORTCULLIS_CONFIG_CACHE_SECONDS": float(env.get("PORTCULLIS_CONFIG_CACHE_SECONDS") or 5),
         "PORTCULLIS_ENFORCE_AUTH": _bool(env.get("PORTCULLIS_ENFORCE_AUTH"), True),
         "PORTCULLIS_TOOLS_REFRESH_SECONDS": _int(env, "PORTCULLIS_TOOLS_REFRESH_SECONDS", 3600),
+        # GET /mcp streams (app/mcp/streams.py): open streams per worker (gunicorn.conf.py adds as
+        # many threads), keep-alive comment interval, how long the event log keeps events.
+        "PORTCULLIS_MAX_STREAMS": _int(env, "PORTCULLIS_MAX_STREAMS", 256, lo=0),
+        "PORTCULLIS_STREAM_KEEPALIVE_SECONDS": _float(env, "PORTCULLIS_STREAM_KEEPALIVE_SECONDS", 15.0),
+        "PORTCULLIS_STREAM_RETENTION_SECONDS": _int(env, "PORTCULLIS_STREAM_RETENTION_SECONDS", 3600, lo=1),
         # The sweeper (app/sweep.py): on/off, and how long orphaned credentials are kept (days).
         "PORTCULLIS_SWEEP": _bool(env.get("PORTCULLIS_SWEEP"), True),
         "PORTCULLIS_RATE_LIMIT_FAIL_OPEN": _bool(env.get("PORTCULLIS_RATE_LIMIT_FAIL_OPEN"), False),

@@ -158,6 +158,18 @@ def build(name: str) -> MCPServer:
     async def acknowledge(ctx, params) -> EmptyResult:
         return EmptyResult()
 
+    subscribers: dict[str, list] = {}  # uri -> the sessions subscribed to it
+
+    async def subscribe(ctx, params) -> EmptyResult:
+        subscribers.setdefault(str(params.uri), []).append(ctx.session)
+        return EmptyResult()
+
+    async def unsubscribe(ctx, params) -> EmptyResult:
+        found = subscribers.get(str(params.uri), [])
+        if ctx.session in found:
+            found.remove(ctx.session)
+        return EmptyResult()
+
     class Answer(BaseModel):
         answer: str
 
@@ -210,6 +222,26 @@ def build(name: str) -> MCPServer:
         return "touched"
 
     @mcp.tool()
+    async def publish(uri: str) -> int:
+        """Says a resource was updated to every session subscribed to it, on their GET streams
+        (not on this call's); returns to how many."""
+        sessions = list(subscribers.get(uri, []))
+        for session in sessions:
+            try:
+                await session.send_resource_updated(uri)
+            except Exception:  # noqa: BLE001 - a session gone meanwhile
+                pass
+        return len(sessions)
+
+    @mcp.tool()
+    async def announce(ctx: Context) -> str:
+        """Says the prompt list changed and logs a warning, on the GET stream of this call's session."""
+        await ctx.session.send_prompt_list_changed()
+        await ctx.session.send_log_message(level="warning", data="standalone warning")
+        await ctx.session.send_log_message(level="debug", data="standalone debug")
+        return "announced"
+
+    @mcp.tool()
     async def change(ctx: Context) -> str:
         """Says its tool and prompt lists changed, on this call's stream."""
         await ctx.session.send_notification(ToolListChangedNotification(), related_request_id=ctx.request_id)
@@ -223,8 +255,8 @@ def build(name: str) -> MCPServer:
 
     # No public MCPServer API for these in mcp 2.3.0: the low-level server's.
     mcp._lowlevel_server.add_request_handler("logging/setLevel", SetLevelRequestParams, set_level)
-    mcp._lowlevel_server.add_request_handler("resources/subscribe", SubscribeRequestParams, acknowledge)
-    mcp._lowlevel_server.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, acknowledge)
+    mcp._lowlevel_server.add_request_handler("resources/subscribe", SubscribeRequestParams, subscribe)
+    mcp._lowlevel_server.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, unsubscribe)
     return mcp
 
 
