@@ -336,9 +336,12 @@ class Pump:
                     outcome = self._once()
                 except Exception as e:  # noqa: BLE001 - logged, retried with a back-off
                     outcome = "failed"
-                    if not self.stop.is_set():
+                    if not self.stop.is_set():  # only messages known to be safe to show are logged
+                        from .catalog import Failed
+                        from ..upstream.client import UpstreamError
+                        safe = isinstance(e, (UpstreamError, Failed))
                         log.info("the GET stream of %s for an agent session failed: %s", self.server.name,
-                                 str(e)[:200] if isinstance(e, httpx.HTTPError) is False else type(e).__name__)
+                                 str(e)[:200] if safe else type(e).__name__)
                 if outcome == "unsupported":
                     return
                 failures = 0 if outcome == "ended" else min(failures + 1, 6)
