@@ -231,8 +231,24 @@ class Stream:
                 continue
             if time.monotonic() - quiet_since >= keepalive:
                 quiet_since = time.monotonic()
+                if not self._still_allowed():  # a key revoked, a token expired meanwhile: fail closed
+                    return
                 yield ": keep-alive\n\n"  # a client that went away makes this write fail
             hub.wait(sid, seen, wait)
+
+    def _still_allowed(self) -> bool:
+        """The caller's credentials, checked again as a POST would check them."""
+        from .. import identity
+
+        scope = self.ex.scope
+        with self.app.app_context():
+            try:
+                caller = identity.resolve(self.ex.req.environ, "mcp", scope.name if scope else None)
+            except identity.Refusal:
+                return False
+            finally:
+                db.session.remove()
+        return caller.principal == self.ex.caller.principal and (scope is None or scope.id in caller.allowlist)
 
     def _sync_pumps(self, info) -> None:
         """A pump for each upstream session this agent session holds (new ones appear when it

@@ -247,3 +247,17 @@ def test_the_sweeper_trims_old_events(app, beta):
         db.session.commit()
         assert sweep(app).events == 1
         assert [e.id for e in db.session.query(McpSessionEvent)] == [keep]
+
+
+def test_a_revoked_key_loses_its_stream(app, live_server, beta, monkeypatch):
+    from app.models import VirtualKey
+
+    monkeypatch.setitem(app.config, "PORTCULLIS_STREAM_KEEPALIVE_SECONDS", 0.3)
+    key_id, key = add_key(app, {beta: None})
+    agent = Agent(live_server + "/mcp", key).listen()
+    with pytest.raises(queue.Empty):  # kept alive while the key is good
+        agent.next(timeout=1.0)
+    with app.app_context():
+        db.session.get(VirtualKey, key_id).active = False
+        db.session.commit()
+    assert agent.next(timeout=10) is None  # the stream ended at its next keep-alive
