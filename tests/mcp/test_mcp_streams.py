@@ -261,3 +261,29 @@ def test_a_revoked_key_loses_its_stream(app, live_server, beta, monkeypatch):
         db.session.get(VirtualKey, key_id).active = False
         db.session.commit()
     assert agent.next(timeout=10) is None  # the stream ended at its next keep-alive
+
+
+def test_a_request_sent_outside_a_call_is_relayed_and_answered(app, live_server, beta):
+    """elicitation/create on the upstream's GET stream (after the call that caused it ended)
+    reaches the agent's stream under a relay id; the agent's answer POST reaches the upstream."""
+    _, key = add_key(app, {beta: None})
+    agent = Agent(live_server + "/mcp", key, {"elicitation": {"form": {}}}).listen()
+    assert agent.call("resources/subscribe", {"uri": "portcullis://beta/test://static/text"})["result"] == {}
+    deadline, asked = time.monotonic() + 20, None
+    while asked is None and time.monotonic() < deadline:  # until the pump holds the upstream's stream
+        agent.call("tools/call", {"name": "beta__ask_later", "arguments": {}})
+        try:
+            asked = agent.next(timeout=1.0)
+        except queue.Empty:
+            continue
+    assert asked["method"] == "elicitation/create" and asked["id"].startswith("portcullis-relay:")
+    assert asked["params"]["message"] == "Later?"
+    r = agent.post({"jsonrpc": "2.0", "id": asked["id"], "result": {"action": "accept", "content": {"answer": "Eve"}}})
+    assert r.status_code == 202
+    deadline, answers = time.monotonic() + 10, []
+    while "accept:Eve" not in answers and time.monotonic() < deadline:
+        answers = agent.call("tools/call", {"name": "beta__later_answers", "arguments": {}})["result"][
+            "structuredContent"]["result"]
+        time.sleep(0.1)
+    assert "accept:Eve" in answers
+    agent.end()

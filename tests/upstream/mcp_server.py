@@ -4,6 +4,7 @@ usage: python mcp_server.py --port N [--stateful] [--require-header K=V ...] [--
 Stateless JSON by default; --stateful gives sessions and SSE answers (progress notifications).
 """
 import argparse
+import asyncio
 import logging
 import base64
 
@@ -17,7 +18,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.prompts.base import UserMessage
 from mcp.shared.message import ServerMessageMetadata
 from mcp.types import (AudioContent, CallToolResult, Completion, CreateMessageRequest, CreateMessageRequestParams,
-                       CreateMessageResult, ElicitRequestURLParams, EmbeddedResource,
+                       CreateMessageResult, ElicitRequest, ElicitRequestFormParams, ElicitRequestURLParams, ElicitResult, EmbeddedResource,
                        EmptyResult, ImageContent, ListRootsRequest, ListRootsResult, PromptListChangedNotification,
                        PromptReference, ResourceUpdatedNotification, ResourceUpdatedNotificationParams,
                        ToolListChangedNotification, ResourceLink, SamplingMessage, SetLevelRequestParams,
@@ -232,6 +233,30 @@ def build(name: str) -> MCPServer:
             except Exception:  # noqa: BLE001 - a session gone meanwhile
                 pass
         return len(sessions)
+
+    later: list[str] = []
+
+    @mcp.tool()
+    async def ask_later(ctx: Context) -> str:
+        """Asks the client's user after this call has ended (elicitation/create on the GET stream);
+        ``later_answers`` tells what came back."""
+        session = ctx.session
+
+        async def ask():
+            try:
+                r = await session.send_request(ElicitRequest(params=ElicitRequestFormParams(
+                    message="Later?", requested_schema={"type": "object", "properties": {
+                        "answer": {"type": "string"}}, "required": ["answer"]})), ElicitResult)
+                later.append(f"{r.action}:{(r.content or {}).get('answer', '')}")
+            except Exception as e:  # noqa: BLE001 - reported by later_answers
+                later.append(f"error:{type(e).__name__}")
+        asyncio.get_running_loop().create_task(ask())
+        return "asked"
+
+    @mcp.tool()
+    def later_answers() -> list[str]:
+        """What the client answered to ask_later, so far."""
+        return later
 
     @mcp.tool()
     async def announce(ctx: Context) -> str:
