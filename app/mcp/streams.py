@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 from dataclasses import replace
@@ -337,12 +338,18 @@ class Pump:
                                        name=f"portcullis-pump-{server.name}")
 
     def close(self) -> None:
+        """Interrupt the read in progress (a close alone would wait for the upstream's next line):
+        the connection's socket is shut down, so that connection is not reused."""
         resp = self._resp
-        if resp is not None:
-            try:
-                resp.close()
-            except Exception:  # noqa: BLE001 - closing from another thread: best effort
-                pass
+        if resp is None:
+            return
+        try:
+            stream = resp.extensions.get("network_stream")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if sock is not None:
+                sock.shutdown(socket.SHUT_RDWR)
+        except Exception:  # noqa: BLE001 - from another thread, best effort: the next ping ends it
+            pass
 
     def _run(self) -> None:
         failures = 0

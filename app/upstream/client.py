@@ -323,6 +323,8 @@ class UpstreamCall:
                 yield _parse_response(ep, self.resp.read(), self.want_id)
                 return
             for data in _sse_data(self.resp.iter_lines()):
+                if not data:  # a priming event (an id for resumption, no message)
+                    continue
                 try:
                     msg = json.loads(data)
                 except (ValueError, RecursionError):

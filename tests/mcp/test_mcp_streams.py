@@ -17,7 +17,7 @@ import pytest
 from app.extensions import db
 from app.mcp import streams
 from app.models import McpSessionEvent, McpUpstreamSession
-from tests.support.mcp import UPSTREAM_KEY, add_key, add_server, raw_dump
+from tests.support.mcp import UPSTREAM_KEY, add_key, add_server, raw_dump, start_upstream, stop
 
 ACCEPT = "application/json, text/event-stream"
 
@@ -25,6 +25,14 @@ ACCEPT = "application/json, text/event-stream"
 @pytest.fixture
 def beta(app, upstreams):
     return add_server(app, "beta", upstreams["beta"], auth_type="headers", headers={"X-Api-Key": UPSTREAM_KEY})
+
+
+@pytest.fixture(scope="module")
+def resumable_url():
+    """A stateful upstream that gives SSE event ids and replays after Last-Event-ID."""
+    proc, url = start_upstream("--name", "gamma", "--stateful", "--event-store")
+    yield url
+    stop(proc)
 
 
 class Agent:
@@ -65,10 +73,12 @@ class Agent:
         headers = {**self.headers, "Accept": "text/event-stream"}
         if last_event_id is not None:
             headers["Last-Event-ID"] = last_event_id
+        self.http = httpx.Client(timeout=httpx.Timeout(10, read=60))
+        self.opened.clear()
 
         def run():
             try:
-                with httpx.stream("GET", self.url, headers=headers, timeout=httpx.Timeout(10, read=60)) as r:
+                with self.http.stream("GET", self.url, headers=headers) as r:
                     self.status = r.status_code
                     self.opened.set()
                     for event_id, message in _parse(r.iter_lines()):
@@ -76,7 +86,7 @@ class Agent:
                             self.ids.append(event_id)
                         if message is not None:
                             self.events.put(message)
-            except httpx.HTTPError:
+            except (httpx.HTTPError, RuntimeError, OSError):
                 pass
             finally:
                 self.opened.set()
@@ -86,6 +96,13 @@ class Agent:
         self.thread.start()
         assert self.opened.wait(10)
         return self
+
+    def hang_up(self) -> None:
+        """The agent goes away without DELETE (its connection closes)."""
+        self.http.close()
+        self.thread.join(timeout=10)
+        while not self.events.empty():
+            self.events.get()
 
     def next(self, timeout: float = 10.0):
         return self.events.get(timeout=timeout)
@@ -286,4 +303,39 @@ def test_a_request_sent_outside_a_call_is_relayed_and_answered(app, live_server,
             "structuredContent"]["result"]
         time.sleep(0.1)
     assert "accept:Eve" in answers
+    agent.end()
+
+
+def test_the_pump_resumes_the_upstream_stream_with_last_event_id(app, live_server, resumable_url, monkeypatch):
+    """Events the upstream sent while no pump held its stream arrive when the agent comes back:
+    the pump resumes with the upstream's last event id (stored per upstream session)."""
+    monkeypatch.setitem(app.config, "PORTCULLIS_STREAM_KEEPALIVE_SECONDS", 0.3)
+    gamma = add_server(app, "gamma", resumable_url)
+    _, key = add_key(app, {gamma: None})
+    agent = Agent(live_server + "/mcp/gamma", key).listen()
+    assert agent.call("resources/subscribe", {"uri": "test://static/text"})["result"] == {}
+    _updated_until(agent, agent, "publish", "test://static/text", "test://static/text")
+    with app.app_context():
+        assert db.session.query(McpUpstreamSession).one().last_event_id  # the upstream's position
+    seen = agent.ids[-1]
+    while True:  # drain the updates of the retries
+        try:
+            agent.next(timeout=0.5)
+        except queue.Empty:
+            break
+    agent.hang_up()
+    deadline = time.monotonic() + 10
+    while streams.pumps.count() and time.monotonic() < deadline:  # the pump stops with the stream
+        time.sleep(0.05)
+    assert streams.pumps.count() == 0
+    # no one holds the upstream's stream now: its update is kept by the upstream only
+    assert agent.call("tools/call", {"name": "publish", "arguments": {"uri": "test://item/7"}})["result"][
+        "structuredContent"]["result"] == 0  # (nobody subscribed to that URI: a marker call)
+    assert agent.call("resources/subscribe", {"uri": "test://item/7"})["result"] == {}
+    assert agent.call("tools/call", {"name": "publish", "arguments": {"uri": "test://item/7"}})["result"][
+        "structuredContent"]["result"] == 1
+    agent.listen(agent.ids[-1] if agent.ids else seen)
+    message = agent.next(timeout=15)
+    assert message == {"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                       "params": {"uri": "test://item/7"}}
     agent.end()

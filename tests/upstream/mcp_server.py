@@ -16,6 +16,7 @@ from mcp import UrlElicitationRequiredError
 from mcp.server.mcpserver import Context, Image, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.prompts.base import UserMessage
+from mcp.server.streamable_http import EventMessage, EventStore
 from mcp.shared.message import ServerMessageMetadata
 from mcp.types import (AudioContent, CallToolResult, Completion, CreateMessageRequest, CreateMessageRequestParams,
                        CreateMessageResult, ElicitRequest, ElicitRequestFormParams, ElicitRequestURLParams, ElicitResult, EmbeddedResource,
@@ -285,6 +286,29 @@ def build(name: str) -> MCPServer:
     return mcp
 
 
+class MemoryEventStore(EventStore):
+    """Resumability (--event-store): every event kept, numbered; a GET with Last-Event-ID gets
+    the events of that stream after it. One session per server in the tests that use it (the
+    SDK names every session's GET stream alike)."""
+
+    def __init__(self):
+        self.events: list[tuple[str, str, object]] = []
+
+    async def store_event(self, stream_id, message):
+        event_id = str(len(self.events) + 1)
+        self.events.append((event_id, stream_id, message))
+        return event_id
+
+    async def replay_events_after(self, last_event_id, send_callback):
+        if not last_event_id.isdigit() or not 0 < int(last_event_id) <= len(self.events):
+            return None
+        stream = self.events[int(last_event_id) - 1][1]
+        for event_id, stream_id, message in self.events[int(last_event_id):]:
+            if stream_id == stream and message is not None:
+                await send_callback(EventMessage(message, event_id))
+        return stream
+
+
 class RequireHeader:
     """ASGI wrapper: 401 unless every required header has one of its accepted values
     (``--require-header K=V`` may repeat: several headers, or several accepted values of one)."""
@@ -309,9 +333,10 @@ def main():
     p.add_argument("--name", default="upstream-test")
     p.add_argument("--stateful", action="store_true")
     p.add_argument("--require-header", action="append")
+    p.add_argument("--event-store", action="store_true", help="resumable streams (SSE event ids)")
     a = p.parse_args()
     mcp = build(a.name)
-    app = (mcp.streamable_http_app() if a.stateful
+    app = (mcp.streamable_http_app(event_store=MemoryEventStore() if a.event_store else None) if a.stateful
            else mcp.streamable_http_app(stateless_http=True, json_response=True))
     if a.require_header:
         app = RequireHeader(app, a.require_header)
