@@ -425,14 +425,17 @@ class Pump:
             msg = json.loads(data) if data else None
         except (ValueError, RecursionError):
             msg = None
+        sid = self.ex.session.id
         with self.app.app_context():
             try:
-                if isinstance(msg, dict):
-                    out = self._map(ep, session, msg)
-                    if out is not None:
-                        publish(self.ex.session.id, out)
-                if event_id:  # resumable upstream: its position, for the next GET
-                    upstream_sessions.remember_event_id(self.ex.session.id, self.server.id, event_id[:MAX_EVENT_ID])
+                out = self._map(ep, session, msg) if isinstance(msg, dict) else None
+                if out is not None:
+                    db.session.add(McpSessionEvent(session_id=sid, payload=out))
+                if event_id:  # resumable upstream: its position, for the next GET (same commit as the event)
+                    upstream_sessions.remember_event_id(sid, self.server.id, event_id[:MAX_EVENT_ID], commit=False)
+                db.session.commit()
+                if out is not None:
+                    wake(sid)
             finally:
                 db.session.remove()
 

@@ -105,8 +105,9 @@ def last_event_id(agent_session_id: str, server_id: int, upstream_session_id: st
     return row.last_event_id
 
 
-def remember_event_id(agent_session_id: str, server_id: int, event_id: str) -> None:
+def remember_event_id(agent_session_id: str, server_id: int, event_id: str, commit: bool = True) -> None:
     db.session.execute(update(McpUpstreamSession).where(
         McpUpstreamSession.agent_session_id == agent_session_id, McpUpstreamSession.server_id == server_id)
         .values(last_event_id=event_id[:500]))
-    db.session.commit()
+    if commit:
+        db.session.commit()
