@@ -339,3 +339,33 @@ def test_the_pump_resumes_the_upstream_stream_with_last_event_id(app, live_serve
     assert message == {"jsonrpc": "2.0", "method": "notifications/resources/updated",
                        "params": {"uri": "test://item/7"}}
     agent.end()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_the_sdk_client_hears_updates_on_its_get_stream(app, live_server, beta, anyio_backend):
+    """The real `mcp` client opens GET /mcp by itself after initialize; an update for its
+    subscription arrives there (not on a call's answer: the upstream sends it on its own GET
+    stream, caused here by another session's call)."""
+    import anyio
+
+    from tests.support.mcp import client
+
+    _, key = add_key(app, {beta: None})
+    heard: list = []
+
+    async def on_message(message):
+        if getattr(message, "method", None) == "notifications/resources/updated":
+            heard.append(str(message.params.uri))
+
+    other = Agent(live_server + "/mcp", key)
+    http, c = client(live_server + "/mcp", key, message_handler=on_message)
+    async with http, c:
+        await c.subscribe_resource("portcullis://beta/test://static/text")
+        with anyio.fail_after(20):
+            while not heard:  # until the pump holds the upstream's stream
+                await anyio.to_thread.run_sync(lambda: other.call(
+                    "tools/call", {"name": "beta__publish", "arguments": {"uri": "test://static/text"}}))
+                await anyio.sleep(0.3)
+    assert heard[0] == "portcullis://beta/test://static/text"
+    other.end()
