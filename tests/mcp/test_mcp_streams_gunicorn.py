@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.support.cluster import drop_database, fresh_database
-from tests.support.mcp import UPSTREAM_KEY, free_port, gateway_instance, serve, stop, wait_ready
+from tests.support.mcp import ROOT, UPSTREAM_KEY, free_port, gateway_instance, serve, stop, wait_ready
 
 ACCEPT = "application/json, text/event-stream"
 SETUP = """from app.ops.servers import create_server
@@ -135,9 +135,28 @@ class Listener:
         assert self.opened.wait(10)
 
 
-def test_a_stream_receives_what_posts_on_another_instance_caused(tmp_path, upstreams, database):
+def _redis_url() -> str | None:
+    """Redis for the bus variant (TEST_REDIS_URL; this suite's db 12 by default), None if down."""
+    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/12")
+    try:
+        import redis
+        return url if redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1).ping() else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+@pytest.mark.parametrize("bus", ["database", "redis"])
+def test_a_stream_receives_what_posts_on_another_instance_caused(tmp_path, upstreams, database, bus):
+    """bus "database": PostgreSQL LISTEN/NOTIFY (or, on SQLite, no bus: the streams' poll);
+    "redis": Redis pub/sub (REDIS_URL set on every instance)."""
+    extra = {}
+    if bus == "redis":
+        url = _redis_url()
+        if url is None:
+            pytest.skip("no Redis (TEST_REDIS_URL)")
+        extra = {"REDIS_URL": url, "PORTCULLIS_RATE_LIMIT_PREFIX": f"streams-test-{os.getpid()}"}
     port_a, port_b = free_port(), free_port()
-    procs, secret = _start(tmp_path, upstreams, database, (port_a, port_b))
+    procs, secret = _start(tmp_path, upstreams, database, (port_a, port_b), **extra)
     try:
         a, b = f"http://127.0.0.1:{port_a}/mcp", f"http://127.0.0.1:{port_b}/mcp"
         headers = _session(a, secret)
@@ -160,6 +179,7 @@ def test_a_stream_receives_what_posts_on_another_instance_caused(tmp_path, upstr
         env = {**os.environ, "PORTCULLIS_INSTANCE_PATH": f"{tmp_path}/instance", "PORTCULLIS_SWEEP": "false"}
         env.pop("REDIS_URL", None)
         env.pop("DATABASE_URL", None)
+        env.update(extra)
         if database:
             env["DATABASE_URL"] = database
         script = ("import time\nfrom app import create_app\nfrom app.mcp import streams\napp = create_app()\n"
@@ -168,7 +188,7 @@ def test_a_stream_receives_what_posts_on_another_instance_caused(tmp_path, upstr
                   f"with app.app_context():\n    streams.publish({headers['Mcp-Session-Id']!r}, "
                   "{'jsonrpc': '2.0', 'method': 'notifications/tools/list_changed'})\n")
         started = time.monotonic()
-        subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path.parent if False else os.getcwd()), env=env,
+        subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
                        check=True, timeout=60, capture_output=True)
         published = time.monotonic()
         deadline = published + 10
@@ -176,10 +196,11 @@ def test_a_stream_receives_what_posts_on_another_instance_caused(tmp_path, upstr
                 m.get("method") == "notifications/tools/list_changed" for m in stream.messages):
             time.sleep(0.02)
         waited = time.monotonic() - published
-        print(f"\nan event published by another process reached the stream {waited * 1000:.0f} ms later "
-              f"({'bus' if database else 'poll'}; the publishing process took {published - started:.1f} s)")
+        woken = bus == "redis" or database is not None
+        print(f"\nan event published by another process reached the stream {waited * 1000:.0f} ms after that "
+              f"process ended ({bus if woken else 'no bus: poll'}; the process took {published - started:.1f} s)")
         assert any(m.get("method") == "notifications/tools/list_changed" for m in stream.messages)
-        if database:
+        if woken:
             assert waited < 1.5  # woken by the bus, not by a poll or a keep-alive (15 s)
         assert httpx.delete(b, headers=headers, timeout=10).status_code == 204  # ended on B
         stream.thread.join(timeout=10)
