@@ -8,7 +8,10 @@ bind = f"{os.environ.get('PORTCULLIS_HOST', '127.0.0.1')}:{os.environ.get('PORT'
 # caches consistent and suits SQLite. Raise PORTCULLIS_WORKERS with PostgreSQL + REDIS_URL.
 workers = int(os.environ.get("PORTCULLIS_WORKERS", "1"))
 worker_class = "gthread"
-threads = int(os.environ.get("PORTCULLIS_THREADS", "8"))
+# Calls get PORTCULLIS_THREADS threads; GET /mcp streams (each holds a thread while open) get a
+# budget of their own on top, PORTCULLIS_MAX_STREAMS, enforced by the app (app/mcp/streams.py):
+# open streams never take the calls' threads (README "Serving model").
+threads = int(os.environ.get("PORTCULLIS_THREADS", "8")) + int(os.environ.get("PORTCULLIS_MAX_STREAMS", "256"))
 timeout = 120
 graceful_timeout = 20
 keepalive = 15

@@ -62,6 +62,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.extensions["snapshot"] = Holder()
     app.extensions["mcp_client"] = UpstreamClient()
     app.extensions["mcp_sessions"] = McpSessionStore()
+    from .mcp import streams
+    streams.init_app(app)  # GET /mcp streams, shared upstream sessions (app/mcp/streams.py)
 
     app.url_map.converters["id"] = IdConverter
     app.after_request(_security_headers)

@@ -27,7 +27,10 @@ RETRY_SECONDS = 1.0
 POLL_SECONDS = 5.0  # how often an idle listener checks that its connection is alive
 
 _topics: dict[str, Callable[[], None]] = {}
-_handlers: dict[str, Callable[[str], None]] = {}  # topics with an argument
+# Topics with an argument (``<name>:<arg>``: ``cancel:<call digest>``, app/mcp/relay.py;
+# ``stream:<session id>``, that session has new events, app/mcp/streams.py): the handler gets
+# the argument, in every process, the sender included. Still never data.
+_handlers: dict[str, Callable[[str], None]] = {}
 _bus: list = [None]  # the process's publisher (set by start())
 
 
@@ -72,7 +75,6 @@ def received(payload: str) -> bool:
         return False
     if sender == INSTANCE or topic not in _topics:
         return False
-    _topics[topic]()
     from . import metrics
     metrics.INVALIDATIONS.labels(topic=topic).inc()
     return True

@@ -271,6 +271,11 @@ def load_config(instance_path: str, overrides: dict | None = None) -> dict:
         # sampling, elicitation or roots) waits for the upstream when that is longer than the
         # server's read_timeout: a relayed elicitation waits for a person.
         "PORTCULLIS_MCP_RELAY_WAIT_SECONDS": _float(env, "PORTCULLIS_MCP_RELAY_WAIT_SECONDS", 600.0),
+        # GET /mcp streams (app/mcp/streams.py): open streams per worker (gunicorn.conf.py adds as
+        # many threads), keep-alive comment interval, how long the event log keeps events.
+        "PORTCULLIS_MAX_STREAMS": _int(env, "PORTCULLIS_MAX_STREAMS", 256, lo=0),
+        "PORTCULLIS_STREAM_KEEPALIVE_SECONDS": _float(env, "PORTCULLIS_STREAM_KEEPALIVE_SECONDS", 15.0),
+        "PORTCULLIS_STREAM_RETENTION_SECONDS": _int(env, "PORTCULLIS_STREAM_RETENTION_SECONDS", 3600, lo=1),
         # The sweeper (app/sweep.py): on/off, and how long orphaned credentials are kept (days).
         "PORTCULLIS_SWEEP": _bool(env.get("PORTCULLIS_SWEEP"), True),
         "PORTCULLIS_RATE_LIMIT_FAIL_OPEN": _bool(env.get("PORTCULLIS_RATE_LIMIT_FAIL_OPEN"), False),

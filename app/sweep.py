@@ -20,6 +20,7 @@ from sqlalchemy import text
 
 from .credentials import sweep as credentials
 from .oauth_server import sweep as oauth
+from .mcp import streams
 
 from . import metrics
 from .extensions import db
@@ -39,6 +40,7 @@ class SweepReport:
     skipped: bool = False
     reconciled: int = 0
     oauth: int = 0  # expired codes, refresh tokens, ended consents and retired signing keys
+    events: int = 0  # stream events older than PORTCULLIS_STREAM_RETENTION_SECONDS
 
 
 def retention_days(app) -> int:
@@ -68,6 +70,7 @@ def sweep(app, flows: bool = True, orphans: bool = True, now=None) -> SweepRepor
         if orphans:
             report.orphans = credentials.old_orphans(now, retention_days(app))
         report.oauth = oauth.sweep(now, retention_days(app), app.config["PORTCULLIS_REFRESH_TOKEN_DAYS"])
+        report.events = streams.trim(now)  # the GET /mcp event log beyond its retention
         db.session.commit()  # releases the lease
     except Exception:
         db.session.rollback()

@@ -22,7 +22,7 @@ from ..extensions import db
 from .. import identity, metrics
 from ..identity import Caller
 from ..ops.fields import JsonRefused, parse_json
-from . import catalog, modern, native, relay
+from . import catalog, modern, native, relay, streams
 from . import tools as toolnames
 from ..upstream.client import Envelope, UpstreamError, UpstreamRefused
 from ..upstream.discovery import refresh_now, refresh_stale
@@ -139,9 +139,9 @@ def handle(req: Request, server_name: str | None) -> Response:
     origin = req.headers.get("Origin")
     if origin is not None and not _origin_allowed(origin):
         return rpc_error(None, types.INVALID_REQUEST, "origin not allowed", 403)
-    if req.method not in ("POST", "DELETE"):
-        return rpc_error(None, types.INVALID_REQUEST, "this endpoint offers no GET stream; use POST",
-                         405, {"Allow": "POST, DELETE"})
+    if req.method not in ("POST", "DELETE", "GET"):
+        return rpc_error(None, types.INVALID_REQUEST, f"method {req.method[:10]} not allowed; use GET, POST or DELETE",
+                         405, {"Allow": "GET, POST, DELETE"})
 
     message = None
     if req.method == "POST":
@@ -168,8 +168,14 @@ def handle(req: Request, server_name: str | None) -> Response:
         if not isinstance(session, McpSessionInfo):
             return session
         store.end(session)
+        streams.wake(session.id)  # its streams end, here and on other instances
         _end_upstreams(Exchange(req, None, caller, scope, session))
         return Response(status=204)
+    if req.method == "GET":  # the server-to-client stream (app/mcp/streams.py)
+        session = _session(req, store, caller, scope)
+        if not isinstance(session, McpSessionInfo):
+            return session
+        return streams.open_stream(Exchange(req, None, caller, scope, session), req.headers.get("Last-Event-ID"))
 
     # -- the JSON-RPC envelope --
     if isinstance(message, list):

@@ -10,9 +10,13 @@ from dataclasses import dataclass, field
 from flask import current_app
 from sqlalchemy import update
 
+from .. import cluster
 from ..extensions import db
 from ..models import McpSession
 from ..models.base import utcnow
+from . import upstream_sessions
+
+SESSION_TOPIC = "mcp-session"  # app/cluster.py: send(SESSION_TOPIC, session id) drops a cached session
 
 MAX_CACHED = 20_000
 
@@ -28,7 +32,8 @@ class McpSessionInfo:
     checked_at: float
     log_level: str | None = None
     # Servers with which this agent session holds an upstream session of its own (it carries
-    # this session's subscriptions or log level); kept in this process's memory.
+    # this session's subscriptions or log level): read from the database with the session
+    # (app/mcp/upstream_sessions.py), so every worker and instance uses the same one.
     stateful: set = field(default_factory=set)
 
 
@@ -59,7 +64,8 @@ class McpSessionStore:
         if row is None:
             return None
         info = McpSessionInfo(row.id, row.principal, row.server_id, row.protocol_version,
-                           row.capabilities or {}, row.ended_at is not None, time.monotonic(), row.log_level)
+                              row.capabilities or {}, row.ended_at is not None, time.monotonic(), row.log_level,
+                              upstream_sessions.held(row.id))
         self._put(info)
         return None if info.ended else info
 
@@ -68,6 +74,7 @@ class McpSessionStore:
                            .values(ended_at=utcnow()))
         db.session.commit()
         info.ended = True
+        cluster.send(SESSION_TOPIC, info.id)
 
     def set_log_level(self, info: McpSessionInfo, level: str) -> None:
         db.session.execute(update(McpSession).where(McpSession.id == info.id).values(log_level=level))
@@ -75,7 +82,18 @@ class McpSessionStore:
         info.log_level = level
 
     def hold_upstream(self, info: McpSessionInfo, server_id: int) -> None:
+        """This agent session's traffic with that server goes to an upstream session of its own
+        from now on; other processes drop their cached copy of the session (app/cluster.py)."""
+        if server_id in info.stateful:
+            return
+        upstream_sessions.hold(info.id, server_id)
         info.stateful.add(server_id)
+        cluster.send(SESSION_TOPIC, info.id)
+
+    def drop(self, sid: str) -> None:
+        """Forget the cached copy (another process changed the session)."""
+        with self._lock:
+            self._cache.pop(sid, None)
 
     def _put(self, info: McpSessionInfo) -> None:
         with self._lock:

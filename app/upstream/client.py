@@ -137,6 +137,9 @@ class UpstreamClient:
         self._locks: dict[tuple, threading.Lock] = {}
         self._peers: dict[tuple, Peer] = {}
         self._guard = threading.Lock()
+        # Where owned sessions (Endpoint.owner) are shared between workers and instances
+        # (app/mcp/upstream_sessions.py): asked on a miss of the in-memory cache. None: memory only.
+        self.owned = None
 
     def close(self) -> None:
         self.transport.close()
@@ -161,7 +164,7 @@ class UpstreamClient:
                 found = self._sessions.get(key)
             if found is not None:
                 return found
-            found = self._initialize(ep)
+            found = self._owned_session(ep) if ep.owner and self.owned is not None else self._initialize(ep)
             with self._guard:
                 self._sessions[key] = found
                 while len(self._sessions) > MAX_SESSIONS:
@@ -169,10 +172,25 @@ class UpstreamClient:
                     self._locks.pop(old, None)
             return found
 
+    def _owned_session(self, ep: Endpoint) -> UpstreamSession:
+        """An owned endpoint's session: the stored one, else a new one stored (the first stored
+        wins; a racing one of ours is ended)."""
+        stored = self.owned.load(ep)
+        if stored is not None:
+            return UpstreamSession(*stored)
+        fresh = self._initialize(ep)
+        session_id, version = self.owned.save(ep, fresh.session_id, fresh.protocol_version)
+        if session_id == fresh.session_id:
+            return fresh
+        self._delete(ep, fresh)
+        return UpstreamSession(session_id, version)
+
     def _forget(self, ep: Endpoint, stale: UpstreamSession) -> None:
         with self._guard:
             if self._sessions.get(ep.session_key) is stale:
                 del self._sessions[ep.session_key]
+        if ep.owner and self.owned is not None:
+            self.owned.forget(ep, stale.session_id)
 
     def _initialize(self, ep: Endpoint) -> UpstreamSession:
         params = types.InitializeRequestParams(
@@ -212,8 +230,16 @@ class UpstreamClient:
         with self._guard:
             session = self._sessions.pop(ep.session_key, None)
             self._locks.pop(ep.session_key, None)
+        if ep.owner and self.owned is not None:  # held in the database, maybe by another instance
+            stored = self.owned.load(ep)
+            session = UpstreamSession(*stored) if stored is not None else session
+            if session is not None:
+                self.owned.forget(ep, session.session_id)
         if session is None or not session.session_id:
             return
+        self._delete(ep, session)
+
+    def _delete(self, ep: Endpoint, session: UpstreamSession) -> None:
         request = httpx.Request("DELETE", ep.url, headers=self._headers(ep, session),
                                 extensions={"timeout": ep.timeout})
         try:
@@ -429,6 +455,8 @@ class UpstreamCall:
                 yield _parse_response(ep, self.resp.read(), self.want_id)
                 return
             for data in _sse_data(self.resp.iter_lines()):
+                if not data:  # a priming event (an id for resumption, no message)
+                    continue
                 try:
                     msg = json.loads(data)
                 except (ValueError, RecursionError):

@@ -174,9 +174,9 @@ def test_a_session_is_served_by_another_worker_from_the_database(app, client, up
     assert r.status_code == 404 and r.json["error"]["code"] == -32001
 
 
-def test_get_is_not_offered_and_origins_are_checked(rpc):
-    r = rpc.raw(None, method="GET")
-    assert r.status_code == 405 and "POST" in r.headers["Allow"]
+def test_other_methods_are_not_offered_and_origins_are_checked(rpc):
+    r = rpc.raw(None, method="PUT")  # GET opens the stream (tests/mcp/test_mcp_streams.py)
+    assert r.status_code == 405 and r.headers["Allow"] == "GET, POST, DELETE"
     for origin in ("http://evil.example.com", "null", "https://127.0.0.1.evil.com"):
         assert rpc.call("ping", extra={"Origin": origin}).status_code == 403, origin
     for origin in ("http://localhost:3000", "http://127.0.0.1", "http://[::1]:8080", "http://127.0.0.1:8080"):

@@ -4,6 +4,7 @@ usage: python mcp_server.py --port N [--stateful] [--require-header K=V ...] [--
 Stateless JSON by default; --stateful gives sessions and SSE answers (progress notifications).
 """
 import argparse
+import asyncio
 import logging
 import base64
 
@@ -18,9 +19,10 @@ from mcp.server.mcpserver import Context, Image, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.resolve import Elicit, Resolve
 from mcp.server.mcpserver.prompts.base import UserMessage
+from mcp.server.streamable_http import EventMessage, EventStore
 from mcp.shared.message import ServerMessageMetadata
 from mcp.types import (AudioContent, CallToolResult, Completion, CreateMessageRequest, CreateMessageRequestParams,
-                       CreateMessageResult, ElicitRequestURLParams, EmbeddedResource,
+                       CreateMessageResult, ElicitRequest, ElicitRequestFormParams, ElicitRequestURLParams, ElicitResult, EmbeddedResource,
                        EmptyResult, ImageContent, ListRootsRequest, ListRootsResult, PromptListChangedNotification,
                        PromptReference, ResourceUpdatedNotification, ResourceUpdatedNotificationParams,
                        ToolListChangedNotification, ResourceLink, SamplingMessage, SetLevelRequestParams,
@@ -161,6 +163,18 @@ def build(name: str) -> MCPServer:
     async def acknowledge(ctx, params) -> EmptyResult:
         return EmptyResult()
 
+    subscribers: dict[str, list] = {}  # uri -> the sessions subscribed to it
+
+    async def subscribe(ctx, params) -> EmptyResult:
+        subscribers.setdefault(str(params.uri), []).append(ctx.session)
+        return EmptyResult()
+
+    async def unsubscribe(ctx, params) -> EmptyResult:
+        found = subscribers.get(str(params.uri), [])
+        if ctx.session in found:
+            found.remove(ctx.session)
+        return EmptyResult()
+
     class Answer(BaseModel):
         answer: str
 
@@ -213,6 +227,50 @@ def build(name: str) -> MCPServer:
         return "touched"
 
     @mcp.tool()
+    async def publish(uri: str) -> int:
+        """Says a resource was updated to every session subscribed to it, on their GET streams
+        (not on this call's); returns to how many."""
+        sessions = list(subscribers.get(uri, []))
+        for session in sessions:
+            try:
+                await session.send_resource_updated(uri)
+            except Exception:  # noqa: BLE001 - a session gone meanwhile
+                pass
+        return len(sessions)
+
+    later: list[str] = []
+
+    @mcp.tool()
+    async def ask_later(ctx: Context) -> str:
+        """Asks the client's user after this call has ended (elicitation/create on the GET stream);
+        ``later_answers`` tells what came back."""
+        session = ctx.session
+
+        async def ask():
+            try:
+                r = await session.send_request(ElicitRequest(params=ElicitRequestFormParams(
+                    message="Later?", requested_schema={"type": "object", "properties": {
+                        "answer": {"type": "string"}}, "required": ["answer"]})), ElicitResult)
+                later.append(f"{r.action}:{(r.content or {}).get('answer', '')}")
+            except Exception as e:  # noqa: BLE001 - reported by later_answers
+                later.append(f"error:{type(e).__name__}")
+        asyncio.get_running_loop().create_task(ask())
+        return "asked"
+
+    @mcp.tool()
+    def later_answers() -> list[str]:
+        """What the client answered to ask_later, so far."""
+        return later
+
+    @mcp.tool()
+    async def announce(ctx: Context) -> str:
+        """Says the prompt list changed and logs a warning, on the GET stream of this call's session."""
+        await ctx.session.send_prompt_list_changed()
+        await ctx.session.send_log_message(level="warning", data="standalone warning")
+        await ctx.session.send_log_message(level="debug", data="standalone debug")
+        return "announced"
+
+    @mcp.tool()
     async def change(ctx: Context) -> str:
         """Says its tool and prompt lists changed, on this call's stream."""
         await ctx.session.send_notification(ToolListChangedNotification(), related_request_id=ctx.request_id)
@@ -239,8 +297,8 @@ def build(name: str) -> MCPServer:
 
     # No public MCPServer API for these in mcp 2.3.0: the low-level server's.
     mcp._lowlevel_server.add_request_handler("logging/setLevel", SetLevelRequestParams, set_level)
-    mcp._lowlevel_server.add_request_handler("resources/subscribe", SubscribeRequestParams, acknowledge)
-    mcp._lowlevel_server.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, acknowledge)
+    mcp._lowlevel_server.add_request_handler("resources/subscribe", SubscribeRequestParams, subscribe)
+    mcp._lowlevel_server.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, unsubscribe)
     return mcp
 
 
@@ -258,6 +316,28 @@ class LegacyOnly:
             return await send({"type": "http.response.body", "body":
                                b'{"jsonrpc":"2.0","id":null,"error":{"code":-32601,"message":"Method not found"}}'})
         await self.app(scope, receive, send)
+
+class MemoryEventStore(EventStore):
+    """Resumability (--event-store): every event kept, numbered; a GET with Last-Event-ID gets
+    the events of that stream after it. One session per server in the tests that use it (the
+    SDK names every session's GET stream alike)."""
+
+    def __init__(self):
+        self.events: list[tuple[str, str, object]] = []
+
+    async def store_event(self, stream_id, message):
+        event_id = str(len(self.events) + 1)
+        self.events.append((event_id, stream_id, message))
+        return event_id
+
+    async def replay_events_after(self, last_event_id, send_callback):
+        if not last_event_id.isdigit() or not 0 < int(last_event_id) <= len(self.events):
+            return None
+        stream = self.events[int(last_event_id) - 1][1]
+        for event_id, stream_id, message in self.events[int(last_event_id):]:
+            if stream_id == stream and message is not None:
+                await send_callback(EventMessage(message, event_id))
+        return stream
 
 
 class RequireHeader:
@@ -285,9 +365,10 @@ def main():
     p.add_argument("--stateful", action="store_true")
     p.add_argument("--require-header", action="append")
     p.add_argument("--legacy-only", action="store_true")
+    p.add_argument("--event-store", action="store_true", help="resumable streams (SSE event ids)")
     a = p.parse_args()
     mcp = build(a.name)
-    app = (mcp.streamable_http_app() if a.stateful
+    app = (mcp.streamable_http_app(event_store=MemoryEventStore() if a.event_store else None) if a.stateful
            else mcp.streamable_http_app(stateless_http=True, json_response=True))
     if a.legacy_only:
         app = LegacyOnly(app)
