@@ -75,6 +75,7 @@ def received(payload: str) -> bool:
         return False
     if sender == INSTANCE or topic not in _topics:
         return False
+    _topics[topic]()
     from . import metrics
     metrics.INVALIDATIONS.labels(topic=topic).inc()
     return True
