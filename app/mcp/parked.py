@@ -38,7 +38,7 @@ from cryptography.fernet import InvalidToken
 from flask import current_app
 from sqlalchemy import delete
 
-from .. import cluster
+from .. import cluster, metrics
 from ..credentials import AuthRequired, CredentialUnavailable, endpoint_for
 from ..crypto import keyring
 from ..extensions import db
@@ -155,7 +155,7 @@ def _open(request_state: str) -> dict | None:
 
 def resume(ex, server, tool: str, params: dict):
     """The agent's retry of a parked call: its answers to the upstream, then the next outcome."""
-    from .gateway import tool_error
+    from .gateway import _outcome, tool_error
 
     state = _open(params["requestState"])
     if state is None:
@@ -196,6 +196,7 @@ def resume(ex, server, tool: str, params: dict):
         return ex.result(_input_required(base, want, found["requests"]))
     _forget(park_id)
     message = {**found["final"], "id": ex.id}
+    metrics.tool_call(server.name, tool, _outcome(message.get("result"), message.get("error")))
     return ex.answer(message)
 
 

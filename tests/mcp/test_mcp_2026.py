@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from mcp import Client, MCPError
+from mcp import Client
 from mcp.types import ElicitRequestURLParams, ElicitResult, PromptReference
 
 from tests.support.mcp import UPSTREAM_KEY, Rpc, add_key, add_server, client, start_upstream, stop
