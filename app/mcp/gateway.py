@@ -22,7 +22,7 @@ from ..extensions import db
 from .. import identity, metrics
 from ..identity import Caller
 from ..ops.fields import JsonRefused, parse_json
-from . import catalog, modern, native, relay, streams
+from . import catalog, modern, native, parked, relay, streams
 from . import tools as toolnames
 from ..upstream.client import Envelope, UpstreamError, UpstreamRefused
 from ..upstream.discovery import refresh_now, refresh_stale
@@ -386,6 +386,8 @@ def _call_tool(ex: Exchange, params: dict) -> Response:
         metrics.tool_call("", "", "unknown_tool")
         return ex.error(types.INVALID_PARAMS, f"Unknown tool: {name}")
     server, tool = found
+    if ex.modern is not None and parked.is_parked(params.get("requestState")):
+        return parked.resume(ex, server, tool, params)  # the retry of a parked call (app/mcp/parked.py)
     caller = ex.caller.in_session(ex.session)
     upstream_params = dict(params)
     upstream_params["name"] = tool
@@ -396,7 +398,7 @@ def _call_tool(ex: Exchange, params: dict) -> Response:
         owner = ex.session.id if ex.session is not None and server.id in ex.session.stateful else None
         if owner is not None:
             endpoint = endpoint.owned_by(owner)  # this session's own upstream session
-        if _answers_requests(ex.session):
+        if _answers_requests(ex.session or ex.modern):
             endpoint = _waiting(endpoint)
         try:
             call = current_app.extensions["mcp_client"].open(endpoint, "tools/call", upstream_params, envelope)
@@ -408,7 +410,7 @@ def _call_tool(ex: Exchange, params: dict) -> Response:
                 raise
             if owner is not None:
                 retry = retry.owned_by(owner)
-            if _answers_requests(ex.session):
+            if _answers_requests(ex.session or ex.modern):
                 retry = _waiting(retry)
             call = current_app.extensions["mcp_client"].open(retry, "tools/call", upstream_params, envelope)
     except SignInAgain as e:  # the session gate: no new flow for a token whose login ended
@@ -518,9 +520,20 @@ def _relay(app, call, ex: Exchange, server, tool: str, log_floor: int):
     own request id. It runs after the request's app context is gone: one is entered around
     what needs it, never across a yield."""
     relayed = {}  # upstream request id -> relay id, for the upstream's cancellations
+    parks = ex.modern is not None and not call.modern  # 2026-07-28 agent, initialize-era upstream
+    handed = False  # the call is parked: a thread of app/mcp/parked.py reads on
+    messages = call.messages(relay=ex.session is not None or ex.modern is not None)
     try:
-        for msg in call.messages(relay=ex.session is not None or ex.modern is not None):
+        for msg in messages:
             method = msg.get("method")
+            if method is not None and "id" in msg and parks:
+                with app.app_context():
+                    out = parked.park(app, ex, server, tool, call, msg, messages)
+                if out is not None:
+                    handed = True
+                    yield _sse_event(ex.final(out))
+                    return
+                continue
             if method is not None and "id" in msg:
                 with app.app_context():
                     out = relay.outgoing(ex, server, call, msg)
@@ -565,7 +578,8 @@ def _relay(app, call, ex: Exchange, server, tool: str, log_floor: int):
     finally:
         if ex.session is not None:
             relay.calls.remove(ex.session.id, ex.id)
-        call.close()
+        if not handed:
+            call.close()
 
 
 def _first_error(e: ValueError) -> str:

@@ -193,6 +193,13 @@ def build(name: str) -> MCPServer:
         return f"{r.action}:{r.data.answer if r.action == 'accept' else ''}"
 
     @mcp.tool()
+    async def ask_twice(ctx: Context) -> str:
+        """Asks the client's user twice in one call (elicitation/create, form mode)."""
+        first = await ctx.elicit(message="First name?", schema=Answer)
+        second = await ctx.elicit(message="Last name?", schema=Answer)
+        return f"{first.data.answer if first.action == 'accept' else '-'} {second.data.answer if second.action == 'accept' else '-'}"
+
+    @mcp.tool()
     async def ask_url(ctx: Context) -> str:
         """Sends the client's user to a URL (elicitation/create, URL mode)."""
         return (await ctx.elicit_url(message="Open", url="http://127.0.0.1/x", elicitation_id="e2")).action
