@@ -147,7 +147,8 @@ def register(app: Flask) -> None:
             click.echo("another instance is sweeping; skipped")
         else:
             click.echo(f"deleted {report.flows} expired flow(s), {report.orphans} old orphaned credential(s), "
-                       f"{report.oauth} ended OAuth row(s); reconciliation changed {report.reconciled} row(s)")
+                       f"{report.oauth} ended OAuth row(s), {report.events} old stream event(s), "
+                       f"{report.mcp_sessions} ended MCP session(s); reconciliation changed {report.reconciled} row(s)")
 
     @app.cli.command("export")
     @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default="-",

@@ -41,6 +41,7 @@ class SweepReport:
     reconciled: int = 0
     oauth: int = 0  # expired codes, refresh tokens, ended consents and retired signing keys
     events: int = 0  # stream events older than PORTCULLIS_STREAM_RETENTION_SECONDS
+    mcp_sessions: int = 0  # MCP sessions ended longer ago than that
 
 
 def retention_days(app) -> int:
@@ -70,7 +71,8 @@ def sweep(app, flows: bool = True, orphans: bool = True, now=None) -> SweepRepor
         if orphans:
             report.orphans = credentials.old_orphans(now, retention_days(app))
         report.oauth = oauth.sweep(now, retention_days(app), app.config["PORTCULLIS_REFRESH_TOKEN_DAYS"])
-        report.events = streams.trim(now)  # the GET /mcp event log beyond its retention
+        # the GET /mcp event log beyond its retention, and agent sessions ended longer ago
+        report.events, report.mcp_sessions = streams.trim(now)
         db.session.commit()  # releases the lease
     except Exception:
         db.session.rollback()

@@ -141,12 +141,22 @@ def publish(session_id: str, message: dict) -> int:
     return event.id
 
 
-def trim(now=None, retention_seconds: int | None = None) -> int:
-    """Delete events older than the retention (the sweeper); returns how many."""
+def trim(now=None, retention_seconds: int | None = None) -> tuple[int, int]:
+    """The sweeper: delete events older than the retention, and agent sessions ended longer ago
+    than that (their events and own upstream sessions go with them; a parked call of
+    app/mcp/parked.py is such a session once its wait is over). Returns (events, sessions)."""
+    from ..models import McpSession, McpUpstreamSession
+
     seconds = retention_seconds if retention_seconds is not None else \
         current_app.config["PORTCULLIS_STREAM_RETENTION_SECONDS"]
     cutoff = (now or utcnow()) - timedelta(seconds=seconds)
-    return db.session.execute(delete(McpSessionEvent).where(McpSessionEvent.created_at < cutoff)).rowcount or 0
+    events = db.session.execute(delete(McpSessionEvent).where(McpSessionEvent.created_at < cutoff)).rowcount or 0
+    ended = select(McpSession.id).where(McpSession.ended_at < cutoff)
+    # children first: SQLite enforces ON DELETE CASCADE only with its foreign_keys pragma
+    events += db.session.execute(delete(McpSessionEvent).where(McpSessionEvent.session_id.in_(ended))).rowcount or 0
+    db.session.execute(delete(McpUpstreamSession).where(McpUpstreamSession.agent_session_id.in_(ended)))
+    sessions = db.session.execute(delete(McpSession).where(McpSession.ended_at < cutoff)).rowcount or 0
+    return events, sessions
 
 
 def _after(session_id: str, last_id: int) -> list[tuple[int, dict]]:

@@ -265,6 +265,17 @@ def test_the_sweeper_trims_old_events(app, beta):
         assert sweep(app).events == 1
         assert [e.id for e in db.session.query(McpSessionEvent)] == [keep]
 
+        # a session ended longer ago than the retention goes, with its events; a recent end stays
+        db.session.add(McpSession(id="r" * 64, principal="anonymous", protocol_version="2025-11-25",
+                                  ended_at=utcnow()))
+        db.session.query(McpSession).filter(McpSession.id == "s" * 64).update(
+            {"ended_at": utcnow() - timedelta(seconds=app.config["PORTCULLIS_STREAM_RETENTION_SECONDS"] + 5)})
+        db.session.commit()
+        report = sweep(app)
+        assert (report.events, report.mcp_sessions) == (1, 1)
+        assert [s.id for s in db.session.query(McpSession)] == ["r" * 64]
+        assert db.session.query(McpSessionEvent).count() == 0
+
 
 def test_a_revoked_key_loses_its_stream(app, live_server, beta, monkeypatch):
     from app.models import VirtualKey
