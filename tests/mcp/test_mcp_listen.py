@@ -95,20 +95,34 @@ async def test_updates_and_list_changes_of_both_eras_arrive_stamped(app, live_se
 
 
 async def test_a_key_without_a_server_hears_nothing_of_it(app, live_server, servers, quick):
+    """Either way round: Portcullis neither listens nor subscribes at an ungranted upstream."""
     _, only_alpha = add_key(app, {servers["alpha"]: None})
-    _, other = add_key(app, {servers["old"]: None}, name="other")
+    _, only_old = add_key(app, {servers["old"]: None}, name="other")
     http, c = client(live_server + "/mcp", only_alpha, mode="auto")
-    http2, c2 = client(live_server + "/mcp", other, mode="auto")
+    http2, c2 = client(live_server + "/mcp", only_old, mode="auto")
     async with http, c, http2, c2:
         async with c.listen(prompts_list_changed=True, resource_subscriptions=[A, O]) as sub:
             assert sub.honored.resource_subscriptions == [A]
 
             async def trigger():
-                # nobody subscribed at old: Portcullis did not listen there for this key
                 assert _number(await c2.call_tool("old__broadcast", {"uri": "test://static/text"})) == 0
                 await c.call_tool("alpha__broadcast", {"uri": "test://static/text"})
             seen = await _hear(sub, trigger, [ResourceUpdated(A), PromptsListChanged()])
             assert ResourceUpdated(O) not in seen
+        async with c2.listen(prompts_list_changed=True, resource_subscriptions=[A, O]) as sub:
+            assert sub.honored.resource_subscriptions == [O]
+
+            async def trigger():
+                await c.call_tool("alpha__broadcast", {"uri": "test://static/text"})
+                await c2.call_tool("old__broadcast", {"uri": "test://static/text"})
+            seen = await _hear(sub, trigger, [ResourceUpdated(O), PromptsListChanged()])
+            assert ResourceUpdated(A) not in seen
+            # no listen at alpha for this key (the first one's has ended by now)
+            with anyio.fail_after(10):
+                while _number(await c.call_tool("alpha__listeners", {})):
+                    await anyio.sleep(0.1)
+            seen = await _hear(sub, trigger, [ResourceUpdated(O)])
+            assert ResourceUpdated(A) not in seen and _number(await c.call_tool("alpha__listeners", {})) == 0
 
 
 async def test_a_single_server_path_keeps_the_upstream_uris(app, live_server, servers, quick):
@@ -153,8 +167,12 @@ def _listen(live_server, key, notifications, path="/mcp", accept="application/js
     return httpx.stream("POST", live_server + path, json=body, headers=headers, timeout=10)
 
 
-def _frames(resp):
+def _frames(resp, seconds: float = 10.0):
+    """The data frames, until ``seconds`` have passed (keep-alives come every 0.3 s)."""
+    deadline = time.monotonic() + seconds
     for line in resp.iter_lines():
+        if time.monotonic() > deadline:
+            return
         if line.startswith("data: "):
             yield json.loads(line[6:])
 
@@ -178,9 +196,20 @@ def test_the_acknowledgement_and_portcullis_own_tool_list_changes(app, live_serv
             update_key(db.session.get(VirtualKey, key_id), {"mcp_servers": [
                 {"server_id": servers["alpha"], "tools": None}, {"server_id": servers["old"], "tools": None}]})
             db.session.commit()
-        deadline = time.monotonic() + 10
-        for frame in frames:
-            assert frame == {"jsonrpc": "2.0", "method": "notifications/tools/list_changed",
-                             "params": {"_meta": {SUB: "l-1"}}}
-            break
-        assert time.monotonic() < deadline
+        assert next(frames, None) == {"jsonrpc": "2.0", "method": "notifications/tools/list_changed",
+                                      "params": {"_meta": {SUB: "l-1"}}}
+
+
+def test_a_revoked_key_loses_its_listen(app, live_server, servers, quick):
+    from app.models import VirtualKey
+
+    key_id, key = add_key(app, {servers["alpha"]: None})
+    with _listen(live_server, key, {"toolsListChanged": True}) as r:
+        lines = r.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))  # the acknowledgement
+        with app.app_context():
+            db.session.get(VirtualKey, key_id).active = False
+            db.session.commit()
+        started = time.monotonic()
+        for _ in lines:  # keep-alives, until the stream ends at the next check of the key
+            assert time.monotonic() - started < 10
