@@ -187,6 +187,10 @@ def test_the_acknowledgement_and_portcullis_own_tool_list_changes(app, live_serv
     key_id, key = add_key(app, {servers["alpha"]: None})
     with _listen(live_server, key, {}, accept="application/json") as r:
         assert r.status_code == 406  # the answer is a stream
+    for bad in ("all", {"resourceSubscriptions": "test://x"}, None):
+        with _listen(live_server, key, bad) as r:
+            r.read()
+            assert (r.status_code, r.json()["error"]["code"]) == (400, -32602), bad
     with _listen(live_server, key, {"toolsListChanged": True, "resourceSubscriptions": [A, O], "taskIds": ["t"]}) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         frames = _frames(r)
