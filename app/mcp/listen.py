@@ -37,6 +37,7 @@ import json
 import logging
 import queue
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -55,10 +56,10 @@ METHOD = "subscriptions/listen"
 ACKNOWLEDGED = "notifications/subscriptions/acknowledged"
 SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId"  # mcp.shared.subscriptions.SUBSCRIPTION_ID_META_KEY
 UPDATED = "notifications/resources/updated"
-# filter flag -> its notification, and the capability a server needs to send it
-FLAGS = {"toolsListChanged": ("notifications/tools/list_changed", "tools"),
-         "promptsListChanged": ("notifications/prompts/list_changed", "prompts"),
-         "resourcesListChanged": ("notifications/resources/list_changed", "resources")}
+# filter flag -> its notification, the capability a server needs to send it, the SDK type's field
+FLAGS = {"toolsListChanged": ("notifications/tools/list_changed", "tools", "tools_list_changed"),
+         "promptsListChanged": ("notifications/prompts/list_changed", "prompts", "prompts_list_changed"),
+         "resourcesListChanged": ("notifications/resources/list_changed", "resources", "resources_list_changed")}
 MAX_BACKLOG = 1024  # events not yet written to the agent; beyond it the stream ends (the agent re-listens)
 READ_TIMEOUT = 60.0  # SDK servers ping every 15 s on these streams: silence longer than this, reconnect
 
@@ -74,10 +75,7 @@ class Plan:
 
 
 def plan(ex, wanted: types.SubscriptionFilter) -> Plan:
-    honored = {}
-    for flag, (method, _) in FLAGS.items():
-        if getattr(wanted, _attr(flag)):
-            honored[flag] = True
+    honored = {flag: True for flag, (_, _, attr) in FLAGS.items() if getattr(wanted, attr)}
     uris: dict[int, dict[str, str]] = {}
     kept: list[str] = []
     for uri in wanted.resource_subscriptions or ():
@@ -97,15 +95,10 @@ def plan(ex, wanted: types.SubscriptionFilter) -> Plan:
     candidates = [ex.scope] if ex.scope is not None else sorted(
         (snapshot[sid] for sid in ex.caller.allowlist), key=lambda s: s.name)
     for server in candidates:
-        listens = any(f in honored and (cap == "tools" or server.offers(cap)) for f, (_, cap) in FLAGS.items())
+        listens = any(f in honored and (cap == "tools" or server.offers(cap)) for f, (_, cap, _) in FLAGS.items())
         if listens or server.id in uris:
             servers.append(server)
     return Plan(honored, methods, uris, servers)
-
-
-def _attr(flag: str) -> str:
-    return {"toolsListChanged": "tools_list_changed", "promptsListChanged": "prompts_list_changed",
-            "resourcesListChanged": "resources_list_changed"}[flag]
 
 
 def open_listen(ex, params: dict) -> Response:
@@ -165,21 +158,24 @@ class Listen:
         seen_tools = _fingerprint(ex.caller, ex.scope) if tools else None
         for source in self.sources:
             source.start()
+        checked = time.monotonic()
         while not self._closed and not self.overflow:
             try:
-                method, params = self.events.get(timeout=keepalive)
+                yield self._event(*self.events.get(timeout=max(0.0, checked + keepalive - time.monotonic())))
             except queue.Empty:
-                caller = streams.recheck(app, ex)  # a key revoked, a token expired meanwhile: fail closed
-                if caller is None:
-                    return
-                if tools:  # Portcullis's own list: refreshed, or the grants changed
-                    now = _fingerprint(caller, ex.scope)
-                    if now != seen_tools:
-                        seen_tools = now
-                        yield self._event("notifications/tools/list_changed")
-                yield ": keep-alive\n\n"  # a client that went away makes this write fail
+                pass
+            if time.monotonic() - checked < keepalive:
                 continue
-            yield self._event(method, params)
+            checked = time.monotonic()
+            caller = streams.recheck(app, ex)  # a key revoked, a token expired meanwhile: fail closed
+            if caller is None:
+                return
+            if tools:  # Portcullis's own list: refreshed, or the grants changed
+                now = _fingerprint(caller, ex.scope)
+                if now != seen_tools:
+                    seen_tools = now
+                    yield self._event("notifications/tools/list_changed")
+            yield ": keep-alive\n\n"  # a client that went away makes this write fail
 
     def _event(self, method: str, params: dict | None = None) -> str:
         return _frame({"jsonrpc": "2.0", "method": method, "params": {**(params or {}), "_meta": self.meta}})
@@ -258,7 +254,7 @@ class Source:
 
     def _filter(self) -> dict:
         """The agent's filter as this upstream is asked it: its own URIs, what it can send."""
-        out = {f: True for f, (_, cap) in FLAGS.items()
+        out = {f: True for f, (_, cap, _) in FLAGS.items()
                if f in self.listen.plan.honored and (cap == "tools" or self.server.offers(cap))}
         uris = list(self.listen.plan.uris.get(self.server.id, {}))
         if uris:
