@@ -319,15 +319,18 @@ def forward_log_level(ex, level: str) -> None:
 def advertised(scope: ServerView | None, servers, modern: bool = False) -> dict:
     """The capabilities to announce: tools and logging always (Portcullis filters log
     messages itself), resources, prompts and completions when an upstream offers them.
-    ``modern`` (2026-07-28): no resources/subscribe there (subscriptions/listen is not offered)."""
-    caps = {"tools": {"listChanged": False}, "logging": {}}
+    ``modern`` (2026-07-28): change notifications ride subscriptions/listen (app/mcp/listen.py):
+    the tool list's changes always (Portcullis's own list), the others and resource updates
+    when an upstream announced it sends them."""
+    caps = {"tools": {"listChanged": modern}, "logging": {}}
     offering = [scope] if scope is not None else list(servers)
-    if any(s.offers("prompts") for s in offering):
-        caps["prompts"] = {"listChanged": False}
+    prompts = [s.capabilities["prompts"] for s in offering if s.offers("prompts")]
+    if prompts:
+        caps["prompts"] = {"listChanged": modern and any(p.get("listChanged") is True for p in prompts)}
     resources = [s.capabilities["resources"] for s in offering if s.offers("resources")]
     if resources:
-        caps["resources"] = {"subscribe": not modern and any(r.get("subscribe") is True for r in resources),
-                             "listChanged": False}
+        caps["resources"] = {"subscribe": any(r.get("subscribe") is True for r in resources),
+                             "listChanged": modern and any(r.get("listChanged") is True for r in resources)}
     if any(s.offers("completions") for s in offering):
         caps["completions"] = {}
     return caps

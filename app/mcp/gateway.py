@@ -22,7 +22,7 @@ from ..extensions import db
 from .. import identity, metrics
 from ..identity import Caller
 from ..ops.fields import JsonRefused, parse_json
-from . import catalog, modern, native, parked, relay, streams
+from . import catalog, listen, modern, native, parked, relay, streams
 from . import tools as toolnames
 from ..upstream.client import Envelope, UpstreamError, UpstreamRefused
 from ..upstream.discovery import refresh_now, refresh_stale
@@ -253,6 +253,8 @@ def _modern(req: Request, message: dict, caller: Caller, scope) -> Response:
     params = modern.strip_envelope(message.get("params") or {})
     if method == "server/discover":
         return _discover(ex)
+    if method == "subscriptions/listen":
+        return listen.open_listen(ex, params)
     _release_db()
     try:
         return METHODS[method](ex, params)

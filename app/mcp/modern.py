@@ -25,9 +25,9 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 VERSIONS = MODERN_PROTOCOL_VERSIONS  # ("2026-07-28",)
 # What a 2026-07-28 agent may call (the revision dropped initialize, ping, logging/setLevel and
-# resources/subscribe; subscriptions/listen is not offered).
+# resources/subscribe; subscriptions/listen replaces the GET stream: app/mcp/listen.py).
 METHODS = frozenset({"server/discover", "tools/list", "tools/call", "resources/list", "resources/templates/list",
-                     "resources/read", "prompts/list", "prompts/get", "completion/complete"})
+                     "resources/read", "prompts/list", "prompts/get", "completion/complete", "subscriptions/listen"})
 CACHEABLE = frozenset({"server/discover", "tools/list", "resources/list", "resources/templates/list",
                        "resources/read", "prompts/list"})
 NAME_PARAMS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}

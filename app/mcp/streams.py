@@ -248,18 +248,7 @@ class Stream:
             hub.wait(sid, seen, wait)
 
     def _still_allowed(self) -> bool:
-        """The caller's credentials, checked again as a POST would check them."""
-        from .. import identity
-
-        scope = self.ex.scope
-        with self.app.app_context():
-            try:
-                caller = identity.resolve(self.ex.req.environ, "mcp", scope.name if scope else None)
-            except identity.Refusal:
-                return False
-            finally:
-                db.session.remove()
-        return caller.principal == self.ex.caller.principal and (scope is None or scope.id in caller.allowlist)
+        return recheck(self.app, self.ex) is not None
 
     def _sync_pumps(self, info) -> None:
         """A pump for each upstream session this agent session holds (new ones appear when it
@@ -285,6 +274,50 @@ class Stream:
         self.pumped.clear()
         hub.leave(self.sid)
         self.budget.release()
+
+
+def recheck(app, ex):
+    """The caller's credentials, checked again as a POST would check them: the caller as it is
+    now (its current grants), or None when it may no longer use this endpoint."""
+    from .. import identity
+
+    scope = ex.scope
+    with app.app_context():
+        try:
+            caller = identity.resolve(ex.req.environ, "mcp", scope.name if scope else None)
+        except identity.Refusal:
+            return None
+        finally:
+            db.session.remove()
+    if caller.principal != ex.caller.principal or (scope is not None and scope.id not in caller.allowlist):
+        return None
+    return caller
+
+
+def interrupt(resp) -> None:
+    """Interrupt a read in progress on ``resp`` from another thread (a close alone would wait
+    for the upstream's next line): the connection's socket is shut down, so it is not reused."""
+    if resp is None:
+        return
+    try:
+        stream = resp.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+    except Exception:  # noqa: BLE001 - from another thread, best effort: the next ping ends it
+        pass
+
+
+def open_upstream_stream(client, ep, session, last_event_id: str | None, read_timeout: float):
+    """The upstream session's GET stream (an httpx response to read, then close)."""
+    headers = {k: v for k, v in client._headers(ep, session).items() if k != "Content-Type"}
+    headers["Accept"] = "text/event-stream"
+    if last_event_id:
+        headers["Last-Event-ID"] = last_event_id
+    request = httpx.Request("GET", ep.url, headers=headers, extensions={"timeout": {
+        "connect": ep.connect_timeout, "read": read_timeout, "write": ep.read_timeout,
+        "pool": ep.connect_timeout}})
+    return client.transport.handle_request(request)
 
 
 # -- the upstreams' own GET streams ----------------------------------------------------------
@@ -350,16 +383,7 @@ class Pump:
     def close(self) -> None:
         """Interrupt the read in progress (a close alone would wait for the upstream's next line):
         the connection's socket is shut down, so that connection is not reused."""
-        resp = self._resp
-        if resp is None:
-            return
-        try:
-            stream = resp.extensions.get("network_stream")
-            sock = stream.get_extra_info("socket") if stream is not None else None
-            if sock is not None:
-                sock.shutdown(socket.SHUT_RDWR)
-        except Exception:  # noqa: BLE001 - from another thread, best effort: the next ping ends it
-            pass
+        interrupt(self._resp)
 
     def _run(self) -> None:
         failures = 0
@@ -396,14 +420,7 @@ class Pump:
                 last = upstream_sessions.last_event_id(sid, self.server.id, session.session_id)
             finally:
                 db.session.remove()
-        headers = {k: v for k, v in client._headers(ep, session).items() if k != "Content-Type"}
-        headers["Accept"] = "text/event-stream"
-        if last:
-            headers["Last-Event-ID"] = last
-        request = httpx.Request("GET", ep.url, headers=headers, extensions={"timeout": {
-            "connect": ep.connect_timeout, "read": self.READ_TIMEOUT, "write": ep.read_timeout,
-            "pool": ep.connect_timeout}})
-        resp = client.transport.handle_request(request)
+        resp = open_upstream_stream(client, ep, session, last, self.READ_TIMEOUT)
         self._resp = resp
         try:
             if resp.status_code == 404:  # the upstream forgot the session: the next turn starts a new one

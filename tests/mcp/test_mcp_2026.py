@@ -138,8 +138,10 @@ def test_discover_and_the_envelope_checks(app, client, servers):
     assert result["supportedVersions"][0] == V and "2025-11-25" in result["supportedVersions"]
     assert result["resultType"] == "complete" and result["ttlMs"] == 0 and result["cacheScope"] == "private"
     assert result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "portcullis"
-    assert result["capabilities"]["tools"] == {"listChanged": False}
-    assert result["capabilities"]["resources"]["subscribe"] is False  # no subscriptions/listen
+    # change notifications ride subscriptions/listen (app/mcp/listen.py); beta (an SDK server of
+    # 2026-07-28) announced it sends them
+    assert result["capabilities"]["tools"] == {"listChanged": True}
+    assert result["capabilities"]["resources"] == {"subscribe": True, "listChanged": True}
     listed = _modern(rpc, "tools/list").json["result"]
     assert "beta__echo" in {t["name"] for t in listed["tools"]} and listed["resultType"] == "complete"
     called = _modern(rpc, "tools/call", {"name": "beta__echo", "arguments": {"text": "a"}}).json["result"]

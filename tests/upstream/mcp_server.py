@@ -163,16 +163,17 @@ def build(name: str) -> MCPServer:
     async def acknowledge(ctx, params) -> EmptyResult:
         return EmptyResult()
 
-    subscribers: dict[str, list] = {}  # uri -> the sessions subscribed to it
+    subscribers: dict[str, dict] = {}  # uri -> {session id: the session subscribed to it}
+
+    def session_of(ctx):
+        return ctx.request.headers.get("mcp-session-id") if ctx.request is not None else id(ctx.session)
 
     async def subscribe(ctx, params) -> EmptyResult:
-        subscribers.setdefault(str(params.uri), []).append(ctx.session)
+        subscribers.setdefault(str(params.uri), {})[session_of(ctx)] = ctx.session
         return EmptyResult()
 
     async def unsubscribe(ctx, params) -> EmptyResult:
-        found = subscribers.get(str(params.uri), [])
-        if ctx.session in found:
-            found.remove(ctx.session)
+        subscribers.get(str(params.uri), {}).pop(session_of(ctx), None)
         return EmptyResult()
 
     class Answer(BaseModel):
@@ -237,13 +238,34 @@ def build(name: str) -> MCPServer:
     async def publish(uri: str) -> int:
         """Says a resource was updated to every session subscribed to it, on their GET streams
         (not on this call's); returns to how many."""
-        sessions = list(subscribers.get(uri, []))
+        sessions = list(subscribers.get(uri, {}).values())
         for session in sessions:
             try:
                 await session.send_resource_updated(uri)
             except Exception:  # noqa: BLE001 - a session gone meanwhile
                 pass
         return len(sessions)
+
+    @mcp.tool()
+    async def broadcast(uri: str, ctx: Context) -> int:
+        """Says a resource was updated and the prompt list changed, in both eras: on the
+        subscriptions/listen streams (2026-07-28), and on the GET streams of the sessions
+        subscribed to it (initialize era); returns to how many of those."""
+        await ctx.notify_resource_updated(uri)
+        await ctx.notify_prompts_changed()
+        sessions = list(subscribers.get(uri, {}).values())
+        for session in sessions:
+            try:
+                await session.send_resource_updated(uri)
+                await session.send_prompt_list_changed()
+            except Exception:  # noqa: BLE001 - a session gone meanwhile
+                pass
+        return len(sessions)
+
+    @mcp.tool()
+    def listeners() -> int:
+        """How many subscriptions/listen streams are open on this server."""
+        return len(mcp._subscriptions._listeners)
 
     later: list[str] = []
 
