@@ -211,8 +211,12 @@ class Stream:
         wait = keepalive if cluster._bus[0] is not None else min(keepalive, POLL_SECONDS)
         store = app.extensions["mcp_sessions"]
         yield f"id: {self.last_id}\nretry: 2000\nevent: message\ndata: \n\n"  # the resume point (priming event)
-        quiet_since = time.monotonic()
+        quiet_since = checked = time.monotonic()
         while not self._closed:
+            if time.monotonic() - checked >= keepalive:  # on a clock of its own: a flow of events never skips it
+                checked = time.monotonic()
+                if not self._still_allowed():  # a key revoked, a token expired meanwhile: fail closed
+                    return
             seen = hub.counter(sid)
             with app.app_context():
                 try:
@@ -232,13 +236,13 @@ class Stream:
                 continue
             if time.monotonic() - quiet_since >= keepalive:
                 quiet_since = time.monotonic()
-                if not self._still_allowed():  # a key revoked, a token expired meanwhile: fail closed
-                    return
                 yield ": keep-alive\n\n"  # a client that went away makes this write fail
             hub.wait(sid, seen, wait)
 
     def _still_allowed(self) -> bool:
-        """The caller's credentials, checked again as a POST would check them."""
+        """The caller's credentials and grants, checked again as a POST would check them. The
+        stream goes on with the fresh caller: a pump of a server no longer granted stops (on
+        the aggregated /mcp the stream itself stays for the servers still granted)."""
         from .. import identity
 
         scope = self.ex.scope
@@ -249,7 +253,12 @@ class Stream:
                 return False
             finally:
                 db.session.remove()
-        return caller.principal == self.ex.caller.principal and (scope is None or scope.id in caller.allowlist)
+        if caller.principal != self.ex.caller.principal or (scope is not None and scope.id not in caller.allowlist):
+            return False
+        self.ex.caller = caller
+        for server_id in [s for s in self.pumped if s not in caller.allowlist]:
+            pumps.release(self.pumped.pop(server_id))
+        return True
 
     def _sync_pumps(self, info) -> None:
         """A pump for each upstream session this agent session holds (new ones appear when it

