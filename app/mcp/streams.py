@@ -19,12 +19,14 @@ The upstream's SSE event ids are remembered per upstream session, and a pump tha
 resumes with ``Last-Event-ID``.
 
 Serving model (README "Serving model"): a stream holds one gunicorn thread while open, so
-streams have a budget of their own: at most ``PORTCULLIS_MAX_STREAMS`` per worker (a semaphore;
-beyond it GET /mcp is refused with 503 and Retry-After), and gunicorn.conf.py gives each worker
-``PORTCULLIS_THREADS + PORTCULLIS_MAX_STREAMS`` threads, so calls always keep their
-``PORTCULLIS_THREADS``. An idle stream's thread sleeps on its Condition (no CPU) and wakes for
-an event or to send a keep-alive comment (``PORTCULLIS_STREAM_KEEPALIVE_SECONDS``), which is
-also how a vanished client is noticed (the write fails).
+streams have a budget of their own: at most ``PORTCULLIS_MAX_STREAMS`` per worker (beyond it
+GET /mcp is refused with 503 and Retry-After), of which one caller holds at most
+``PORTCULLIS_MAX_STREAMS_PER_CALLER`` (beyond it 429: one agent cannot starve the others),
+and gunicorn.conf.py gives each worker ``PORTCULLIS_THREADS + PORTCULLIS_MAX_STREAMS``
+threads, so calls always keep their ``PORTCULLIS_THREADS``. An idle stream's thread sleeps on
+its Condition (no CPU) and wakes for an event or to send a keep-alive comment
+(``PORTCULLIS_STREAM_KEEPALIVE_SECONDS``), which is also how a vanished client is noticed (the
+write fails).
 """
 from __future__ import annotations
 
@@ -112,8 +114,38 @@ class Hub:
 hub = Hub()
 
 
+class Budget:
+    """This worker's streams: at most ``total``, and at most ``per_caller`` of them for one
+    principal (one agent cannot take every stream of a worker from the others)."""
+
+    def __init__(self, total: int, per_caller: int):
+        self._lock = threading.Lock()
+        self.total, self.per_caller = total, per_caller
+        self._held: dict[str, int] = {}
+
+    def acquire(self, principal: str) -> str | None:
+        """None when a stream may open; else why not ("caller" or "server")."""
+        with self._lock:
+            mine = self._held.get(principal, 0)
+            if mine >= self.per_caller:
+                return "caller"
+            if sum(self._held.values()) >= self.total:
+                return "server"
+            self._held[principal] = mine + 1
+            return None
+
+    def release(self, principal: str) -> None:
+        with self._lock:
+            left = self._held.get(principal, 0) - 1
+            if left > 0:
+                self._held[principal] = left
+            else:
+                self._held.pop(principal, None)
+
+
 def init_app(app) -> None:
-    app.extensions["mcp_streams"] = threading.BoundedSemaphore(app.config["PORTCULLIS_MAX_STREAMS"])
+    app.extensions["mcp_streams"] = Budget(app.config["PORTCULLIS_MAX_STREAMS"],
+                                           app.config["PORTCULLIS_MAX_STREAMS_PER_CALLER"])
     app.extensions["mcp_client"].owned = upstream_sessions.OwnedSessions()
     store = app.extensions["mcp_sessions"]
     cluster.on_message(TOPIC, hub.wake)
@@ -180,14 +212,18 @@ def open_stream(ex, last_event_id: str | None) -> Response:
             return rpc_error(None, types.INVALID_REQUEST, "invalid Last-Event-ID", 400)
         resume = int(last_event_id)
     app = current_app._get_current_object()
-    budget = app.extensions["mcp_streams"]
-    if not budget.acquire(blocking=False):
+    budget, principal = app.extensions["mcp_streams"], ex.caller.principal
+    refused = budget.acquire(principal)
+    if refused == "caller":
+        return rpc_error(None, types.INVALID_REQUEST, "too many open streams for this caller; close one first", 429,
+                         {"Retry-After": "5"})
+    if refused is not None:
         return rpc_error(None, types.INTERNAL_ERROR, "too many open streams on this server; retry later", 503,
                          {"Retry-After": "5"})
     try:
         start = resume if resume is not None else _latest(ex.session.id)
     except Exception:
-        budget.release()
+        budget.release(principal)
         raise
     db.session.close()  # the stream takes a connection only while it reads the log
     body = Stream(app, ex, start, budget)
@@ -200,7 +236,7 @@ class Stream:
 
     def __init__(self, app, ex, last_id: int, budget):
         self.app, self.ex, self.last_id, self.budget = app, ex, last_id, budget
-        self.sid = ex.session.id
+        self.sid, self.principal = ex.session.id, ex.caller.principal
         self.pumped: dict[int, Pump] = {}
         self._closed = False
         hub.enter(self.sid)
@@ -283,7 +319,7 @@ class Stream:
             pumps.release(pump)
         self.pumped.clear()
         hub.leave(self.sid)
-        self.budget.release()
+        self.budget.release(self.principal)
 
 
 # -- the upstreams' own GET streams ----------------------------------------------------------

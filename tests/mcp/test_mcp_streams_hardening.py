@@ -4,6 +4,7 @@ upstream pump of that server; one caller cannot take every stream of a worker; a
 flooding events cannot grow a session's event log without bound."""
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
@@ -90,3 +91,33 @@ def test_a_grant_taken_away_stops_the_pump_of_that_server(app, live_server, beta
 def _pumping(session_id: str, server_id: int) -> bool:
     pump = streams.pumps._running.get((session_id, server_id))
     return pump is not None and pump.thread.is_alive()
+
+
+def test_one_caller_cannot_take_every_stream_of_a_worker(app, live_server, beta, monkeypatch):
+    """At most PORTCULLIS_MAX_STREAMS_PER_CALLER streams per principal (429 beyond, with
+    Retry-After); another key still gets its stream, and a stream closed gives its slot back."""
+    budget = app.extensions["mcp_streams"]
+    monkeypatch.setattr(budget, "per_caller", 2)
+    _, key = add_key(app, {beta: None})
+    _, other_key = add_key(app, {beta: None})
+    mine = [Agent(live_server + "/mcp", key) for _ in range(3)]
+    for agent in mine[:2]:
+        assert agent.listen().status == 200
+    with httpx.stream("GET", live_server + "/mcp", headers={**mine[2].headers, "Accept": "text/event-stream"},
+                      timeout=10) as r:
+        assert r.status_code == 429 and r.headers["Retry-After"] == "5"
+        assert json.loads(r.read())["error"]["message"] == "too many open streams for this caller; close one first"
+    other = Agent(live_server + "/mcp", other_key).listen()
+    assert other.status == 200
+    mine[0].end()  # DELETE: the stream ends and its slot is free
+    deadline, status = time.monotonic() + 10, None
+    while time.monotonic() < deadline:
+        with httpx.stream("GET", live_server + "/mcp", headers={**mine[2].headers, "Accept": "text/event-stream"},
+                          timeout=10) as r:
+            status = r.status_code
+        if status != 429:
+            break
+        time.sleep(0.2)
+    assert status == 200
+    for agent in (mine[1], mine[2], other):
+        agent.end()
