@@ -278,6 +278,8 @@ def load_config(instance_path: str, overrides: dict | None = None) -> dict:
         "PORTCULLIS_MAX_STREAMS_PER_CALLER": _int(env, "PORTCULLIS_MAX_STREAMS_PER_CALLER", 32, lo=1),
         "PORTCULLIS_STREAM_KEEPALIVE_SECONDS": _float(env, "PORTCULLIS_STREAM_KEEPALIVE_SECONDS", 15.0),
         "PORTCULLIS_STREAM_RETENTION_SECONDS": _int(env, "PORTCULLIS_STREAM_RETENTION_SECONDS", 3600, lo=1),
+        # ... and at most this many events per session (an upstream flooding cannot grow it without bound)
+        "PORTCULLIS_STREAM_MAX_EVENTS": _int(env, "PORTCULLIS_STREAM_MAX_EVENTS", 1000, lo=1),
         # The sweeper (app/sweep.py): on/off, and how long orphaned credentials are kept (days).
         "PORTCULLIS_SWEEP": _bool(env.get("PORTCULLIS_SWEEP"), True),
         "PORTCULLIS_RATE_LIMIT_FAIL_OPEN": _bool(env.get("PORTCULLIS_RATE_LIMIT_FAIL_OPEN"), False),

@@ -168,9 +168,23 @@ def publish(session_id: str, message: dict) -> int:
     """Add ``message`` to the session's event log and wake its streams; returns the event id."""
     event = McpSessionEvent(session_id=session_id, payload=message)
     db.session.add(event)
+    _cap(session_id)
     db.session.commit()
     wake(session_id)
     return event.id
+
+
+def _cap(session_id: str) -> None:
+    """Keep the session's newest ``PORTCULLIS_STREAM_MAX_EVENTS`` events (in the caller's
+    transaction): an upstream sending event after event, or an agent that never reads its
+    stream, cannot grow the log beyond that within the retention. A reconnect older than
+    the oldest kept event gets what is left."""
+    keep = current_app.config["PORTCULLIS_STREAM_MAX_EVENTS"]
+    oldest_dropped = db.session.scalar(select(McpSessionEvent.id).where(McpSessionEvent.session_id == session_id)
+                                       .order_by(McpSessionEvent.id.desc()).offset(keep).limit(1))
+    if oldest_dropped is not None:
+        db.session.execute(delete(McpSessionEvent).where(McpSessionEvent.session_id == session_id,
+                                                         McpSessionEvent.id <= oldest_dropped))
 
 
 def trim(now=None, retention_seconds: int | None = None) -> int:
@@ -476,6 +490,7 @@ class Pump:
                 out = self._map(ep, session, msg) if isinstance(msg, dict) else None
                 if out is not None:
                     db.session.add(McpSessionEvent(session_id=sid, payload=out))
+                    _cap(sid)
                 if event_id:  # resumable upstream: its position, for the next GET (same commit as the event)
                     upstream_sessions.remember_event_id(sid, self.server.id, event_id[:MAX_EVENT_ID], commit=False)
                 db.session.commit()

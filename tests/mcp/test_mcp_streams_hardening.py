@@ -121,3 +121,31 @@ def test_one_caller_cannot_take_every_stream_of_a_worker(app, live_server, beta,
     assert status == 200
     for agent in (mine[1], mine[2], other):
         agent.end()
+
+
+def test_an_upstream_flooding_events_cannot_grow_the_log_without_bound(app, live_server, beta, monkeypatch):
+    """The session's log keeps its newest PORTCULLIS_STREAM_MAX_EVENTS events, whether they come
+    from the upstream's GET stream (the pump) or from publish()."""
+    monkeypatch.setitem(app.config, "PORTCULLIS_STREAM_MAX_EVENTS", 3)
+    _, key = add_key(app, {beta: None})
+    agent = Agent(live_server + "/mcp", key).listen()
+    assert agent.call("resources/subscribe", {"uri": "portcullis://beta/test://static/text"})["result"] == {}
+    _updated_until(agent, agent, "beta__publish", "test://static/text", "portcullis://beta/test://static/text")
+    for _ in range(8):
+        agent.call("tools/call", {"name": "beta__publish", "arguments": {"uri": "test://static/text"}})
+    received = 0
+    while received < 8:  # all of them reached the stream (so all were written)
+        assert agent.next(timeout=10)["method"] == "notifications/resources/updated"
+        received += 1
+    with app.app_context():
+        assert _count(agent.session) == 3
+        for _ in range(5):
+            last = streams.publish(agent.session, LIST_CHANGED)
+        assert _count(agent.session) == 3
+        assert max(e.id for e in McpSessionEvent.query.filter_by(session_id=agent.session)) == last
+        db.session.remove()
+    agent.end()
+
+
+def _count(session_id: str) -> int:
+    return McpSessionEvent.query.filter_by(session_id=session_id).count()
