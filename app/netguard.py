@@ -9,13 +9,17 @@ come from outside rather than from an admin. Used for client ID metadata documen
 - ``Guard(upstream_url)``: discovery for one upstream. A URL the upstream (or its metadata)
   names may reach a non-public address only when the admin-registered upstream URL is itself on
   one (a self-hosted setup); it must be https unless the upstream is plain http on such an
-  address. ``check(url)`` raises ``Refused`` with a message safe to show an admin.
+  address. ``check(url)`` raises ``Refused`` with a message safe to show an admin;
+  ``transport(inner)`` checks each request again as it is sent and connects to the address that
+  passed (a name rebound between the check and the connection reaches nothing).
 """
 from __future__ import annotations
 
 import ipaddress
 import socket
 from urllib.parse import urlsplit
+
+import httpx
 
 
 class Refused(Exception):
@@ -58,10 +62,13 @@ class Guard:
     """The discovery policy for one upstream (its addresses are resolved once)."""
 
     def __init__(self, upstream_url: str):
+        self.url = upstream_url
         self.private = on_private_network(upstream_url)
         self.plain_http = self.private and urlsplit(upstream_url).scheme == "http"
 
-    def check(self, url: str, what: str = "a URL") -> None:
+    def check(self, url: str, what: str = "a URL") -> list[str] | None:
+        """The addresses the URL's host resolved to and passed (None when this upstream is
+        self-hosted and any address goes); raises Refused."""
         parts = urlsplit(url)
         if parts.scheme not in ("https", "http") or (parts.scheme == "http" and not self.plain_http):
             raise Refused(f"{what} ({url[:200]}) must be https:// (plain http only when the upstream itself is "
@@ -70,10 +77,57 @@ class Guard:
         if not host or parts.username or parts.password:
             raise Refused(f"{what} ({url[:200]}) is not a usable URL")
         if self.private:
-            return  # a self-hosted upstream may point at its own network
+            return None  # a self-hosted upstream may point at its own network
         addresses = resolve(host, port)
         if not addresses:
             raise Refused(f"{what} ({url[:200]}): the host does not resolve")
         if not all(is_public(a) for a in addresses):
             raise Refused(f"{what} ({url[:200]}) resolves to a loopback, private or link-local address, which "
                           "only an upstream registered on such an address may point at")
+        return addresses
+
+    def transport(self, inner, lib=httpx):
+        """``inner`` (a transport of ``lib``: httpx, or httpx2 under Authlib) with every request
+        checked again as it is sent, and sent to the address that passed: a name that resolves
+        to a public address for the check and to an inner one for the connection (DNS
+        rebinding) reaches nothing."""
+        return _pinned(lib)(self, inner)
+
+
+class RefusedConnect(httpx.ConnectError):
+    """A URL that passed its check but not the same check when sent (its name now resolves
+    elsewhere); ``str()`` is safe to show an admin."""
+
+
+_PINNED: dict = {}
+
+
+def _pinned(lib):
+    """The pinning transport class for one httpx flavour. It connects to the checked address
+    itself (TLS still verifies the name: SNI and Host stay the URL's). A refusal is that
+    library's ConnectError (RefusedConnect for httpx): a caller that does not look closer
+    treats it as unreachable."""
+    if lib in _PINNED:
+        return _PINNED[lib]
+    refused = RefusedConnect if lib is httpx else lib.ConnectError
+
+    class Pinned(lib.BaseTransport):
+        def __init__(self, guard: Guard, inner):
+            self.guard, self.inner = guard, inner
+
+        def handle_request(self, request):
+            try:
+                addresses = self.guard.check(str(request.url), "a URL")
+            except Refused as e:
+                raise refused(str(e), request=request) from None
+            if addresses:
+                host = request.url.host
+                request.url = request.url.copy_with(host=addresses[0])  # the Host header keeps the name
+                request.extensions = {**request.extensions, "sni_hostname": host}
+            return self.inner.handle_request(request)
+
+        def close(self) -> None:
+            self.inner.close()
+
+    _PINNED[lib] = Pinned
+    return Pinned

@@ -69,6 +69,7 @@ class Registration:
     client_secret: str | None
     auth_method: str
     scope: str | None
+    guarded_by: str | None = None  # discovered endpoints: their connections are pinned (app/netguard.py)
 
     @property
     def issuer(self) -> str | None:
@@ -83,7 +84,7 @@ def _fingerprint(server: McpServer) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def _register_dynamically(metadata: dict) -> dict:
+def _register_dynamically(metadata: dict, guard) -> dict:
     endpoint = metadata.get("registration_endpoint")
     if not isinstance(endpoint, str):
         raise DiscoveryError("the upstream's authorization server offers no dynamic client registration and no "
@@ -94,7 +95,7 @@ def _register_dynamically(metadata: dict) -> dict:
         request["token_endpoint_auth_method"] = "client_secret_basic" if "client_secret_basic" in methods \
             else "client_secret_post"
     try:
-        with http() as client:
+        with http(guard) as client:
             r = client.post(endpoint, json=request)
     except httpx.HTTPError as e:
         raise DiscoveryError(f"dynamic client registration failed ({type(e).__name__})") from None
@@ -113,11 +114,18 @@ def _register_dynamically(metadata: dict) -> dict:
     return out
 
 
-def _client(metadata: dict) -> dict:
+def _client(metadata: dict, guarded_by: str | None = None) -> dict:
     url = client_metadata_url()
     if url is not None and metadata.get("client_id_metadata_document_supported") is True:
         return {"how": "metadata_document", "client_id": url, "token_endpoint_auth_method": "none"}
-    return _register_dynamically(metadata)
+    return _register_dynamically(metadata, guard(guarded_by))
+
+
+def guard(guarded_by: str | None):
+    """The SSRF guard (app/netguard.py) for the endpoints of a discovered authorization server;
+    None for the admin's own endpoints (and for registrations stored before it was kept)."""
+    from .. import netguard
+    return netguard.Guard(guarded_by) if guarded_by else None
 
 
 def ensure(server_id: int, force: bool = False) -> Registration:
@@ -132,7 +140,7 @@ def ensure(server_id: int, force: bool = False) -> Registration:
         url = server.url
         db.session.rollback()
         found = _entered(url, cfg) or discover(url, cfg.get("authorization_server"))
-        client = {"how": "admin"} if cfg.get("client_id") else _client(found["metadata"])
+        client = {"how": "admin"} if cfg.get("client_id") else _client(found["metadata"], found.get("guarded_by"))
         state = {**found, "client": client, "fingerprint": fingerprint}
         _save(server_id, state)
         server = db.session.get(McpServer, server_id)
@@ -179,7 +187,8 @@ def view(server: McpServer, state: dict) -> Registration:
     else:
         prm = state.get("resource_metadata") or {}
         scope = state.get("scope") or (" ".join(prm["scopes_supported"]) if prm.get("scopes_supported") else None)
-    return Registration(server.id, state["resource"], state["metadata"], client_id, secret, method, scope)
+    return Registration(server.id, state["resource"], state["metadata"], client_id, secret, method, scope,
+                        state.get("guarded_by"))
 
 
 def drop(server_id: int) -> None:

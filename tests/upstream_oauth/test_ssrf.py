@@ -204,3 +204,60 @@ def test_the_policy(monkeypatch):
     https_private.check("https://cgnat.test/x")
     with pytest.raises(netguard.Refused, match="https"):
         https_private.check("http://lan.test/x")  # plain http only when the upstream itself is
+
+
+def test_a_name_rebound_between_the_check_and_the_connection_reaches_nothing(app, admin_id, fakes, names,
+                                                                              monkeypatch):
+    """DNS rebinding: the metadata URL's name resolves to a public address when it is checked and
+    to loopback when it is connected to. The request goes to the address that passed the check,
+    checked again as it is sent: the rebound name is refused and the internal server never sees a
+    connection."""
+    import socket
+
+    upstream, internal = fakes
+    names[("127.0.0.1", upstream.port)] = [PUBLIC]
+    real, asked = socket.getaddrinfo, []
+
+    def dns(host, port, *args, **kwargs):  # the attacker's DNS: public first, loopback after
+        if host == "rebind.test":
+            asked.append(host)
+            address = PUBLIC if len(asked) == 1 else "127.0.0.1"
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+        return real(host, port, *args, **kwargs)
+    monkeypatch.setattr(socket, "getaddrinfo", dns)
+    where = f"https://rebind.test:{internal.port}/prm"
+    upstream.routes[("POST", "/mcp")] = (401, {"WWW-Authenticate": f'Bearer resource_metadata="{where}"'}, b"{}")
+    _, r = authorize(app, admin_id, {"url": upstream.url + "/mcp"})
+    assert internal.connections == 0
+    assert LOOPBACK in refused(r) and len(asked) >= 2
+
+
+def test_discovered_endpoints_are_checked_again_when_used(app, fakes, names, monkeypatch):
+    """The token endpoint passed the check at discovery; hours later its name resolves to
+    loopback (rebound). A refresh is then refused before any connection; an admin's own
+    endpoints (no discovery, no guard) are used as entered."""
+    from app.upstream_oauth import protocol
+    from app.upstream_oauth.registration import Registration
+
+    _, internal = fakes
+    names["mcp.public.test"] = [PUBLIC]
+    import socket
+
+    real = socket.getaddrinfo
+
+    def dns(host, port, *args, **kwargs):  # public when it was discovered, loopback now
+        if host == "auth.public.test":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+        return real(host, port, *args, **kwargs)
+    monkeypatch.setattr(socket, "getaddrinfo", dns)
+    metadata = {"issuer": "https://auth.public.test", "token_endpoint": f"https://auth.public.test:{internal.port}/token"}
+    reg = Registration(1, "https://mcp.public.test/mcp", metadata, "client", None, "none", None,
+                       guarded_by="https://mcp.public.test/mcp")
+    with app.test_request_context():
+        with pytest.raises(protocol.Unreachable):
+            protocol.refresh(reg, "a-refresh-token")
+        assert internal.connections == 0
+        internal.routes[("POST", "/token")] = (200, {}, json.dumps({"access_token": "a", "token_type": "Bearer"}).encode())
+        entered = Registration(1, "https://mcp.public.test/mcp", {"token_endpoint": f"{internal.url}/token"},
+                               "client", None, "none", None)
+        assert protocol.refresh(entered, "a-refresh-token")["access_token"] == "a"
