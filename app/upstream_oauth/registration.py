@@ -187,8 +187,17 @@ def view(server: McpServer, state: dict) -> Registration:
     else:
         prm = state.get("resource_metadata") or {}
         scope = state.get("scope") or (" ".join(prm["scopes_supported"]) if prm.get("scopes_supported") else None)
-    return Registration(server.id, state["resource"], state["metadata"], client_id, secret, method, scope,
-                        state.get("guarded_by"))
+    guarded_by = state["guarded_by"] if "guarded_by" in state else _guarded_by(state, cfg)
+    return Registration(server.id, state["resource"], state["metadata"], client_id, secret, method, scope, guarded_by)
+
+
+def _guarded_by(state: dict, cfg: dict) -> str | None:
+    """For a registration stored before ``guarded_by`` was kept: what discovery would have
+    said (the admin's own endpoints: None; an admin-entered authorization server; else the
+    upstream)."""
+    if cfg.get("authorization_endpoint") and cfg.get("token_endpoint"):
+        return None
+    return cfg.get("authorization_server") or state["resource"]
 
 
 def drop(server_id: int) -> None:

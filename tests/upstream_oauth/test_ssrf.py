@@ -261,3 +261,17 @@ def test_discovered_endpoints_are_checked_again_when_used(app, fakes, names, mon
         entered = Registration(1, "https://mcp.public.test/mcp", {"token_endpoint": f"{internal.url}/token"},
                                "client", None, "none", None)
         assert protocol.refresh(entered, "a-refresh-token")["access_token"] == "a"
+
+
+def test_registrations_stored_before_pinning_are_pinned_too():
+    from types import SimpleNamespace
+
+    from app.upstream_oauth.registration import view
+
+    state = {"resource": "https://mcp.public.test/mcp", "metadata": {}, "client": {"client_id": "c"}}
+    assert view(SimpleNamespace(id=1, oauth_config={}), state).guarded_by == "https://mcp.public.test/mcp"
+    entered_as = {"authorization_server": "https://auth.public.test"}
+    assert view(SimpleNamespace(id=1, oauth_config=entered_as), state).guarded_by == "https://auth.public.test"
+    own = {"authorization_endpoint": "https://a.test/authorize", "token_endpoint": "https://a.test/token"}
+    assert view(SimpleNamespace(id=1, oauth_config=own), state).guarded_by is None
+    assert view(SimpleNamespace(id=1, oauth_config={}), {**state, "guarded_by": None}).guarded_by is None
