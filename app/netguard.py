@@ -35,10 +35,27 @@ def resolve(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(info[4][0] for info in infos))
 
 
+# IPv6 forms that carry an IPv4 address a gateway or tunnel may deliver to: the address counts
+# as public only when the IPv4 inside is. NAT64 (RFC 6052) 64:ff9b::/96 reaches the IPv4 it
+# embeds (in an IPv6-only cloud subnet, 64:ff9b::a9fe:a9fe is the metadata service).
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+NOT_PUBLIC_V6 = (ipaddress.ip_network("64:ff9b:1::/48"),  # local-use NAT64 (RFC 8215): a local gateway
+                 ipaddress.ip_network("::/96"),  # IPv4-compatible (deprecated), ::, ::1
+                 ipaddress.ip_network("fec0::/10"))  # site-local (deprecated)
+
+
 def is_public(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif any(ip in net for net in NOT_PUBLIC_V6):
+            return False
+        else:
+            inside = ip.sixtofour or (ip.teredo[1] if ip.teredo else None) \
+                or (ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in NAT64 else None)
+            if inside is not None and not is_public(str(inside)):
+                return False
     return ip.is_global and not ip.is_multicast
 
 

@@ -275,3 +275,23 @@ def test_registrations_stored_before_pinning_are_pinned_too():
     own = {"authorization_endpoint": "https://a.test/authorize", "token_endpoint": "https://a.test/token"}
     assert view(SimpleNamespace(id=1, oauth_config=own), state).guarded_by is None
     assert view(SimpleNamespace(id=1, oauth_config={}), {**state, "guarded_by": None}).guarded_by is None
+
+
+@pytest.mark.parametrize("address", [
+    "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254 (IPv6-only cloud subnets)
+    "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
+    "64:ff9b:1::a00:1",  # local-use NAT64
+    "2002:a00:1::1",  # 6to4 of 10.0.0.1
+    "2002:7f00:1::",  # 6to4 of 127.0.0.1
+    "::127.0.0.1",  # IPv4-compatible
+    "::a9fe:a9fe",
+    "fec0::1",  # site-local
+    "::ffff:10.0.0.1", "::ffff:169.254.169.254",  # IPv4-mapped
+])
+def test_ipv6_forms_of_inner_ipv4_addresses_are_not_public(address):
+    assert not netguard.is_public(address)
+
+
+@pytest.mark.parametrize("address", ["64:ff9b::5db8:d822", "2002:5db8:d822::1", "2606:4700::1111", PUBLIC])
+def test_public_addresses_stay_public(address):
+    assert netguard.is_public(address)
