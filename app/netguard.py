@@ -78,9 +78,11 @@ def on_private_network(url: str) -> bool:
 class Guard:
     """The discovery policy for one upstream (its addresses are resolved once)."""
 
-    def __init__(self, upstream_url: str):
+    def __init__(self, upstream_url: str, private: bool | None = None):
+        """``private``: the decision taken at discovery, kept with the registration, so that the
+        upstream's name resolving elsewhere later does not widen the policy."""
         self.url = upstream_url
-        self.private = on_private_network(upstream_url)
+        self.private = on_private_network(upstream_url) if private is None else private
         self.plain_http = self.private and urlsplit(upstream_url).scheme == "http"
 
     def check(self, url: str, what: str = "a URL") -> list[str] | None:

@@ -86,7 +86,9 @@ def _guarded(guard: netguard.Guard, url: str, what: str) -> str:
 
 def discover(server_url: str, authorization_server: str | None = None) -> dict:
     """{"resource", "guarded_by" (the URL whose address decides where the endpoints may point:
-    the upstream's, or the admin-entered authorization server's), "resource_metadata" (or None),
+    the upstream's, or the admin-entered authorization server's), "guarded_private" (whether that
+    address was private then: kept, so a later answer of its DNS cannot widen the policy),
+    "resource_metadata" (or None),
     "metadata" (RFC 8414 fields), "scope" (the challenge's, or None)}; raises DiscoveryError.
 
     SSRF (app/netguard.py): every URL the upstream or its metadata names is checked before it is
@@ -143,7 +145,7 @@ def discover(server_url: str, authorization_server: str | None = None) -> dict:
             if not isinstance(metadata[name], str):
                 raise DiscoveryError(f"the upstream's authorization server metadata has an invalid {name}")
             _guarded(guard, metadata[name], f"the {name}")
-    return {"resource": server_url, "guarded_by": guard.url,
+    return {"resource": server_url, "guarded_by": guard.url, "guarded_private": guard.private,
             "resource_metadata": None if resource_metadata is None else resource_metadata.model_dump(
                 mode="json", exclude_none=True),
             "metadata": metadata,

@@ -32,7 +32,7 @@ class Unreachable(Exception):
 
 
 def _client(reg: Registration) -> OAuth2Client:
-    guard = registration.guard(reg.guarded_by)  # discovered endpoints: checked again when used, pinned
+    guard = registration.guard(reg.guarded_by, reg.guarded_private)  # discovered endpoints: checked again when used, pinned
     transport = httpx2.HTTPTransport(trust_env=False)
     return OAuth2Client(transport=guard.transport(transport, httpx2) if guard is not None else transport,
                         client_id=reg.client_id, client_secret=reg.client_secret,

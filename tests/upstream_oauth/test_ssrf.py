@@ -295,3 +295,29 @@ def test_ipv6_forms_of_inner_ipv4_addresses_are_not_public(address):
 @pytest.mark.parametrize("address", ["64:ff9b::5db8:d822", "2002:5db8:d822::1", "2606:4700::1111", PUBLIC])
 def test_public_addresses_stay_public(address):
     assert netguard.is_public(address)
+
+
+def test_the_upstream_name_turning_private_later_does_not_widen_the_policy(app, fakes, names, monkeypatch):
+    """The public/private decision is taken at discovery and kept: the upstream's own name
+    resolving to a private address at refresh time does not make inner endpoints reachable."""
+    import socket
+
+    from app.upstream_oauth import protocol
+    from app.upstream_oauth.registration import Registration
+
+    _, internal = fakes
+    names["mcp.public.test"] = ["10.0.0.7"]  # the attacker's DNS, now
+    real = socket.getaddrinfo
+
+    def dns(host, port, *args, **kwargs):
+        if host == "auth.public.test":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+        return real(host, port, *args, **kwargs)
+    monkeypatch.setattr(socket, "getaddrinfo", dns)
+    metadata = {"issuer": "https://auth.public.test", "token_endpoint": f"https://auth.public.test:{internal.port}/token"}
+    reg = Registration(1, "https://mcp.public.test/mcp", metadata, "client", None, "none", None,
+                       guarded_by="https://mcp.public.test/mcp", guarded_private=False)  # public at discovery
+    with app.test_request_context():
+        with pytest.raises(protocol.Unreachable):
+            protocol.refresh(reg, "a-refresh-token")
+    assert internal.connections == 0
