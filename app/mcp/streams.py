@@ -60,6 +60,11 @@ LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert"
 LIST_CHANGED = {"notifications/tools/list_changed", "notifications/prompts/list_changed",
                 "notifications/resources/list_changed"}
 MAX_EVENT_ID = 500
+MAX_EVENT_BYTES = 1024 * 1024  # one event on an upstream's GET stream; a longer one ends that connection
+
+
+class TooLarge(Exception):
+    """An upstream's SSE line or event beyond MAX_EVENT_BYTES."""
 
 
 # -- wake-ups in this process ----------------------------------------------------------------
@@ -468,9 +473,12 @@ class Pump:
                 return "failed"
             if not 200 <= resp.status_code < 300:
                 return "failed"
-            for event_id, data in _events(resp.iter_lines(), self.stop):
+            for event_id, data in _events(_lines(resp.iter_bytes()), self.stop):
                 self._receive(ep, session, event_id, data)
             return "ended"
+        except TooLarge:  # never buffered whole: the connection goes, the pump backs off
+            log.info("the GET stream of %s sent an event beyond %d bytes: dropped", self.server.name, MAX_EVENT_BYTES)
+            return "failed"
         except httpx.ReadTimeout:
             return "ended"
         except httpx.HTTPError:
@@ -532,9 +540,28 @@ class Pump:
         return None
 
 
+def _lines(chunks, limit: int = 0):
+    """The lines of an SSE body as they arrive, none buffered beyond ``limit`` bytes (default
+    MAX_EVENT_BYTES; TooLarge): an upstream cannot make Portcullis hold an endless line."""
+    limit = limit or MAX_EVENT_BYTES
+    buf = bytearray()
+    for chunk in chunks:
+        buf += chunk
+        while (end := buf.find(b"\n")) >= 0:
+            line = bytes(buf[:end])
+            del buf[:end + 1]
+            yield line.rstrip(b"\r").decode("utf-8", "replace")
+        if len(buf) > limit:
+            raise TooLarge()
+    if buf:
+        yield bytes(buf).rstrip(b"\r").decode("utf-8", "replace")
+
+
 def _events(lines, stop: threading.Event):
-    """(id, data) of each SSE event; checks ``stop`` at every line (pings included)."""
+    """(id, data) of each SSE event; checks ``stop`` at every line (pings included). An event
+    whose data lines add up beyond MAX_EVENT_BYTES raises TooLarge."""
     data: list[str] = []
+    size = 0
     event_id = None
     for line in lines:
         if stop.is_set():
@@ -542,13 +569,16 @@ def _events(lines, stop: threading.Event):
         if line == "":
             if data or event_id:
                 yield event_id, "\n".join(data)
-            data, event_id = [], None
+            data, event_id, size = [], None, 0
         elif line.startswith(":"):
             continue
         else:
             name, _, value = line.partition(":")
             value = value[1:] if value.startswith(" ") else value
             if name == "data":
+                size += len(value) + 1
+                if size > MAX_EVENT_BYTES:
+                    raise TooLarge()
                 data.append(value)
             elif name == "id":
                 event_id = value

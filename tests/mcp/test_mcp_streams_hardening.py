@@ -149,3 +149,78 @@ def test_an_upstream_flooding_events_cannot_grow_the_log_without_bound(app, live
 
 def _count(session_id: str) -> int:
     return McpSessionEvent.query.filter_by(session_id=session_id).count()
+
+
+class EndlessLine:
+    """A raw stateful upstream whose GET stream sends one data line that never ends; it counts
+    what it managed to send before the reader hung up."""
+
+    def __init__(self):
+        from werkzeug.serving import make_server
+        from werkzeug.wrappers import Request, Response
+
+        self.sent, self.cut = 0, threading.Event()
+        upstream = self
+
+        def answer(msg, result):
+            r = Response(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": result}), mimetype="application/json")
+            r.headers["Mcp-Session-Id"] = "s1"
+            return r
+
+        def endless():
+            try:
+                yield b"event: message\ndata: "
+                chunk = b"x" * 65536
+                while upstream.sent < 64 * 1024 * 1024:
+                    yield chunk
+                    upstream.sent += len(chunk)
+            finally:
+                upstream.cut.set()
+
+        @Request.application
+        def app(request):
+            if request.method == "GET":
+                return Response(endless(), mimetype="text/event-stream")
+            if request.method == "DELETE":
+                return Response(status=200)
+            msg = json.loads(request.get_data())
+            if "id" not in msg:
+                return Response(status=202)
+            method = msg.get("method")
+            if method == "initialize":
+                return answer(msg, {"protocolVersion": "2025-11-25", "serverInfo": {"name": "raw", "version": "0"},
+                                    "capabilities": {"tools": {}, "resources": {"subscribe": True}}})
+            lists = {"tools/list": "tools", "resources/list": "resources", "resources/templates/list": "resourceTemplates"}
+            if method in lists:
+                return answer(msg, {lists[method]: []})
+            if method == "resources/subscribe":
+                return answer(msg, {})
+            return Response(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "error": {"code": -32601, "message": "no"}}),
+                            mimetype="application/json")
+
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/mcp"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.thread.join(timeout=5)
+
+
+def test_an_upstream_sending_an_endless_line_is_cut_off(app, live_server):
+    """The pump reads an upstream's GET stream without buffering a line or an event beyond
+    MAX_EVENT_BYTES (1 MiB): the connection is dropped instead of the memory growing."""
+    from tests.support.mcp import add_server
+
+    upstream = EndlessLine()
+    try:
+        raw = add_server(app, "raw", upstream.url)
+        _, key = add_key(app, {raw: None})
+        agent = Agent(live_server + "/mcp", key).listen()
+        assert agent.call("resources/subscribe", {"uri": "portcullis://raw/test://r"})["result"] == {}
+        assert upstream.cut.wait(20), f"the pump kept reading ({upstream.sent} bytes)"
+        assert upstream.sent <= 4 * streams.MAX_EVENT_BYTES
+        agent.end()
+    finally:
+        upstream.close()
