@@ -49,6 +49,7 @@ from .. import cluster
 from ..extensions import db
 from ..models import McpSessionEvent
 from ..models.base import utcnow
+from ..upstream.client import TooLarge, sse_lines
 from . import upstream_sessions
 
 log = logging.getLogger("portcullis.mcp")
@@ -63,8 +64,6 @@ MAX_EVENT_ID = 500
 MAX_EVENT_BYTES = 1024 * 1024  # one event on an upstream's GET stream; a longer one ends that connection
 
 
-class TooLarge(Exception):
-    """An upstream's SSE line or event beyond MAX_EVENT_BYTES."""
 
 
 # -- wake-ups in this process ----------------------------------------------------------------
@@ -473,7 +472,7 @@ class Pump:
                 return "failed"
             if not 200 <= resp.status_code < 300:
                 return "failed"
-            for event_id, data in _events(_lines(resp.iter_bytes()), self.stop):
+            for event_id, data in _events(sse_lines(resp.iter_bytes(), MAX_EVENT_BYTES), self.stop):
                 self._receive(ep, session, event_id, data)
             return "ended"
         except TooLarge:  # never buffered whole: the connection goes, the pump backs off
@@ -538,23 +537,6 @@ class Pump:
             relay_id = self.relayed.pop(json.dumps(params.get("requestId")), None)
             return {**msg, "params": {**params, "requestId": relay_id}} if relay_id else None
         return None
-
-
-def _lines(chunks, limit: int = 0):
-    """The lines of an SSE body as they arrive, none buffered beyond ``limit`` bytes (default
-    MAX_EVENT_BYTES; TooLarge): an upstream cannot make Portcullis hold an endless line."""
-    limit = limit or MAX_EVENT_BYTES
-    buf = bytearray()
-    for chunk in chunks:
-        buf += chunk
-        while (end := buf.find(b"\n")) >= 0:
-            line = bytes(buf[:end])
-            del buf[:end + 1]
-            yield line.rstrip(b"\r").decode("utf-8", "replace")
-        if len(buf) > limit:
-            raise TooLarge()
-    if buf:
-        yield bytes(buf).rstrip(b"\r").decode("utf-8", "replace")
 
 
 def _events(lines, stop: threading.Event):
