@@ -274,8 +274,12 @@ def load_config(instance_path: str, overrides: dict | None = None) -> dict:
         # GET /mcp streams (app/mcp/streams.py): open streams per worker (gunicorn.conf.py adds as
         # many threads), keep-alive comment interval, how long the event log keeps events.
         "PORTCULLIS_MAX_STREAMS": _int(env, "PORTCULLIS_MAX_STREAMS", 256, lo=0),
+        # ... of which one caller (a key, a token's consent) may hold at most this many
+        "PORTCULLIS_MAX_STREAMS_PER_CALLER": _int(env, "PORTCULLIS_MAX_STREAMS_PER_CALLER", 32, lo=1),
         "PORTCULLIS_STREAM_KEEPALIVE_SECONDS": _float(env, "PORTCULLIS_STREAM_KEEPALIVE_SECONDS", 15.0),
         "PORTCULLIS_STREAM_RETENTION_SECONDS": _int(env, "PORTCULLIS_STREAM_RETENTION_SECONDS", 3600, lo=1),
+        # ... and at most this many events per session (an upstream flooding cannot grow it without bound)
+        "PORTCULLIS_STREAM_MAX_EVENTS": _int(env, "PORTCULLIS_STREAM_MAX_EVENTS", 1000, lo=1),
         # The sweeper (app/sweep.py): on/off, and how long orphaned credentials are kept (days).
         "PORTCULLIS_SWEEP": _bool(env.get("PORTCULLIS_SWEEP"), True),
         "PORTCULLIS_RATE_LIMIT_FAIL_OPEN": _bool(env.get("PORTCULLIS_RATE_LIMIT_FAIL_OPEN"), False),

@@ -19,12 +19,14 @@ The upstream's SSE event ids are remembered per upstream session, and a pump tha
 resumes with ``Last-Event-ID``.
 
 Serving model (README "Serving model"): a stream holds one gunicorn thread while open, so
-streams have a budget of their own: at most ``PORTCULLIS_MAX_STREAMS`` per worker (a semaphore;
-beyond it GET /mcp is refused with 503 and Retry-After), and gunicorn.conf.py gives each worker
-``PORTCULLIS_THREADS + PORTCULLIS_MAX_STREAMS`` threads, so calls always keep their
-``PORTCULLIS_THREADS``. An idle stream's thread sleeps on its Condition (no CPU) and wakes for
-an event or to send a keep-alive comment (``PORTCULLIS_STREAM_KEEPALIVE_SECONDS``), which is
-also how a vanished client is noticed (the write fails).
+streams have a budget of their own: at most ``PORTCULLIS_MAX_STREAMS`` per worker (beyond it
+GET /mcp is refused with 503 and Retry-After), of which one caller holds at most
+``PORTCULLIS_MAX_STREAMS_PER_CALLER`` (beyond it 429: one agent cannot starve the others),
+and gunicorn.conf.py gives each worker ``PORTCULLIS_THREADS + PORTCULLIS_MAX_STREAMS``
+threads, so calls always keep their ``PORTCULLIS_THREADS``. An idle stream's thread sleeps on
+its Condition (no CPU) and wakes for an event or to send a keep-alive comment
+(``PORTCULLIS_STREAM_KEEPALIVE_SECONDS``), which is also how a vanished client is noticed (the
+write fails).
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ from .. import cluster
 from ..extensions import db
 from ..models import McpSessionEvent
 from ..models.base import utcnow
+from ..upstream.client import TooLarge, sse_lines
 from . import upstream_sessions
 
 log = logging.getLogger("portcullis.mcp")
@@ -58,6 +61,9 @@ LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert"
 LIST_CHANGED = {"notifications/tools/list_changed", "notifications/prompts/list_changed",
                 "notifications/resources/list_changed"}
 MAX_EVENT_ID = 500
+MAX_EVENT_BYTES = 1024 * 1024  # one event on an upstream's GET stream; a longer one ends that connection
+
+
 
 
 # -- wake-ups in this process ----------------------------------------------------------------
@@ -112,8 +118,38 @@ class Hub:
 hub = Hub()
 
 
+class Budget:
+    """This worker's streams: at most ``total``, and at most ``per_caller`` of them for one
+    principal (one agent cannot take every stream of a worker from the others)."""
+
+    def __init__(self, total: int, per_caller: int):
+        self._lock = threading.Lock()
+        self.total, self.per_caller = total, per_caller
+        self._held: dict[str, int] = {}
+
+    def acquire(self, principal: str) -> str | None:
+        """None when a stream may open; else why not ("caller" or "server")."""
+        with self._lock:
+            mine = self._held.get(principal, 0)
+            if mine >= self.per_caller:
+                return "caller"
+            if sum(self._held.values()) >= self.total:
+                return "server"
+            self._held[principal] = mine + 1
+            return None
+
+    def release(self, principal: str) -> None:
+        with self._lock:
+            left = self._held.get(principal, 0) - 1
+            if left > 0:
+                self._held[principal] = left
+            else:
+                self._held.pop(principal, None)
+
+
 def init_app(app) -> None:
-    app.extensions["mcp_streams"] = threading.BoundedSemaphore(app.config["PORTCULLIS_MAX_STREAMS"])
+    app.extensions["mcp_streams"] = Budget(app.config["PORTCULLIS_MAX_STREAMS"],
+                                           app.config["PORTCULLIS_MAX_STREAMS_PER_CALLER"])
     app.extensions["mcp_client"].owned = upstream_sessions.OwnedSessions()
     store = app.extensions["mcp_sessions"]
     cluster.on_message(TOPIC, hub.wake)
@@ -136,9 +172,23 @@ def publish(session_id: str, message: dict) -> int:
     """Add ``message`` to the session's event log and wake its streams; returns the event id."""
     event = McpSessionEvent(session_id=session_id, payload=message)
     db.session.add(event)
+    _cap(session_id)
     db.session.commit()
     wake(session_id)
     return event.id
+
+
+def _cap(session_id: str) -> None:
+    """Keep the session's newest ``PORTCULLIS_STREAM_MAX_EVENTS`` events (in the caller's
+    transaction): an upstream sending event after event, or an agent that never reads its
+    stream, cannot grow the log beyond that within the retention. A reconnect older than
+    the oldest kept event gets what is left."""
+    keep = current_app.config["PORTCULLIS_STREAM_MAX_EVENTS"]
+    oldest_dropped = db.session.scalar(select(McpSessionEvent.id).where(McpSessionEvent.session_id == session_id)
+                                       .order_by(McpSessionEvent.id.desc()).offset(keep).limit(1))
+    if oldest_dropped is not None:
+        db.session.execute(delete(McpSessionEvent).where(McpSessionEvent.session_id == session_id,
+                                                         McpSessionEvent.id <= oldest_dropped))
 
 
 def trim(now=None, retention_seconds: int | None = None) -> tuple[int, int]:
@@ -190,14 +240,18 @@ def open_stream(ex, last_event_id: str | None) -> Response:
             return rpc_error(None, types.INVALID_REQUEST, "invalid Last-Event-ID", 400)
         resume = int(last_event_id)
     app = current_app._get_current_object()
-    budget = app.extensions["mcp_streams"]
-    if not budget.acquire(blocking=False):
+    budget, principal = app.extensions["mcp_streams"], ex.caller.principal
+    refused = budget.acquire(principal)
+    if refused == "caller":
+        return rpc_error(None, types.INVALID_REQUEST, "too many open streams for this caller; close one first", 429,
+                         {"Retry-After": "5"})
+    if refused is not None:
         return rpc_error(None, types.INTERNAL_ERROR, "too many open streams on this server; retry later", 503,
                          {"Retry-After": "5"})
     try:
         start = resume if resume is not None else _latest(ex.session.id)
     except Exception:
-        budget.release()
+        budget.release(principal)
         raise
     db.session.close()  # the stream takes a connection only while it reads the log
     body = Stream(app, ex, start, budget)
@@ -210,7 +264,7 @@ class Stream:
 
     def __init__(self, app, ex, last_id: int, budget):
         self.app, self.ex, self.last_id, self.budget = app, ex, last_id, budget
-        self.sid = ex.session.id
+        self.sid, self.principal = ex.session.id, ex.caller.principal
         self.pumped: dict[int, Pump] = {}
         self._closed = False
         hub.enter(self.sid)
@@ -221,8 +275,12 @@ class Stream:
         wait = keepalive if cluster._bus[0] is not None else min(keepalive, POLL_SECONDS)
         store = app.extensions["mcp_sessions"]
         yield f"id: {self.last_id}\nretry: 2000\nevent: message\ndata: \n\n"  # the resume point (priming event)
-        quiet_since = time.monotonic()
+        quiet_since = checked = time.monotonic()
         while not self._closed:
+            if time.monotonic() - checked >= keepalive:  # on a clock of its own: a flow of events never skips it
+                checked = time.monotonic()
+                if not self._still_allowed():  # a key revoked, a token expired meanwhile: fail closed
+                    return
             seen = hub.counter(sid)
             with app.app_context():
                 try:
@@ -242,13 +300,20 @@ class Stream:
                 continue
             if time.monotonic() - quiet_since >= keepalive:
                 quiet_since = time.monotonic()
-                if not self._still_allowed():  # a key revoked, a token expired meanwhile: fail closed
-                    return
                 yield ": keep-alive\n\n"  # a client that went away makes this write fail
             hub.wait(sid, seen, wait)
 
     def _still_allowed(self) -> bool:
-        return recheck(self.app, self.ex) is not None
+        """The caller's credentials and grants, checked again as a POST would check them. The
+        stream goes on with the fresh caller: a pump of a server no longer granted stops (on
+        the aggregated /mcp the stream itself stays for the servers still granted)."""
+        caller = recheck(self.app, self.ex)
+        if caller is None:
+            return False
+        self.ex.caller = caller
+        for server_id in [s for s in self.pumped if s not in caller.allowlist]:
+            pumps.release(self.pumped.pop(server_id))
+        return True
 
     def _sync_pumps(self, info) -> None:
         """A pump for each upstream session this agent session holds (new ones appear when it
@@ -273,7 +338,7 @@ class Stream:
             pumps.release(pump)
         self.pumped.clear()
         hub.leave(self.sid)
-        self.budget.release()
+        self.budget.release(self.principal)
 
 
 def recheck(app, ex):
@@ -436,9 +501,12 @@ class Pump:
                 return "failed"
             if not 200 <= resp.status_code < 300:
                 return "failed"
-            for event_id, data in _events(resp.iter_lines(), self.stop):
+            for event_id, data in _events(sse_lines(resp.iter_bytes(), MAX_EVENT_BYTES), self.stop):
                 self._receive(ep, session, event_id, data)
             return "ended"
+        except TooLarge:  # never buffered whole: the connection goes, the pump backs off
+            log.info("the GET stream of %s sent an event beyond %d bytes: dropped", self.server.name, MAX_EVENT_BYTES)
+            return "failed"
         except httpx.ReadTimeout:
             return "ended"
         except httpx.HTTPError:
@@ -458,6 +526,7 @@ class Pump:
                 out = self._map(ep, session, msg) if isinstance(msg, dict) else None
                 if out is not None:
                     db.session.add(McpSessionEvent(session_id=sid, payload=out))
+                    _cap(sid)
                 if event_id:  # resumable upstream: its position, for the next GET (same commit as the event)
                     upstream_sessions.remember_event_id(sid, self.server.id, event_id[:MAX_EVENT_ID], commit=False)
                 db.session.commit()
@@ -500,8 +569,10 @@ class Pump:
 
 
 def _events(lines, stop: threading.Event):
-    """(id, data) of each SSE event; checks ``stop`` at every line (pings included)."""
+    """(id, data) of each SSE event; checks ``stop`` at every line (pings included). An event
+    whose data lines add up beyond MAX_EVENT_BYTES raises TooLarge."""
     data: list[str] = []
+    size = 0
     event_id = None
     for line in lines:
         if stop.is_set():
@@ -509,13 +580,16 @@ def _events(lines, stop: threading.Event):
         if line == "":
             if data or event_id:
                 yield event_id, "\n".join(data)
-            data, event_id = [], None
+            data, event_id, size = [], None, 0
         elif line.startswith(":"):
             continue
         else:
             name, _, value = line.partition(":")
             value = value[1:] if value.startswith(" ") else value
             if name == "data":
+                size += len(value) + 1
+                if size > MAX_EVENT_BYTES:
+                    raise TooLarge()
                 data.append(value)
             elif name == "id":
                 event_id = value

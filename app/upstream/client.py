@@ -452,9 +452,9 @@ class UpstreamCall:
         ep = self.ep
         try:
             if not self.streaming:
-                yield _parse_response(ep, self.resp.read(), self.want_id)
+                yield _parse_response(ep, read_capped(self.resp), self.want_id)
                 return
-            for data in _sse_data(self.resp.iter_lines()):
+            for data in _sse_data(sse_lines(self.resp.iter_bytes())):
                 if not data:  # a priming event (an id for resumption, no message)
                     continue
                 try:
@@ -478,6 +478,8 @@ class UpstreamCall:
             raise UpstreamError(f"{ep.name}: closed the stream without an answer")
         except httpx.HTTPError as e:
             raise UpstreamError(_transport_text(ep, e)) from None
+        except TooLarge:  # read no further than MAX_BODY
+            raise UpstreamError(f"{ep.name}: the answer is too large") from None
         finally:
             self.resp.close()
 
@@ -524,19 +526,57 @@ def _header_value(value: str) -> str:
     return "=?base64?" + base64.b64encode(value.encode()).decode() + "?="
 
 
-def _sse_data(lines: Iterator[str]) -> Iterator[str]:
+class TooLarge(Exception):
+    """An upstream's answer, SSE line or event beyond the limit it was read with."""
+
+
+def read_capped(resp: httpx.Response, limit: int | None = None) -> bytes:
+    """The body, read no further than ``limit`` (default MAX_BODY) bytes (TooLarge beyond): an
+    upstream cannot make Portcullis hold an endless answer."""
+    limit = limit or MAX_BODY
+    body = bytearray()
+    for chunk in resp.iter_bytes():
+        body += chunk
+        if len(body) > limit:
+            raise TooLarge()
+    return bytes(body)
+
+
+def sse_lines(chunks: Iterator[bytes], limit: int | None = None) -> Iterator[str]:
+    """The lines of an SSE body as they arrive (LF or CRLF), none buffered beyond ``limit``
+    (default MAX_BODY) bytes (TooLarge beyond)."""
+    limit = limit or MAX_BODY
+    buf = bytearray()
+    for chunk in chunks:
+        buf += chunk
+        while (end := buf.find(b"\n")) >= 0:
+            line = bytes(buf[:end])
+            del buf[:end + 1]
+            yield line.rstrip(b"\r").decode("utf-8", "replace")
+        if len(buf) > limit:
+            raise TooLarge()
+    if buf:
+        yield bytes(buf).rstrip(b"\r").decode("utf-8", "replace")
+
+
+def _sse_data(lines: Iterator[str], limit: int | None = None) -> Iterator[str]:
     """The data of each SSE event (text/event-stream framing, data lines joined by newlines)."""
+    limit = limit or MAX_BODY
     data: list[str] = []
+    size = 0
     for line in lines:
         if line == "":
             if data:
                 yield "\n".join(data)
-                data = []
+                data, size = [], 0
         elif line.startswith(":"):
             continue
         else:
             name, _, value = line.partition(":")
             if name == "data":
+                size += len(value) + 1
+                if size > limit:
+                    raise TooLarge()
                 data.append(value[1:] if value.startswith(" ") else value)
     if data:
         yield "\n".join(data)

@@ -93,6 +93,8 @@ def finish(flow: Flow, args, user) -> dict:
         raise Forbidden("this callback does not belong to a connection in progress")
     if flow.auth_mode == "user" and (user is None or user.id != flow.user_id):
         raise Forbidden("this connection was started by another user")
+    if oauth.get("shared") and not (user is not None and user.is_admin):  # an admin demoted meanwhile
+        raise Forbidden("connecting a server's shared account needs an admin")
     if error:
         raise BadRequest(f"the upstream did not grant access ({error[:60]})", {"error": error[:60]})
     if not code:

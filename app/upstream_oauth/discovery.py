@@ -27,10 +27,13 @@ class DiscoveryError(Exception):
     """The upstream's authorization server could not be found or used; ``str()`` is safe."""
 
 
-def http() -> httpx.Client:
+def http(guard: netguard.Guard | None = None) -> httpx.Client:
     """A client for the authorization server's endpoints: timeouts, no redirects, no cookies
-    kept between uses (a new one per use), no environment proxies."""
-    return httpx.Client(timeout=TIMEOUT, follow_redirects=False, trust_env=False)
+    kept between uses (a new one per use), no environment proxies. With ``guard``, each request
+    is checked again as it is sent and goes to the address that passed (DNS rebinding)."""
+    transport = httpx.HTTPTransport(trust_env=False)
+    return httpx.Client(timeout=TIMEOUT, follow_redirects=False, trust_env=False,
+                        transport=guard.transport(transport) if guard is not None else transport)
 
 
 def _challenge(url: str) -> str | None:
@@ -60,6 +63,8 @@ def challenge_param(challenge: str | None, name: str) -> str | None:
 def _get_json(client: httpx.Client, url: str) -> dict | None:
     try:
         r = client.get(url, headers={"Accept": "application/json", "MCP-Protocol-Version": "2025-11-25"})
+    except netguard.RefusedConnect as e:  # checked, then resolved elsewhere when sent: hostile
+        raise DiscoveryError(f"refused: {e}") from None
     except httpx.HTTPError:
         return None
     if r.status_code != 200 or len(r.content) > MAX_DOCUMENT:
@@ -80,8 +85,11 @@ def _guarded(guard: netguard.Guard, url: str, what: str) -> str:
 
 
 def discover(server_url: str, authorization_server: str | None = None) -> dict:
-    """{"resource", "resource_metadata" (or None), "metadata" (RFC 8414 fields), "scope" (the
-    challenge's, or None)}; raises DiscoveryError.
+    """{"resource", "guarded_by" (the URL whose address decides where the endpoints may point:
+    the upstream's, or the admin-entered authorization server's), "guarded_private" (whether that
+    address was private then: kept, so a later answer of its DNS cannot widen the policy),
+    "resource_metadata" (or None),
+    "metadata" (RFC 8414 fields), "scope" (the challenge's, or None)}; raises DiscoveryError.
 
     SSRF (app/netguard.py): every URL the upstream or its metadata names is checked before it is
     fetched or stored: a public upstream cannot point Portcullis at loopback, private or
@@ -90,7 +98,7 @@ def discover(server_url: str, authorization_server: str | None = None) -> dict:
     policy of its own address."""
     resource_metadata, scope = None, None
     guard = netguard.Guard(server_url)
-    with http() as client:
+    with http(guard) as client, http() as entered:
         if authorization_server is None:
             challenge = _challenge(server_url)
             scope = challenge_param(challenge, "scope")
@@ -113,7 +121,8 @@ def discover(server_url: str, authorization_server: str | None = None) -> dict:
             guard, discovered = netguard.Guard(authorization_server), False
         metadata = None
         for url in build_oauth_authorization_server_metadata_discovery_urls(authorization_server, server_url):
-            doc = _get_json(client, _guarded(guard, url, "the authorization server metadata URL") if discovered else url)
+            doc = _get_json(client, _guarded(guard, url, "the authorization server metadata URL")) if discovered \
+                else _get_json(entered, url)  # the admin's word: fetched as entered
             if doc is None:
                 continue
             try:
@@ -136,7 +145,7 @@ def discover(server_url: str, authorization_server: str | None = None) -> dict:
             if not isinstance(metadata[name], str):
                 raise DiscoveryError(f"the upstream's authorization server metadata has an invalid {name}")
             _guarded(guard, metadata[name], f"the {name}")
-    return {"resource": server_url,
+    return {"resource": server_url, "guarded_by": guard.url, "guarded_private": guard.private,
             "resource_metadata": None if resource_metadata is None else resource_metadata.model_dump(
                 mode="json", exclude_none=True),
             "metadata": metadata,

@@ -14,6 +14,7 @@ from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.httpx_client import OAuth2Client
 
 from ..models.base import utcnow
+from . import registration
 from .registration import Registration, redirect_uri
 
 VERIFIER_LENGTH = 64
@@ -31,7 +32,10 @@ class Unreachable(Exception):
 
 
 def _client(reg: Registration) -> OAuth2Client:
-    return OAuth2Client(client_id=reg.client_id, client_secret=reg.client_secret,
+    guard = registration.guard(reg.guarded_by, reg.guarded_private)  # discovered endpoints: checked again when used, pinned
+    transport = httpx2.HTTPTransport(trust_env=False)
+    return OAuth2Client(transport=guard.transport(transport, httpx2) if guard is not None else transport,
+                        client_id=reg.client_id, client_secret=reg.client_secret,
                         token_endpoint_auth_method=reg.auth_method, revocation_endpoint_auth_method=reg.auth_method,
                         redirect_uri=redirect_uri(), scope=reg.scope, code_challenge_method="S256",
                         timeout=TIMEOUT, follow_redirects=False, trust_env=False)

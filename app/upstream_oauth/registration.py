@@ -69,6 +69,8 @@ class Registration:
     client_secret: str | None
     auth_method: str
     scope: str | None
+    guarded_by: str | None = None  # discovered endpoints: their connections are pinned (app/netguard.py)
+    guarded_private: bool | None = None  # the policy decided at discovery (None: decided when used)
 
     @property
     def issuer(self) -> str | None:
@@ -83,7 +85,7 @@ def _fingerprint(server: McpServer) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def _register_dynamically(metadata: dict) -> dict:
+def _register_dynamically(metadata: dict, guard) -> dict:
     endpoint = metadata.get("registration_endpoint")
     if not isinstance(endpoint, str):
         raise DiscoveryError("the upstream's authorization server offers no dynamic client registration and no "
@@ -94,7 +96,7 @@ def _register_dynamically(metadata: dict) -> dict:
         request["token_endpoint_auth_method"] = "client_secret_basic" if "client_secret_basic" in methods \
             else "client_secret_post"
     try:
-        with http() as client:
+        with http(guard) as client:
             r = client.post(endpoint, json=request)
     except httpx.HTTPError as e:
         raise DiscoveryError(f"dynamic client registration failed ({type(e).__name__})") from None
@@ -113,11 +115,18 @@ def _register_dynamically(metadata: dict) -> dict:
     return out
 
 
-def _client(metadata: dict) -> dict:
+def _client(metadata: dict, guarded_by: str | None = None, guarded_private: bool | None = None) -> dict:
     url = client_metadata_url()
     if url is not None and metadata.get("client_id_metadata_document_supported") is True:
         return {"how": "metadata_document", "client_id": url, "token_endpoint_auth_method": "none"}
-    return _register_dynamically(metadata)
+    return _register_dynamically(metadata, guard(guarded_by, guarded_private))
+
+
+def guard(guarded_by: str | None, private: bool | None = None):
+    """The SSRF guard (app/netguard.py) for the endpoints of a discovered authorization server,
+    with the policy decided at discovery when known; None for the admin's own endpoints."""
+    from .. import netguard
+    return netguard.Guard(guarded_by, private) if guarded_by else None
 
 
 def ensure(server_id: int, force: bool = False) -> Registration:
@@ -132,7 +141,8 @@ def ensure(server_id: int, force: bool = False) -> Registration:
         url = server.url
         db.session.rollback()
         found = _entered(url, cfg) or discover(url, cfg.get("authorization_server"))
-        client = {"how": "admin"} if cfg.get("client_id") else _client(found["metadata"])
+        client = {"how": "admin"} if cfg.get("client_id") else _client(found["metadata"], found.get("guarded_by"),
+                                                                      found.get("guarded_private"))
         state = {**found, "client": client, "fingerprint": fingerprint}
         _save(server_id, state)
         server = db.session.get(McpServer, server_id)
@@ -179,7 +189,18 @@ def view(server: McpServer, state: dict) -> Registration:
     else:
         prm = state.get("resource_metadata") or {}
         scope = state.get("scope") or (" ".join(prm["scopes_supported"]) if prm.get("scopes_supported") else None)
-    return Registration(server.id, state["resource"], state["metadata"], client_id, secret, method, scope)
+    guarded_by = state["guarded_by"] if "guarded_by" in state else _guarded_by(state, cfg)
+    return Registration(server.id, state["resource"], state["metadata"], client_id, secret, method, scope, guarded_by,
+                        state.get("guarded_private") if "guarded_by" in state else None)
+
+
+def _guarded_by(state: dict, cfg: dict) -> str | None:
+    """For a registration stored before ``guarded_by`` was kept: what discovery would have
+    said (the admin's own endpoints: None; an admin-entered authorization server; else the
+    upstream)."""
+    if cfg.get("authorization_endpoint") and cfg.get("token_endpoint"):
+        return None
+    return cfg.get("authorization_server") or state["resource"]
 
 
 def drop(server_id: int) -> None:

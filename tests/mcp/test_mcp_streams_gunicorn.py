@@ -225,7 +225,8 @@ def _p50(url: str, headers: dict, n: int = 60) -> float:
 
 def test_100_open_streams_do_not_starve_tool_calls(tmp_path, upstreams, database):
     port = free_port()
-    procs, secret = _start(tmp_path, upstreams, database, (port,), PORTCULLIS_MAX_STREAMS="120")
+    procs, secret = _start(tmp_path, upstreams, database, (port,), PORTCULLIS_MAX_STREAMS="120",
+                           PORTCULLIS_MAX_STREAMS_PER_CALLER="120")
     held: list[RawStream] = []
     try:
         url = f"http://127.0.0.1:{port}/mcp"

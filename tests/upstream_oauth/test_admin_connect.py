@@ -117,3 +117,26 @@ def test_disconnect_shared_account_on_the_page_and_in_the_api(app, admin_api, oi
     assert admin_api.delete(f"/mcp-servers/{sid}/oauth-connection").status_code == 204  # nothing left: still fine
     with app.app_context():
         assert db.session.scalar(select(UpstreamOAuth.status).where(UpstreamOAuth.mcp_server_id == sid)) is None
+
+
+def test_an_admin_demoted_during_the_consent_cannot_connect_the_shared_account(app, admin_api, oidc_provider,
+                                                                               protected_upstream):
+    """The shared account is an admin's to connect: the callback checks the role again (the flow
+    was started while the person was an admin; it lives 15 minutes)."""
+    from app.models import User
+    from tests.support.oidc_provider import HttpxBrowser
+    from tests.upstream_oauth.test_oidc import CALLBACK
+
+    server = create(admin_api, protected_upstream, "oauth")
+    web = Web(app.test_client()).login("admin@example.com")
+    r = web.get(urlsplit(server["connect_url"]).path + "/authorize")
+    assert r.status_code == 303
+    result = HttpxBrowser("alice@example.com").authorize(r.headers["Location"], stop_at=CALLBACK)
+    with app.app_context():
+        db.session.scalar(select(User).where(User.email == "admin@example.com")).role = "member"
+        db.session.commit()
+    back = urlsplit(result.url)
+    done = web.get(back.path + "?" + back.query)
+    assert done.status_code == 403, done.get_data(as_text=True)[:300]
+    assert "needs an admin" in done.get_data(as_text=True)
+    assert shared_token(app, server["id"]) is None

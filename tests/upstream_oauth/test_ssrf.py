@@ -204,3 +204,120 @@ def test_the_policy(monkeypatch):
     https_private.check("https://cgnat.test/x")
     with pytest.raises(netguard.Refused, match="https"):
         https_private.check("http://lan.test/x")  # plain http only when the upstream itself is
+
+
+def test_a_name_rebound_between_the_check_and_the_connection_reaches_nothing(app, admin_id, fakes, names,
+                                                                              monkeypatch):
+    """DNS rebinding: the metadata URL's name resolves to a public address when it is checked and
+    to loopback when it is connected to. The request goes to the address that passed the check,
+    checked again as it is sent: the rebound name is refused and the internal server never sees a
+    connection."""
+    import socket
+
+    upstream, internal = fakes
+    names[("127.0.0.1", upstream.port)] = [PUBLIC]
+    real, asked = socket.getaddrinfo, []
+
+    def dns(host, port, *args, **kwargs):  # the attacker's DNS: public first, loopback after
+        if host == "rebind.test":
+            asked.append(host)
+            address = PUBLIC if len(asked) == 1 else "127.0.0.1"
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+        return real(host, port, *args, **kwargs)
+    monkeypatch.setattr(socket, "getaddrinfo", dns)
+    where = f"https://rebind.test:{internal.port}/prm"
+    upstream.routes[("POST", "/mcp")] = (401, {"WWW-Authenticate": f'Bearer resource_metadata="{where}"'}, b"{}")
+    _, r = authorize(app, admin_id, {"url": upstream.url + "/mcp"})
+    assert internal.connections == 0
+    assert LOOPBACK in refused(r) and len(asked) >= 2
+
+
+def test_discovered_endpoints_are_checked_again_when_used(app, fakes, names, monkeypatch):
+    """The token endpoint passed the check at discovery; hours later its name resolves to
+    loopback (rebound). A refresh is then refused before any connection; an admin's own
+    endpoints (no discovery, no guard) are used as entered."""
+    from app.upstream_oauth import protocol
+    from app.upstream_oauth.registration import Registration
+
+    _, internal = fakes
+    names["mcp.public.test"] = [PUBLIC]
+    import socket
+
+    real = socket.getaddrinfo
+
+    def dns(host, port, *args, **kwargs):  # public when it was discovered, loopback now
+        if host == "auth.public.test":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+        return real(host, port, *args, **kwargs)
+    monkeypatch.setattr(socket, "getaddrinfo", dns)
+    metadata = {"issuer": "https://auth.public.test", "token_endpoint": f"https://auth.public.test:{internal.port}/token"}
+    reg = Registration(1, "https://mcp.public.test/mcp", metadata, "client", None, "none", None,
+                       guarded_by="https://mcp.public.test/mcp")
+    with app.test_request_context():
+        with pytest.raises(protocol.Unreachable):
+            protocol.refresh(reg, "a-refresh-token")
+        assert internal.connections == 0
+        internal.routes[("POST", "/token")] = (200, {}, json.dumps({"access_token": "a", "token_type": "Bearer"}).encode())
+        entered = Registration(1, "https://mcp.public.test/mcp", {"token_endpoint": f"{internal.url}/token"},
+                               "client", None, "none", None)
+        assert protocol.refresh(entered, "a-refresh-token")["access_token"] == "a"
+
+
+def test_registrations_stored_before_pinning_are_pinned_too():
+    from types import SimpleNamespace
+
+    from app.upstream_oauth.registration import view
+
+    state = {"resource": "https://mcp.public.test/mcp", "metadata": {}, "client": {"client_id": "c"}}
+    assert view(SimpleNamespace(id=1, oauth_config={}), state).guarded_by == "https://mcp.public.test/mcp"
+    entered_as = {"authorization_server": "https://auth.public.test"}
+    assert view(SimpleNamespace(id=1, oauth_config=entered_as), state).guarded_by == "https://auth.public.test"
+    own = {"authorization_endpoint": "https://a.test/authorize", "token_endpoint": "https://a.test/token"}
+    assert view(SimpleNamespace(id=1, oauth_config=own), state).guarded_by is None
+    assert view(SimpleNamespace(id=1, oauth_config={}), {**state, "guarded_by": None}).guarded_by is None
+
+
+@pytest.mark.parametrize("address", [
+    "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254 (IPv6-only cloud subnets)
+    "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
+    "64:ff9b:1::a00:1",  # local-use NAT64
+    "2002:a00:1::1",  # 6to4 of 10.0.0.1
+    "2002:7f00:1::",  # 6to4 of 127.0.0.1
+    "::127.0.0.1",  # IPv4-compatible
+    "::a9fe:a9fe",
+    "fec0::1",  # site-local
+    "::ffff:10.0.0.1", "::ffff:169.254.169.254",  # IPv4-mapped
+])
+def test_ipv6_forms_of_inner_ipv4_addresses_are_not_public(address):
+    assert not netguard.is_public(address)
+
+
+@pytest.mark.parametrize("address", ["64:ff9b::5db8:d822", "2002:5db8:d822::1", "2606:4700::1111", PUBLIC])
+def test_public_addresses_stay_public(address):
+    assert netguard.is_public(address)
+
+
+def test_the_upstream_name_turning_private_later_does_not_widen_the_policy(app, fakes, names, monkeypatch):
+    """The public/private decision is taken at discovery and kept: the upstream's own name
+    resolving to a private address at refresh time does not make inner endpoints reachable."""
+    import socket
+
+    from app.upstream_oauth import protocol
+    from app.upstream_oauth.registration import Registration
+
+    _, internal = fakes
+    names["mcp.public.test"] = ["10.0.0.7"]  # the attacker's DNS, now
+    real = socket.getaddrinfo
+
+    def dns(host, port, *args, **kwargs):
+        if host == "auth.public.test":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+        return real(host, port, *args, **kwargs)
+    monkeypatch.setattr(socket, "getaddrinfo", dns)
+    metadata = {"issuer": "https://auth.public.test", "token_endpoint": f"https://auth.public.test:{internal.port}/token"}
+    reg = Registration(1, "https://mcp.public.test/mcp", metadata, "client", None, "none", None,
+                       guarded_by="https://mcp.public.test/mcp", guarded_private=False)  # public at discovery
+    with app.test_request_context():
+        with pytest.raises(protocol.Unreachable):
+            protocol.refresh(reg, "a-refresh-token")
+    assert internal.connections == 0
