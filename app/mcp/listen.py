@@ -111,11 +111,13 @@ def open_listen(ex, params: dict) -> Response:
         return ex.error(types.INVALID_PARAMS, "invalid params: notifications must be a subscription filter")
     the_plan = plan(ex, wanted)
     app = current_app._get_current_object()
-    budget = app.extensions["mcp_streams"]
-    if not budget.acquire(blocking=False):
-        return ex.answer({"jsonrpc": "2.0", "id": ex.id, "error": {
-            "code": types.INTERNAL_ERROR, "message": "Subscription limit reached; retry later"}},
-            {"Retry-After": "5"})
+    budget = app.extensions["mcp_streams"]  # GET streams' budget: per worker and per caller
+    refused = budget.acquire(ex.caller.principal)
+    if refused is not None:
+        why = "too many open streams for this caller; close one first" if refused == "caller" else \
+            "Subscription limit reached; retry later"
+        return ex.answer({"jsonrpc": "2.0", "id": ex.id, "error": {"code": types.INTERNAL_ERROR, "message": why}},
+                         {"Retry-After": "5"})
     db.session.close()
     return Response(Listen(app, ex, the_plan, budget), mimetype="text/event-stream", headers=streams.SSE_HEADERS)
 
@@ -187,7 +189,7 @@ class Listen:
         self.stop.set()
         for source in self.sources:
             source.close()
-        self.budget.release()
+        self.budget.release(self.ex.caller.principal)
 
     # -- what a server's notification becomes for the agent ---------------------------------
 

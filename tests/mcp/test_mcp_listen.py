@@ -140,14 +140,24 @@ async def test_a_single_server_path_keeps_the_upstream_uris(app, live_server, se
 
 
 async def test_listens_count_against_the_stream_budget(app, live_server, servers, quick, monkeypatch):
-    monkeypatch.setitem(app.extensions, "mcp_streams", threading.BoundedSemaphore(1))
+    from app.mcp.streams import Budget
+
+    monkeypatch.setitem(app.extensions, "mcp_streams", Budget(total=2, per_caller=1))
     _, key = add_key(app, {servers["alpha"]: None})
+    _, other_key = add_key(app, {servers["alpha"]: None})
+    _, third_key = add_key(app, {servers["alpha"]: None})
     http, c = client(live_server + "/mcp", key, mode="auto")
-    async with http, c:
+    other_http, other = client(live_server + "/mcp", other_key, mode="auto")
+    third_http, third = client(live_server + "/mcp", third_key, mode="auto")
+    async with http, c, other_http, other, third_http, third:
         async with c.listen(tools_list_changed=True):
-            with pytest.raises(MCPError, match="Subscription limit"):
-                async with c.listen(tools_list_changed=True):
+            with pytest.raises(MCPError, match="too many open streams for this caller"):
+                async with c.listen(tools_list_changed=True):  # the caller's own share is spent
                     pass
+            async with other.listen(tools_list_changed=True):  # another caller still gets one
+                with pytest.raises(MCPError, match="Subscription limit"):  # now the worker's are spent
+                    async with third.listen(tools_list_changed=True):
+                        pass
         with anyio.fail_after(10):  # given back once the gateway noticed the hang-up
             while True:
                 try:
