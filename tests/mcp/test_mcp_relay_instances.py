@@ -133,7 +133,8 @@ def test_a_cancellation_posted_elsewhere_reaches_the_upstream(tmp_path, upstream
     run): the upstream stops the tool, which would otherwise wait 15 s. Two instances: the call
     on one, the cancellation on the other; two workers of one instance: over new connections,
     to whichever worker the kernel picks."""
-    bus = {} if database else {"REDIS_URL": "redis://127.0.0.1:6379/13"}
+    bus = {} if database else {"REDIS_URL": "redis://127.0.0.1:6379/13",  # a channel of this run's own
+                               "PORTCULLIS_RATE_LIMIT_PREFIX": f"relay-test-{os.getpid()}"}
     ports = (free_port(), free_port()) if layout == "two instances" else (free_port(),)
     extra = {} if layout == "two instances" else {"PORTCULLIS_WORKERS": "2"}
     procs, secret = _start(tmp_path, upstreams, database, ports, **bus, **extra)
