@@ -11,7 +11,7 @@ import pytest
 from mcp import Client
 from mcp.types import ElicitRequestURLParams, ElicitResult, PromptReference
 
-from tests.support.mcp import UPSTREAM_KEY, Rpc, add_key, add_server, client, start_upstream, stop
+from tests.support.mcp import UPSTREAM_KEY, Rpc, add_key, add_server, client
 
 pytestmark = pytest.mark.anyio
 V = "2026-07-28"
@@ -20,13 +20,6 @@ V = "2026-07-28"
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def legacy_url():
-    proc, url = start_upstream("--name", "old", "--stateful", "--legacy-only")
-    yield url
-    stop(proc)
 
 
 @pytest.fixture

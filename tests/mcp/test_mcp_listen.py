@@ -19,7 +19,7 @@ from mcp import MCPError
 from mcp.client.subscriptions import PromptsListChanged, ResourceUpdated
 
 from app.extensions import db
-from tests.support.mcp import add_key, add_server, client, start_upstream, stop
+from tests.support.mcp import add_key, add_server, client
 
 pytestmark = pytest.mark.anyio
 V = "2026-07-28"
@@ -31,13 +31,6 @@ O = "portcullis://old/test://static/text"
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def legacy_url():
-    proc, url = start_upstream("--name", "old", "--stateful", "--legacy-only")
-    yield url
-    stop(proc)
 
 
 @pytest.fixture

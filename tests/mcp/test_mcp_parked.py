@@ -17,7 +17,7 @@ from mcp.types import CreateMessageResult, ElicitResult, ListRootsResult, Root, 
 
 from app.mcp.parked import PREFIX
 from tests.mcp.test_mcp_relay_instances import database  # noqa: F401 - the fixture
-from tests.support.mcp import add_key, add_server, client, free_port, gateway_instance, serve, start_upstream, \
+from tests.support.mcp import add_key, add_server, client, free_port, gateway_instance, serve, \
     stop, wait_ready
 
 V = "2026-07-28"
@@ -27,13 +27,6 @@ CAPS = {"elicitation": {"form": {}}}
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def legacy_url():
-    proc, url = start_upstream("--name", "old", "--stateful", "--legacy-only")
-    yield url
-    stop(proc)
 
 
 @pytest.fixture
